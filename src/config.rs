@@ -1,0 +1,456 @@
+//! Configuration: one typed struct, read from flags with environment fallbacks.
+//!
+//! Operators on ECS and EKS set environment variables, so every setting has a
+//! `DYNASTREAM_*` variable, a default, a range, and a one-line error naming the
+//! variable when the value is wrong. Flags exist for local runs and take
+//! precedence over the environment. AWS settings (`AWS_REGION`,
+//! `AWS_ENDPOINT_URL`, credentials) are read by the AWS SDK's own chain and are
+//! deliberately not duplicated here.
+
+use std::fmt;
+use std::time::Duration;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, Parser, ValueEnum};
+
+/// Where a shard with no checkpoint starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StartingPosition {
+    /// Only changes made after the worker first sees the shard.
+    #[value(name = "LATEST")]
+    Latest,
+    /// Everything the stream still holds (up to 24 hours).
+    #[value(name = "TRIM_HORIZON")]
+    TrimHorizon,
+}
+
+/// A built-in processor that `DYNASTREAM_PROCESSOR` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProcessorKind {
+    /// One Lambda-shaped JSON record per line on standard output.
+    #[value(name = "stdout")]
+    Stdout,
+}
+
+/// How log lines are written to standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for log collectors.
+    #[value(name = "json")]
+    Json,
+    /// Human-readable lines, for terminals.
+    #[value(name = "text")]
+    Text,
+}
+
+/// Every setting of a dynastream worker.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "dynastream",
+    version,
+    about = "Consume DynamoDB Streams: leased shards, checkpoints, Lambda-shaped records.",
+    long_about = None,
+    after_help = "AWS settings come from the standard variables: AWS_REGION, AWS_ENDPOINT_URL \
+                  (or AWS_ENDPOINT_URL_DYNAMODB and AWS_ENDPOINT_URL_DYNAMODB_STREAMS), and \
+                  credentials through the default provider chain."
+)]
+pub struct Config {
+    /// Tables whose current stream to consume (comma-separated).
+    #[arg(
+        long,
+        env = "DYNASTREAM_TABLES",
+        value_delimiter = ',',
+        value_name = "NAMES"
+    )]
+    pub tables: Vec<String>,
+
+    /// Stream ARNs to consume (comma-separated), in addition to the tables'.
+    #[arg(
+        long,
+        env = "DYNASTREAM_STREAM_ARNS",
+        value_delimiter = ',',
+        value_name = "ARNS"
+    )]
+    pub stream_arns: Vec<String>,
+
+    /// Application name: the workers of one application share its leases.
+    #[arg(long, env = "DYNASTREAM_APPLICATION", default_value = "dynastream", value_parser = non_empty_name)]
+    pub application: String,
+
+    /// Lease table [default: <application>-leases]; created on demand.
+    #[arg(long, env = "DYNASTREAM_LEASE_TABLE", value_parser = non_empty_name)]
+    pub lease_table: Option<String>,
+
+    /// This worker's identity in the lease table [default: host name plus a random suffix].
+    #[arg(long, env = "DYNASTREAM_WORKER_ID", value_parser = non_empty_name)]
+    pub worker_id: Option<String>,
+
+    /// Where to start on a shard that has no checkpoint yet.
+    #[arg(
+        long,
+        env = "DYNASTREAM_STARTING_POSITION",
+        default_value = "LATEST",
+        ignore_case = true
+    )]
+    pub starting_position: StartingPosition,
+
+    /// Most records handed to a processor at once (1..=10000); GetRecords asks for at most 1000.
+    #[arg(long, env = "DYNASTREAM_BATCH_SIZE", default_value_t = 100, value_parser = whole_number::<1, 10_000>)]
+    pub batch_size: u64,
+
+    /// Wait after an empty GetRecords, in ms (200..=60000); a shard with records is read again at once.
+    #[arg(long, env = "DYNASTREAM_POLL_INTERVAL_MS", default_value_t = 250, value_parser = whole_number::<200, 60_000>)]
+    pub poll_interval_ms: u64,
+
+    /// Processors each batch goes to (comma-separated): stdout.
+    #[arg(
+        long,
+        env = "DYNASTREAM_PROCESSOR",
+        default_value = "stdout",
+        value_delimiter = ','
+    )]
+    pub processor: Vec<ProcessorKind>,
+
+    /// How long a lease lives without renewal, in ms (1000..=600000); renewed every third of it.
+    #[arg(long, env = "DYNASTREAM_LEASE_DURATION_MS", default_value_t = 10_000, value_parser = whole_number::<1_000, 600_000>)]
+    pub lease_duration_ms: u64,
+
+    /// How often the full shard list is read again to find new shards, in ms (1000..=3600000).
+    #[arg(long, env = "DYNASTREAM_SHARD_SYNC_INTERVAL_MS", default_value_t = 60_000, value_parser = whole_number::<1_000, 3_600_000>)]
+    pub shard_sync_interval_ms: u64,
+
+    /// Longest a shutdown may spend finishing in-flight batches, in ms (1000..=600000).
+    #[arg(long, env = "DYNASTREAM_SHUTDOWN_GRACE_MS", default_value_t = 20_000, value_parser = whole_number::<1_000, 600_000>)]
+    pub shutdown_grace_ms: u64,
+
+    /// Log filter, in RUST_LOG syntax (e.g. `info,dynastream=debug`).
+    #[arg(long, env = "DYNASTREAM_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log format [default: json when stderr is not a terminal, else text].
+    #[arg(long, env = "DYNASTREAM_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// A configuration that cannot run. The message names the variable at fault
+/// and what it accepts, on one line, so it reads well in a container's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub enum Invocation {
+    /// Run a worker with this configuration.
+    Run(Box<Config>),
+    /// Print this text to stdout and exit 0 (`--help`, `--version`).
+    Print(String),
+}
+
+impl Config {
+    /// Parses flags and environment, then validates across settings.
+    ///
+    /// Never exits the process: the binary decides how to report, which keeps
+    /// this testable and the exit code (2) in one place.
+    pub fn from_args<I, T>(args: I) -> Result<Invocation, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        match Config::try_parse_from(args) {
+            Ok(config) => {
+                config.validate()?;
+                Ok(Invocation::Run(Box::new(config)))
+            }
+            Err(err) => match err.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    Ok(Invocation::Print(err.render().to_string()))
+                }
+                _ => Err(ConfigError(describe_clap_error(&err))),
+            },
+        }
+    }
+
+    /// Checks the rules that involve more than one setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tables.iter().all(|t| t.trim().is_empty())
+            && self.stream_arns.iter().all(|a| a.trim().is_empty())
+        {
+            return Err(ConfigError(
+                "DYNASTREAM_TABLES or DYNASTREAM_STREAM_ARNS is required: name at least one table \
+                 (e.g. DYNASTREAM_TABLES=orders) or stream ARN"
+                    .into(),
+            ));
+        }
+        if let Some(table) = self.tables.iter().find(|t| !valid_table_name(t.trim())) {
+            return Err(ConfigError(format!(
+                "invalid DYNASTREAM_TABLES entry {table:?}: a table name is 3-255 characters of \
+                 a-z, A-Z, 0-9, '_', '-' and '.'"
+            )));
+        }
+        if let Some(arn) = self
+            .stream_arns
+            .iter()
+            .find(|a| !a.trim().is_empty() && !looks_like_stream_arn(a.trim()))
+        {
+            return Err(ConfigError(format!(
+                "invalid DYNASTREAM_STREAM_ARNS entry {arn:?}: expected \
+                 arn:aws:dynamodb:<region>:<account>:table/<table>/stream/<label>"
+            )));
+        }
+        if !valid_table_name(&self.lease_table_name()) {
+            return Err(ConfigError(format!(
+                "invalid DYNASTREAM_LEASE_TABLE {:?}: a table name is 3-255 characters of a-z, \
+                 A-Z, 0-9, '_', '-' and '.'",
+                self.lease_table_name()
+            )));
+        }
+        if self.processor.is_empty() {
+            return Err(ConfigError(
+                "DYNASTREAM_PROCESSOR is empty: name at least one of: stdout".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The table names, trimmed, without empty entries.
+    pub fn table_names(&self) -> Vec<String> {
+        clean_list(&self.tables)
+    }
+
+    /// The stream ARNs given directly, trimmed, without empty entries.
+    pub fn stream_arn_list(&self) -> Vec<String> {
+        clean_list(&self.stream_arns)
+    }
+
+    /// The lease table's name, defaulting to `<application>-leases`.
+    pub fn lease_table_name(&self) -> String {
+        self.lease_table
+            .clone()
+            .unwrap_or_else(|| format!("{}-leases", self.application))
+    }
+
+    /// The worker id, generating `<hostname>-<random>` when none was set.
+    /// Call once and keep the result: each call without a configured id differs.
+    pub fn resolve_worker_id(&self) -> String {
+        if let Some(id) = &self.worker_id {
+            return id.clone();
+        }
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        let host = if host.is_empty() {
+            "worker".into()
+        } else {
+            host
+        };
+        format!("{host}-{:08x}", rand::random::<u32>())
+    }
+
+    /// The wait after an empty read.
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+
+    /// How long a lease lives without renewal.
+    pub fn lease_duration(&self) -> Duration {
+        Duration::from_millis(self.lease_duration_ms)
+    }
+
+    /// How often held leases are renewed: a third of the lease duration, so
+    /// two renewals can fail before the lease is at risk.
+    pub fn renew_interval(&self) -> Duration {
+        self.lease_duration() / 3
+    }
+
+    /// How often shards are listed again.
+    pub fn shard_sync_interval(&self) -> Duration {
+        Duration::from_millis(self.shard_sync_interval_ms)
+    }
+
+    /// The bound on a graceful shutdown.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// Every environment variable the configuration reads, with its default
+    /// (as `--help` shows it), for documentation checks.
+    pub fn variables() -> Vec<(String, Option<String>)> {
+        Config::command()
+            .get_arguments()
+            .filter_map(|arg| {
+                let env = arg.get_env()?.to_string_lossy().into_owned();
+                let default = arg
+                    .get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>();
+                Some((env, (!default.is_empty()).then(|| default.join(","))))
+            })
+            .collect()
+    }
+}
+
+fn clean_list(items: &[String]) -> Vec<String> {
+    items
+        .iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Parses a whole number within `MIN..=MAX`, with a message that states the range.
+fn whole_number<const MIN: u64, const MAX: u64>(value: &str) -> Result<u64, String> {
+    let expected = || format!("expected a whole number from {MIN} to {MAX}");
+    let number: u64 = value.trim().parse().map_err(|_| expected())?;
+    if (MIN..=MAX).contains(&number) {
+        Ok(number)
+    } else {
+        Err(expected())
+    }
+}
+
+fn non_empty_name(value: &str) -> Result<String, String> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(trimmed.to_owned())
+    }
+}
+
+/// DynamoDB's table-name rule.
+fn valid_table_name(name: &str) -> bool {
+    (3..=255).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+fn looks_like_stream_arn(arn: &str) -> bool {
+    arn.starts_with("arn:") && arn.contains(":table/") && arn.contains("/stream/")
+}
+
+/// Turns clap's multi-line error into one line naming the environment
+/// variable, since operators set variables, not flags.
+fn describe_clap_error(err: &clap::Error) -> String {
+    let context_string = |kind| match err.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let arg_text = context_string(ContextKind::InvalidArg);
+    let subject = arg_text
+        .as_deref()
+        .map(name_with_env)
+        .unwrap_or_else(|| "argument".into());
+    let value = context_string(ContextKind::InvalidValue).unwrap_or_default();
+    match err.kind() {
+        ErrorKind::ValueValidation => {
+            let reason = std::error::Error::source(err)
+                .map(|source| source.to_string())
+                .unwrap_or_else(|| "not accepted".into());
+            format!("invalid {subject} value {value:?}: {reason}")
+        }
+        ErrorKind::InvalidValue => {
+            let valid = match err.get(ContextKind::ValidValue) {
+                Some(ContextValue::Strings(values)) => values.join(", "),
+                _ => String::new(),
+            };
+            if value.is_empty() {
+                format!("invalid {subject}: a value is required (one of: {valid})")
+            } else {
+                format!("invalid {subject} value {value:?}: expected one of: {valid}")
+            }
+        }
+        _ => {
+            let rendered = err.to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            first.trim_start_matches("error: ").to_owned()
+        }
+    }
+}
+
+/// `--batch-size <N>` becomes `DYNASTREAM_BATCH_SIZE (--batch-size)`.
+fn name_with_env(arg_text: &str) -> String {
+    let flag = arg_text.split_whitespace().next().unwrap_or(arg_text);
+    let long = flag.trim_start_matches('-');
+    let env = Config::command()
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))
+        .and_then(|arg| arg.get_env().map(|e| e.to_string_lossy().into_owned()));
+    match env {
+        Some(env) => format!("{env} ({flag})"),
+        None => flag.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["dynastream"];
+        argv.extend_from_slice(args);
+        match Config::from_args(argv)? {
+            Invocation::Run(config) => Ok(*config),
+            Invocation::Print(text) => panic!("unexpected print: {text}"),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_lambda() {
+        let config = parse(&["--tables", "orders"]).unwrap();
+        assert_eq!(config.batch_size, 100);
+        assert_eq!(config.poll_interval(), Duration::from_millis(250));
+        assert_eq!(config.starting_position, StartingPosition::Latest);
+        assert_eq!(config.lease_table_name(), "dynastream-leases");
+        assert_eq!(config.renew_interval(), Duration::from_secs(10) / 3);
+    }
+
+    #[test]
+    fn a_bad_batch_size_names_the_variable_and_the_range() {
+        let err = parse(&["--tables", "orders", "--batch-size", "0"]).unwrap_err();
+        assert!(err.0.contains("DYNASTREAM_BATCH_SIZE"), "{err}");
+        assert!(err.0.contains("from 1 to 10000"), "{err}");
+        assert!(!err.0.contains('\n'));
+        let err = parse(&["--tables", "orders", "--batch-size", "abc"]).unwrap_err();
+        assert!(err.0.contains("DYNASTREAM_BATCH_SIZE"), "{err}");
+        assert!(err.0.contains("\"abc\""), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_position_lists_the_allowed_ones() {
+        let err = parse(&["--tables", "t1x", "--starting-position", "EARLIEST"]).unwrap_err();
+        assert!(err.0.contains("DYNASTREAM_STARTING_POSITION"), "{err}");
+        assert!(err.0.contains("LATEST, TRIM_HORIZON"), "{err}");
+    }
+
+    #[test]
+    fn tables_or_arns_are_required() {
+        let err = parse(&[]).unwrap_err();
+        assert!(err.0.contains("DYNASTREAM_TABLES"), "{err}");
+        assert!(parse(&[
+            "--stream-arns",
+            "arn:aws:dynamodb:us-east-1:1:table/t/stream/x"
+        ])
+        .is_ok());
+        assert!(parse(&["--stream-arns", "nonsense"]).is_err());
+        assert!(parse(&["--tables", "a"]).is_err());
+    }
+
+    #[test]
+    fn every_setting_has_a_variable() {
+        let variables = Config::variables();
+        assert!(variables.len() >= 10);
+        assert!(variables
+            .iter()
+            .all(|(name, _)| name.starts_with("DYNASTREAM_")));
+    }
+}

@@ -1,0 +1,116 @@
+//! The shard graph: which shard descends from which, and which may start.
+//!
+//! DynamoDB Streams splits shards as a table grows and rolls them over every
+//! few hours; a child's records follow its parent's, so a child may be read
+//! only once its parents were read to their ends (`SHARD_END`). This module is
+//! pure logic over a listing and the leases, so it is tested without any API.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::config::StartingPosition;
+use crate::lease::{Checkpoint, Lease};
+use crate::streams::ShardInfo;
+
+/// The checkpoint a new lease starts with.
+///
+/// The first time an application sees a stream, the configured starting
+/// position applies: `TRIM_HORIZON` reads every shard from its oldest record;
+/// `LATEST` reads open shards from now on and marks closed shards as already
+/// ended, so their children are not held back by history nobody asked for.
+/// Shards found later are continuations of shards already leased (splits and
+/// roll-overs), so they are read from their start whatever the setting.
+pub fn initial_checkpoint(
+    shard: &ShardInfo,
+    first_sight_of_stream: bool,
+    starting_position: StartingPosition,
+) -> Checkpoint {
+    if !first_sight_of_stream {
+        return Checkpoint::TrimHorizon;
+    }
+    match starting_position {
+        StartingPosition::TrimHorizon => Checkpoint::TrimHorizon,
+        StartingPosition::Latest if shard.is_closed() => Checkpoint::ShardEnd,
+        StartingPosition::Latest => Checkpoint::Latest,
+    }
+}
+
+/// Whether every parent of `lease` has been read to its end.
+///
+/// A parent with a lease must be at `SHARD_END`. A parent without a lease
+/// counts as done only if the stream no longer lists it (trimmed after 24
+/// hours); a listed parent without a lease is about to get one and must be
+/// read first.
+pub fn parents_done(
+    lease: &Lease,
+    leases: &HashMap<String, Lease>,
+    listed_shards: &HashSet<String>,
+) -> bool {
+    lease
+        .parent_shard_ids
+        .iter()
+        .all(|parent| match leases.get(parent) {
+            Some(parent_lease) => parent_lease.checkpoint.is_shard_end(),
+            None => !listed_shards.contains(parent),
+        })
+}
+
+/// The children of `shard_id` in a listing.
+pub fn children_of<'a>(shards: &'a [ShardInfo], shard_id: &str) -> Vec<&'a ShardInfo> {
+    shards
+        .iter()
+        .filter(|s| s.parent_shard_id.as_deref() == Some(shard_id))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(id: &str, parent: Option<&str>, closed: bool) -> ShardInfo {
+        ShardInfo {
+            shard_id: id.into(),
+            parent_shard_id: parent.map(Into::into),
+            starting_sequence_number: None,
+            ending_sequence_number: closed.then(|| "9".into()),
+        }
+    }
+
+    #[test]
+    fn latest_skips_closed_history_but_continuations_start_at_their_beginning() {
+        let closed = shard("a", None, true);
+        let open = shard("b", Some("a"), false);
+        let latest = StartingPosition::Latest;
+        assert_eq!(
+            initial_checkpoint(&closed, true, latest),
+            Checkpoint::ShardEnd
+        );
+        assert_eq!(initial_checkpoint(&open, true, latest), Checkpoint::Latest);
+        assert_eq!(
+            initial_checkpoint(&open, false, latest),
+            Checkpoint::TrimHorizon
+        );
+        assert_eq!(
+            initial_checkpoint(&closed, true, StartingPosition::TrimHorizon),
+            Checkpoint::TrimHorizon
+        );
+    }
+
+    #[test]
+    fn a_child_waits_for_a_listed_parent_without_a_lease() {
+        let child = Lease::new("s", "b", Some("a"), Checkpoint::TrimHorizon);
+        let mut leases = HashMap::new();
+        let listed: HashSet<String> = ["a".to_string(), "b".to_string()].into();
+        assert!(!parents_done(&child, &leases, &listed));
+        leases.insert(
+            "a".into(),
+            Lease::new("s", "a", None, Checkpoint::Sequence("5".into())),
+        );
+        assert!(!parents_done(&child, &leases, &listed));
+        leases.get_mut("a").unwrap().checkpoint = Checkpoint::ShardEnd;
+        assert!(parents_done(&child, &leases, &listed));
+        assert!(
+            parents_done(&child, &HashMap::new(), &HashSet::new()),
+            "trimmed parent"
+        );
+    }
+}

@@ -1,0 +1,100 @@
+//! The engine: a configured coordinator over real or injected seams.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ProcessorKind};
+use crate::coordinator::{Coordinator, CoordinatorSettings};
+use crate::dispatch::Dispatcher;
+use crate::error::Error;
+use crate::lease::dynamo::DynamoLeaseStore;
+use crate::lease::LeaseStore;
+use crate::processor::stdout::StdoutProcessor;
+use crate::processor::Processor;
+use crate::shard::ShardSettings;
+use crate::streams::sdk::SdkStreams;
+use crate::streams::StreamsApi;
+
+/// A dynastream worker, ready to run.
+///
+/// Build it from a [`Config`] with [`Engine::connect`] (real AWS SDK clients,
+/// the built-in processors named by the configuration) or with
+/// [`Engine::with_parts`] to plug in your own processor or fakes.
+pub struct Engine {
+    settings: CoordinatorSettings,
+    streams: Arc<dyn StreamsApi>,
+    leases: Arc<dyn LeaseStore>,
+    processors: Vec<Arc<dyn Processor>>,
+}
+
+impl Engine {
+    /// Builds SDK clients from the standard AWS configuration and the
+    /// processors the configuration names.
+    pub async fn connect(config: &Config) -> Result<Engine, Error> {
+        let sdk = crate::aws::load_sdk_config().await;
+        if sdk.region().is_none() {
+            return Err(Error::Config(
+                "AWS_REGION is not set (and no region was found in the AWS profile)".into(),
+            ));
+        }
+        let streams: Arc<dyn StreamsApi> = Arc::new(SdkStreams::from_conf(&sdk));
+        let leases: Arc<dyn LeaseStore> = Arc::new(DynamoLeaseStore::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            config.lease_table_name(),
+        ));
+        let processors = config
+            .processor
+            .iter()
+            .map(|kind| -> Arc<dyn Processor> {
+                match kind {
+                    ProcessorKind::Stdout => Arc::new(StdoutProcessor::new()),
+                }
+            })
+            .collect();
+        Ok(Engine::with_parts(config, streams, leases, processors))
+    }
+
+    /// An engine over the given stream reader, lease store and processors.
+    pub fn with_parts(
+        config: &Config,
+        streams: Arc<dyn StreamsApi>,
+        leases: Arc<dyn LeaseStore>,
+        processors: Vec<Arc<dyn Processor>>,
+    ) -> Engine {
+        let settings = CoordinatorSettings {
+            worker_id: config.resolve_worker_id(),
+            tables: config.table_names(),
+            stream_arns: config.stream_arn_list(),
+            starting_position: config.starting_position,
+            lease_duration: config.lease_duration(),
+            renew_interval: config.renew_interval(),
+            shard_sync_interval: config.shard_sync_interval(),
+            shutdown_grace: config.shutdown_grace(),
+            shard: ShardSettings {
+                batch_size: u32::try_from(config.batch_size).unwrap_or(u32::MAX),
+                poll_interval: config.poll_interval(),
+            },
+        };
+        Engine {
+            settings,
+            streams,
+            leases,
+            processors,
+        }
+    }
+
+    /// This worker's id in the lease table.
+    pub fn worker_id(&self) -> &str {
+        &self.settings.worker_id
+    }
+
+    /// Runs until `shutdown` is cancelled, then finishes in-flight batches,
+    /// checkpoints and releases its leases before returning.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let dispatcher = Arc::new(Dispatcher::new(self.processors));
+        Coordinator::new(self.settings, self.streams, self.leases, dispatcher)
+            .run(shutdown)
+            .await
+    }
+}

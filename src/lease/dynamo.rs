@@ -1,0 +1,437 @@
+//! [`LeaseStore`] in a DynamoDB table, in the Java KCL's item layout.
+//!
+//! Every write is a conditional UpdateItem that names the counter and owner it
+//! expects, so a worker never overwrites a lease that moved on without it.
+//! Lease-table traffic is small (a renewal per lease every few seconds), so
+//! the table is created PAY_PER_REQUEST.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb as ddb;
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
+    ScalarAttributeType, TableStatus,
+};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+
+use super::{Checkpoint, Lease, LeaseError, LeaseScan, LeaseStore};
+use crate::aws::{classify, FailureKind};
+
+const LEASE_KEY: &str = "leaseKey";
+const LEASE_OWNER: &str = "leaseOwner";
+const LEASE_COUNTER: &str = "leaseCounter";
+const CHECKPOINT: &str = "checkpoint";
+const CHECKPOINT_SUB_SEQUENCE: &str = "checkpointSubSequenceNumber";
+const OWNER_SWITCHES: &str = "ownerSwitchesSinceCheckpoint";
+const PARENT_SHARD_ID: &str = "parentShardId";
+const STREAM_ARN: &str = "streamArn";
+
+/// Leases in a DynamoDB table.
+#[derive(Debug, Clone)]
+pub struct DynamoLeaseStore {
+    client: ddb::Client,
+    table: String,
+}
+
+impl DynamoLeaseStore {
+    /// Leases in `table`, through `client`.
+    pub fn new(client: ddb::Client, table: impl Into<String>) -> Self {
+        DynamoLeaseStore {
+            client,
+            table: table.into(),
+        }
+    }
+
+    /// The lease table's name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn error<E>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        err: SdkError<E, HttpResponse>,
+    ) -> LeaseError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let failure = classify(&err);
+        match failure.code.as_deref() {
+            Some("ConditionalCheckFailedException") => LeaseError::Conflict {
+                key: key.to_owned(),
+            },
+            Some("ResourceNotFoundException") => LeaseError::TableNotFound {
+                table: self.table.clone(),
+            },
+            _ => match failure.kind {
+                FailureKind::Rejected => LeaseError::Rejected {
+                    operation,
+                    message: failure.message,
+                },
+                kind => LeaseError::Transient {
+                    operation,
+                    kind,
+                    message: failure.message,
+                },
+            },
+        }
+    }
+
+    /// A conditional update on the lease's counter and owner, returning the new item.
+    async fn conditional_update(
+        &self,
+        operation: &'static str,
+        lease: &Lease,
+        update: String,
+        mut values: HashMap<String, AttributeValue>,
+        mut names: HashMap<String, String>,
+    ) -> Result<Lease, LeaseError> {
+        let mut condition = "#counter = :expected_counter".to_owned();
+        values.insert(":expected_counter".into(), number(lease.counter));
+        names.insert("#counter".into(), LEASE_COUNTER.into());
+        names.insert("#owner".into(), LEASE_OWNER.into());
+        match &lease.owner {
+            Some(owner) => {
+                condition.push_str(" AND #owner = :expected_owner");
+                values.insert(":expected_owner".into(), AttributeValue::S(owner.clone()));
+            }
+            None => condition.push_str(" AND attribute_not_exists(#owner)"),
+        }
+        let answer = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(LEASE_KEY, AttributeValue::S(lease.key.clone()))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_values(Some(values))
+            .set_expression_attribute_names(Some(names))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| self.error(operation, &lease.key, e))?;
+        let item = answer.attributes.unwrap_or_default();
+        lease_from_item(&item)
+    }
+}
+
+fn number(value: u64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+/// Reads a lease item; an item that is not a lease is reported, not guessed at.
+pub fn lease_from_item(item: &HashMap<String, AttributeValue>) -> Result<Lease, LeaseError> {
+    let key = match item.get(LEASE_KEY) {
+        Some(AttributeValue::S(key)) => key.clone(),
+        _ => {
+            return Err(LeaseError::Malformed {
+                key: "?".into(),
+                reason: "no string leaseKey".into(),
+            })
+        }
+    };
+    let malformed = |reason: String| LeaseError::Malformed {
+        key: key.clone(),
+        reason,
+    };
+    let read_number = |name: &str| -> Result<u64, LeaseError> {
+        match item.get(name) {
+            None => Ok(0),
+            Some(AttributeValue::N(n)) => n
+                .parse()
+                .map_err(|_| malformed(format!("{name} is not a whole number: {n:?}"))),
+            Some(other) => Err(malformed(format!("{name} is not a number: {other:?}"))),
+        }
+    };
+    let read_string = |name: &str| -> Result<Option<String>, LeaseError> {
+        match item.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::S(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(malformed(format!("{name} is not a string: {other:?}"))),
+        }
+    };
+    let checkpoint_text = read_string(CHECKPOINT)?.unwrap_or_else(|| "TRIM_HORIZON".into());
+    let checkpoint = Checkpoint::parse(&checkpoint_text)
+        .ok_or_else(|| malformed(format!("checkpoint {checkpoint_text:?} is not a sequence number or TRIM_HORIZON/LATEST/SHARD_END")))?;
+    let parent_shard_ids = match item.get(PARENT_SHARD_ID) {
+        None => Vec::new(),
+        Some(AttributeValue::Ss(set)) => set.clone(),
+        Some(AttributeValue::S(one)) => vec![one.clone()],
+        Some(other) => {
+            return Err(malformed(format!(
+                "parentShardId is not a string set: {other:?}"
+            )))
+        }
+    };
+    Ok(Lease {
+        stream_arn: read_string(STREAM_ARN)?,
+        owner: read_string(LEASE_OWNER)?,
+        counter: read_number(LEASE_COUNTER)?,
+        checkpoint,
+        checkpoint_sub_sequence_number: read_number(CHECKPOINT_SUB_SEQUENCE)?,
+        owner_switches_since_checkpoint: read_number(OWNER_SWITCHES)?,
+        parent_shard_ids,
+        key,
+    })
+}
+
+/// Writes a lease as an item.
+pub fn lease_to_item(lease: &Lease) -> HashMap<String, AttributeValue> {
+    let mut item = HashMap::new();
+    item.insert(LEASE_KEY.into(), AttributeValue::S(lease.key.clone()));
+    if let Some(owner) = &lease.owner {
+        item.insert(LEASE_OWNER.into(), AttributeValue::S(owner.clone()));
+    }
+    if let Some(arn) = &lease.stream_arn {
+        item.insert(STREAM_ARN.into(), AttributeValue::S(arn.clone()));
+    }
+    item.insert(LEASE_COUNTER.into(), number(lease.counter));
+    item.insert(
+        CHECKPOINT.into(),
+        AttributeValue::S(lease.checkpoint.as_stored().to_owned()),
+    );
+    item.insert(
+        CHECKPOINT_SUB_SEQUENCE.into(),
+        number(lease.checkpoint_sub_sequence_number),
+    );
+    item.insert(
+        OWNER_SWITCHES.into(),
+        number(lease.owner_switches_since_checkpoint),
+    );
+    if !lease.parent_shard_ids.is_empty() {
+        item.insert(
+            PARENT_SHARD_ID.into(),
+            AttributeValue::Ss(lease.parent_shard_ids.clone()),
+        );
+    }
+    item
+}
+
+#[async_trait]
+impl LeaseStore for DynamoLeaseStore {
+    async fn ensure_table(&self) -> Result<(), LeaseError> {
+        let created = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(LEASE_KEY)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .map_err(|e| LeaseError::Rejected {
+                        operation: "CreateTable",
+                        message: e.to_string(),
+                    })?,
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(LEASE_KEY)
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .map_err(|e| LeaseError::Rejected {
+                        operation: "CreateTable",
+                        message: e.to_string(),
+                    })?,
+            )
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await;
+        match created {
+            Ok(_) => tracing::info!(table = %self.table, "created the lease table"),
+            Err(err) if err.code() == Some("ResourceInUseException") => {}
+            Err(err) => return Err(self.error("CreateTable", "", err)),
+        }
+        for _ in 0..120 {
+            let answer = self
+                .client
+                .describe_table()
+                .table_name(&self.table)
+                .send()
+                .await
+                .map_err(|e| self.error("DescribeTable", "", e))?;
+            let status = answer.table.and_then(|t| t.table_status);
+            if status == Some(TableStatus::Active) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(LeaseError::Transient {
+            operation: "DescribeTable",
+            kind: FailureKind::ServiceUnavailable,
+            message: format!(
+                "lease table {} did not become ACTIVE within 60 s",
+                self.table
+            ),
+        })
+    }
+
+    async fn list_leases(&self) -> Result<LeaseScan, LeaseError> {
+        let mut scan = LeaseScan::default();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let answer = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| self.error("Scan", "", e))?;
+            for item in answer.items.unwrap_or_default() {
+                match lease_from_item(&item) {
+                    Ok(lease) => scan.leases.push(lease),
+                    Err(err) => scan.malformed.push(err),
+                }
+            }
+            match answer.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(scan),
+            }
+        }
+    }
+
+    async fn create_lease_if_absent(&self, lease: &Lease) -> Result<bool, LeaseError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(lease_to_item(lease)))
+            .condition_expression("attribute_not_exists(#key)")
+            .expression_attribute_names("#key", LEASE_KEY)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err) => match self.error("PutItem", &lease.key, err) {
+                LeaseError::Conflict { .. } => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn take_lease(&self, lease: &Lease, new_owner: &str) -> Result<Lease, LeaseError> {
+        let switched = !lease.is_owned_by(new_owner);
+        let mut values = HashMap::new();
+        values.insert(":one".into(), number(1));
+        values.insert(":new_owner".into(), AttributeValue::S(new_owner.to_owned()));
+        values.insert(":zero".into(), number(0));
+        values.insert(":switch".into(), number(u64::from(switched)));
+        let mut names = HashMap::new();
+        names.insert("#switches".into(), OWNER_SWITCHES.into());
+        let update = "SET #counter = #counter + :one, #owner = :new_owner, \
+                      #switches = if_not_exists(#switches, :zero) + :switch"
+            .to_owned();
+        self.conditional_update("TakeLease", lease, update, values, names)
+            .await
+    }
+
+    async fn renew_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
+        let mut values = HashMap::new();
+        values.insert(":one".into(), number(1));
+        self.conditional_update(
+            "RenewLease",
+            lease,
+            "SET #counter = #counter + :one".into(),
+            values,
+            HashMap::new(),
+        )
+        .await
+    }
+
+    async fn update_checkpoint(
+        &self,
+        lease: &Lease,
+        checkpoint: &Checkpoint,
+    ) -> Result<Lease, LeaseError> {
+        let mut values = HashMap::new();
+        values.insert(":one".into(), number(1));
+        values.insert(":zero".into(), number(0));
+        values.insert(
+            ":checkpoint".into(),
+            AttributeValue::S(checkpoint.as_stored().to_owned()),
+        );
+        let mut names = HashMap::new();
+        names.insert("#checkpoint".into(), CHECKPOINT.into());
+        names.insert("#sub".into(), CHECKPOINT_SUB_SEQUENCE.into());
+        names.insert("#switches".into(), OWNER_SWITCHES.into());
+        let update = "SET #counter = #counter + :one, #checkpoint = :checkpoint, \
+                      #sub = :zero, #switches = :zero"
+            .to_owned();
+        self.conditional_update("Checkpoint", lease, update, values, names)
+            .await
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
+        let mut values = HashMap::new();
+        values.insert(":one".into(), number(1));
+        self.conditional_update(
+            "ReleaseLease",
+            lease,
+            "SET #counter = #counter + :one REMOVE #owner".into(),
+            values,
+            HashMap::new(),
+        )
+        .await
+    }
+
+    async fn delete_lease(&self, lease: &Lease) -> Result<(), LeaseError> {
+        let condition = if lease.owner.is_none() {
+            "#counter = :expected_counter AND attribute_not_exists(#owner)"
+        } else {
+            "#counter = :expected_counter"
+        };
+        let mut request = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(LEASE_KEY, AttributeValue::S(lease.key.clone()))
+            .condition_expression(condition)
+            .expression_attribute_names("#counter", LEASE_COUNTER)
+            .expression_attribute_values(":expected_counter", number(lease.counter));
+        if lease.owner.is_none() {
+            request = request.expression_attribute_names("#owner", LEASE_OWNER);
+        }
+        request
+            .send()
+            .await
+            .map_err(|e| self.error("DeleteItem", &lease.key, e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_round_trip() {
+        let mut lease = Lease::new("arn:s", "shardId-1", Some("shardId-0"), Checkpoint::Latest);
+        lease.owner = Some("w1".into());
+        lease.counter = 7;
+        let back = lease_from_item(&lease_to_item(&lease)).unwrap();
+        assert_eq!(back, lease);
+    }
+
+    #[test]
+    fn a_malformed_item_names_itself() {
+        let mut item = lease_to_item(&Lease::new(
+            "arn:s",
+            "shardId-9",
+            None,
+            Checkpoint::TrimHorizon,
+        ));
+        item.insert(LEASE_COUNTER.into(), AttributeValue::S("x".into()));
+        let err = lease_from_item(&item).unwrap_err();
+        assert!(err.to_string().contains("shardId-9"), "{err}");
+        item.insert(LEASE_COUNTER.into(), number(1));
+        item.insert(CHECKPOINT.into(), AttributeValue::S("garbage".into()));
+        assert!(lease_from_item(&item).is_err());
+    }
+}

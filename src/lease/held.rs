@@ -1,0 +1,199 @@
+//! The protocol a worker follows for a lease it owns.
+//!
+//! Renewals (from the coordinator) and checkpoints (from the shard consumer)
+//! both write the same item and both bump its counter, so they are serialized
+//! through one [`HeldLease`] that always knows the counter it last wrote.
+//! A refused write means another worker has the lease: the handle is then
+//! marked lost for good and the shard consumer stops.
+//!
+//! Validity is judged on this worker's monotonic clock: a lease whose last
+//! successful write started more than three quarters of the lease duration
+//! ago is no longer trusted, so records stop flowing to processors before any
+//! other worker can judge the lease expired (which takes a full duration of
+//! an unchanged counter on *its* clock).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Checkpoint, Lease, LeaseError, LeaseStore};
+
+/// A lease this worker owns.
+#[derive(Debug)]
+pub struct HeldLease {
+    store: Arc<dyn LeaseStore>,
+    current: Mutex<Lease>,
+    last_write: std::sync::Mutex<Instant>,
+    validity: Duration,
+    lost: CancellationToken,
+}
+
+impl HeldLease {
+    /// Wraps a lease just taken (its last write started at `taken_at`).
+    pub fn new(
+        store: Arc<dyn LeaseStore>,
+        lease: Lease,
+        lease_duration: Duration,
+        taken_at: Instant,
+    ) -> Self {
+        HeldLease {
+            store,
+            current: Mutex::new(lease),
+            last_write: std::sync::Mutex::new(taken_at),
+            validity: lease_duration * 3 / 4,
+            lost: CancellationToken::new(),
+        }
+    }
+
+    /// Cancelled once the lease is lost or released; the shard consumer
+    /// selects on it to stop at once.
+    pub fn lost(&self) -> &CancellationToken {
+        &self.lost
+    }
+
+    /// Whether records may still be handed to processors under this lease.
+    pub fn is_valid(&self) -> bool {
+        !self.lost.is_cancelled() && self.since_last_write() < self.validity
+    }
+
+    /// Whether the lease is gone for good (taken, released or deleted).
+    pub fn is_lost(&self) -> bool {
+        self.lost.is_cancelled()
+    }
+
+    fn since_last_write(&self) -> Duration {
+        let last = *self
+            .last_write
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        last.elapsed()
+    }
+
+    /// A copy of the lease as last written.
+    pub async fn snapshot(&self) -> Lease {
+        self.current.lock().await.clone()
+    }
+
+    async fn write<F, Fut>(&self, op: F) -> Result<Lease, LeaseError>
+    where
+        F: FnOnce(Arc<dyn LeaseStore>, Lease) -> Fut,
+        Fut: std::future::Future<Output = Result<Lease, LeaseError>>,
+    {
+        let mut current = self.current.lock().await;
+        if self.lost.is_cancelled() {
+            return Err(LeaseError::Conflict {
+                key: current.key.clone(),
+            });
+        }
+        let started = Instant::now();
+        match op(Arc::clone(&self.store), current.clone()).await {
+            Ok(written) => {
+                *current = written.clone();
+                *self
+                    .last_write
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = started;
+                Ok(written)
+            }
+            Err(err) => {
+                if matches!(err, LeaseError::Conflict { .. }) {
+                    self.lost.cancel();
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The heartbeat: bumps the counter so other workers see the lease alive.
+    pub async fn renew(&self) -> Result<(), LeaseError> {
+        self.write(|store, lease| async move { store.renew_lease(&lease).await })
+            .await
+            .map(drop)
+    }
+
+    /// Records progress. Refused (and the lease marked lost) if another
+    /// worker has taken the lease since our last write.
+    pub async fn checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), LeaseError> {
+        let checkpoint = checkpoint.clone();
+        self.write(|store, lease| async move { store.update_checkpoint(&lease, &checkpoint).await })
+            .await
+            .map(drop)
+    }
+
+    /// Gives the lease up so another worker can take it without waiting for
+    /// it to expire. The handle is lost afterwards whatever the outcome.
+    pub async fn release(&self) -> Result<(), LeaseError> {
+        let result = self
+            .write(|store, lease| async move { store.release_lease(&lease).await })
+            .await
+            .map(drop);
+        self.lost.cancel();
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::memory::MemoryLeaseStore;
+    use crate::record::SequenceNumber;
+
+    async fn held(store: &MemoryLeaseStore) -> HeldLease {
+        let lease = Lease::new("arn:s", "shard-1", None, Checkpoint::TrimHorizon);
+        store.create_lease_if_absent(&lease).await.unwrap();
+        let taken = store.take_lease(&lease, "me").await.unwrap();
+        HeldLease::new(
+            Arc::new(store.clone()),
+            taken,
+            Duration::from_secs(9),
+            Instant::now(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewals_and_checkpoints_share_the_fencing_counter() {
+        let store = MemoryLeaseStore::new();
+        let lease = held(&store).await;
+        lease.renew().await.unwrap();
+        let seq = Checkpoint::Sequence(SequenceNumber::from("100"));
+        lease.checkpoint(&seq).await.unwrap();
+        lease.renew().await.unwrap();
+        let stored = store.get("shard-1").unwrap();
+        assert_eq!(stored.counter, 4);
+        assert_eq!(stored.checkpoint, seq);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stolen_lease_refuses_the_checkpoint_and_is_lost() {
+        let store = MemoryLeaseStore::new();
+        let lease = held(&store).await;
+        let theirs = store.get("shard-1").unwrap();
+        store.take_lease(&theirs, "thief").await.unwrap();
+        let err = lease
+            .checkpoint(&Checkpoint::Sequence(SequenceNumber::from("5")))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LeaseError::Conflict { .. }));
+        assert!(lease.is_lost());
+        assert!(!lease.is_valid());
+        assert_eq!(
+            store.get("shard-1").unwrap().checkpoint,
+            Checkpoint::TrimHorizon
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn validity_ends_before_others_could_judge_the_lease_expired() {
+        let store = MemoryLeaseStore::new();
+        let lease = held(&store).await;
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(lease.is_valid());
+        tokio::time::advance(Duration::from_millis(1_000)).await;
+        assert!(!lease.is_valid(), "7 s of a 9 s lease without a write");
+        lease.renew().await.unwrap();
+        assert!(lease.is_valid());
+    }
+}

@@ -1,0 +1,253 @@
+//! Leases: which worker reads which shard, and where it got to.
+//!
+//! One item per shard in a DynamoDB table, in the Java KCL's layout
+//! (`leaseKey`, `leaseOwner`, `leaseCounter`, `checkpoint`,
+//! `checkpointSubSequenceNumber`, `ownerSwitchesSinceCheckpoint`,
+//! `parentShardId`) so that an application can move from the KCL onto its
+//! existing lease table. Every write is conditional on the `leaseCounter` and
+//! owner the writer last read: the counter is a fencing token, so a worker
+//! whose lease was taken cannot checkpoint over its successor.
+//!
+//! [`LeaseStore`] is the storage seam ([`dynamo::DynamoLeaseStore`] for real,
+//! [`memory::MemoryLeaseStore`] for unit tests); [`held::HeldLease`] is the
+//! protocol a worker follows for a lease it owns.
+
+pub mod dynamo;
+pub mod held;
+pub mod memory;
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::aws::FailureKind;
+use crate::record::SequenceNumber;
+
+/// How far a shard has been processed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Checkpoint {
+    /// Nothing processed yet; start at the oldest record.
+    TrimHorizon,
+    /// Nothing processed yet; start at the newest record.
+    Latest,
+    /// Processed up to and including this record.
+    Sequence(SequenceNumber),
+    /// The shard is closed and every record in it was processed.
+    ShardEnd,
+}
+
+impl Checkpoint {
+    /// The text stored in the lease table (the KCL's sentinels or a sequence number).
+    pub fn as_stored(&self) -> &str {
+        match self {
+            Checkpoint::TrimHorizon => "TRIM_HORIZON",
+            Checkpoint::Latest => "LATEST",
+            Checkpoint::ShardEnd => "SHARD_END",
+            Checkpoint::Sequence(seq) => seq.as_str(),
+        }
+    }
+
+    /// Parses the stored text; `None` for anything that is neither a sentinel
+    /// nor a decimal sequence number.
+    pub fn parse(text: &str) -> Option<Checkpoint> {
+        match text {
+            "TRIM_HORIZON" => Some(Checkpoint::TrimHorizon),
+            "LATEST" => Some(Checkpoint::Latest),
+            "SHARD_END" => Some(Checkpoint::ShardEnd),
+            digits if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+                Some(Checkpoint::Sequence(SequenceNumber(digits.to_owned())))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the shard was read to its end.
+    pub fn is_shard_end(&self) -> bool {
+        matches!(self, Checkpoint::ShardEnd)
+    }
+}
+
+impl fmt::Display for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_stored())
+    }
+}
+
+/// One lease item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The item's key: the shard id.
+    pub key: String,
+    /// The stream the shard belongs to; absent in tables written by the KCL.
+    pub stream_arn: Option<String>,
+    /// The worker holding the lease; `None` when it is free to take.
+    pub owner: Option<String>,
+    /// Bumped on every write: the fencing token, and the heartbeat others
+    /// watch to judge expiry on their own clocks.
+    pub counter: u64,
+    /// Progress through the shard.
+    pub checkpoint: Checkpoint,
+    /// The KCL's sub-sequence number (aggregated Kinesis records); always 0 for
+    /// DynamoDB Streams, kept for compatibility.
+    pub checkpoint_sub_sequence_number: u64,
+    /// How many times the lease changed hands since the last checkpoint: a
+    /// shard that keeps moving without progress is a warning sign.
+    pub owner_switches_since_checkpoint: u64,
+    /// The shard's parents; it starts only when they have reached SHARD_END.
+    pub parent_shard_ids: Vec<String>,
+}
+
+impl Lease {
+    /// A new, unowned lease for a shard.
+    pub fn new(
+        stream_arn: &str,
+        shard_id: &str,
+        parent: Option<&str>,
+        checkpoint: Checkpoint,
+    ) -> Lease {
+        Lease {
+            key: shard_id.to_owned(),
+            stream_arn: Some(stream_arn.to_owned()),
+            owner: None,
+            counter: 0,
+            checkpoint,
+            checkpoint_sub_sequence_number: 0,
+            owner_switches_since_checkpoint: 0,
+            parent_shard_ids: parent.map(|p| vec![p.to_owned()]).unwrap_or_default(),
+        }
+    }
+
+    /// The shard this lease covers.
+    pub fn shard_id(&self) -> &str {
+        &self.key
+    }
+
+    /// Whether `worker` holds this lease, as of this copy.
+    pub fn is_owned_by(&self, worker: &str) -> bool {
+        self.owner.as_deref() == Some(worker)
+    }
+}
+
+/// Why a lease-table call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum LeaseError {
+    /// The item changed since we read it (another worker took it, or it was
+    /// released): the conditional write was refused. Fatal for this lease.
+    #[error("lease {key} is no longer ours: it changed since we read it")]
+    Conflict {
+        /// The lease key.
+        key: String,
+    },
+    /// The lease table does not exist (any more).
+    #[error("lease table {table} not found")]
+    TableNotFound {
+        /// The table name.
+        table: String,
+    },
+    /// An item that cannot be read as a lease.
+    #[error("malformed lease item {key:?}: {reason}")]
+    Malformed {
+        /// The item's `leaseKey`, or `?` when even that is missing.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Retryable: throttled, service failure or transport failure.
+    #[error("{kind:?} in lease table {operation}: {message}")]
+    Transient {
+        /// The API call.
+        operation: &'static str,
+        /// Which kind of transient failure.
+        kind: FailureKind,
+        /// What the service or transport said.
+        message: String,
+    },
+    /// Fatal: refused for a reason retrying cannot fix (permissions, validation).
+    #[error("lease table {operation} refused: {message}")]
+    Rejected {
+        /// The API call.
+        operation: &'static str,
+        /// What the service said.
+        message: String,
+    },
+}
+
+impl LeaseError {
+    /// Whether the same call may succeed if tried again after a backoff.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, LeaseError::Transient { .. })
+    }
+}
+
+/// What a scan of the lease table found.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseScan {
+    /// The readable leases.
+    pub leases: Vec<Lease>,
+    /// Items that are not leases, reported and skipped so that the rest keep working.
+    pub malformed: Vec<LeaseError>,
+}
+
+/// Storage of lease items. Each write is one conditional request: it succeeds
+/// only if the item still has the `counter` and `owner` of the lease passed
+/// in, and it returns the lease as written. Implementations do not retry.
+#[async_trait]
+pub trait LeaseStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Creates the lease table if it is missing and waits until it is usable.
+    async fn ensure_table(&self) -> Result<(), LeaseError>;
+
+    /// Reads every lease (strongly consistent).
+    async fn list_leases(&self) -> Result<LeaseScan, LeaseError>;
+
+    /// Writes a new lease unless one with that key exists; `true` if written.
+    async fn create_lease_if_absent(&self, lease: &Lease) -> Result<bool, LeaseError>;
+
+    /// Makes `new_owner` the owner and bumps the counter.
+    async fn take_lease(&self, lease: &Lease, new_owner: &str) -> Result<Lease, LeaseError>;
+
+    /// Bumps the counter: the heartbeat that keeps the lease alive.
+    async fn renew_lease(&self, lease: &Lease) -> Result<Lease, LeaseError>;
+
+    /// Records progress, bumps the counter and resets the owner-switch count.
+    async fn update_checkpoint(
+        &self,
+        lease: &Lease,
+        checkpoint: &Checkpoint,
+    ) -> Result<Lease, LeaseError>;
+
+    /// Clears the owner so any worker can take the lease at once.
+    async fn release_lease(&self, lease: &Lease) -> Result<Lease, LeaseError>;
+
+    /// Removes the lease item.
+    async fn delete_lease(&self, lease: &Lease) -> Result<(), LeaseError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn sentinels_round_trip() {
+        for text in [
+            "TRIM_HORIZON",
+            "LATEST",
+            "SHARD_END",
+            "49600000000000000001234",
+        ] {
+            assert_eq!(Checkpoint::parse(text).unwrap().as_stored(), text);
+        }
+        assert_eq!(Checkpoint::parse("AT_TIMESTAMP"), None);
+        assert_eq!(Checkpoint::parse(""), None);
+        assert_eq!(Checkpoint::parse("12a"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn any_sequence_number_round_trips(digits in "[0-9]{1,40}") {
+            let checkpoint = Checkpoint::parse(&digits).unwrap();
+            prop_assert_eq!(checkpoint.as_stored(), digits.as_str());
+        }
+    }
+}

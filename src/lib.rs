@@ -1,0 +1,40 @@
+//! dynastream: a long-running DynamoDB Streams consumer.
+//!
+//! A tour of the modules, in the order a record travels:
+//!
+//! - [`config`]: every setting, from flags and `DYNASTREAM_*` variables.
+//! - [`streams`]: the [`streams::StreamsApi`] trait over DynamoDB Streams reads,
+//!   its SDK implementation and an in-memory fake.
+//! - [`lease`]: the lease table (KCL layout), the [`lease::LeaseStore`] trait and
+//!   the protocol for a lease a worker holds.
+//! - [`coordinator`]: resolves streams, builds the shard graph, takes leases and
+//!   owns one shard task per held lease.
+//! - [`shard`]: one shard's loop: iterator, GetRecords, dispatch, checkpoint.
+//! - [`dispatch`]: gets each batch through every processor, with retries.
+//! - [`processor`]: the [`processor::Processor`] trait and the built-ins.
+//! - [`record`]: the record model, in exactly Lambda's event shape.
+//! - [`telemetry`]: logs, to standard error.
+//!
+//! [`Engine`] ties them together; `src/main.rs` only parses the configuration
+//! and calls it.
+//!
+//! Delivery is at least once and in order per shard: a batch is checkpointed
+//! only after every processor succeeded with it.
+
+pub mod aws;
+pub mod backoff;
+pub mod config;
+pub mod coordinator;
+pub mod dispatch;
+pub mod error;
+pub mod lease;
+pub mod processor;
+pub mod record;
+pub mod shard;
+pub mod streams;
+pub mod telemetry;
+
+mod engine;
+
+pub use engine::Engine;
+pub use error::Error;

@@ -1,0 +1,87 @@
+//! The `dynastream` binary: parse the configuration, run the engine until
+//! SIGTERM or SIGINT, exit 0 after a clean shutdown, 2 on bad configuration.
+
+use std::process::ExitCode;
+
+use dynastream::config::{Config, Invocation};
+use dynastream::Engine;
+use tokio_util::sync::CancellationToken;
+
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let config = match Config::from_args(std::env::args_os()) {
+        Ok(Invocation::Run(config)) => config,
+        Ok(Invocation::Print(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            eprintln!("dynastream: invalid configuration: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Err(err) = dynastream::telemetry::init_logs(&config) {
+        eprintln!("dynastream: invalid configuration: {err}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("dynastream: could not start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let engine = Engine::connect(&config).await?;
+        tracing::info!(worker = engine.worker_id(), "dynastream starting");
+        let outcome = engine.run(shutdown).await;
+        signals.abort();
+        outcome
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is_configuration() => {
+            tracing::error!(error = %err, "stopping");
+            eprintln!("dynastream: {err}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "stopping");
+            eprintln!("dynastream: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM (what ECS and Kubernetes send) or SIGINT.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let terminate = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        match (terminate, interrupt) {
+            (Ok(mut terminate), Ok(mut interrupt)) => {
+                let name = tokio::select! {
+                    _ = terminate.recv() => "SIGTERM",
+                    _ = interrupt.recv() => "SIGINT",
+                };
+                tracing::info!(signal = name, "shutdown requested");
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    shutdown.cancel();
+}

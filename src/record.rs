@@ -1,0 +1,385 @@
+//! The stream record model, in exactly the shape a Lambda handler receives.
+//!
+//! A team moving a handler from Lambda's event source mapping must not have to
+//! touch the code that reads `record['dynamodb']['NewImage']`, so the model's
+//! serde shape *is* Lambda's DynamoDB event record: field names, attribute
+//! values in DynamoDB JSON, binary as base64, numbers as their original text.
+//! Records are converted from the SDK once, in [`crate::streams`], and then
+//! shared; JSON is produced only for processors that ask for it.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// An item image or key set: attribute name to value. Ordered so that the
+/// JSON a processor sees is deterministic from run to run.
+pub type Item = BTreeMap<String, AttributeValue>;
+
+/// One DynamoDB attribute value, serialized as DynamoDB JSON (`{"S": "x"}`).
+///
+/// Numbers stay text so that `12.50` or a 38-digit number reach the handler
+/// exactly as written; binary values are raw bytes here and base64 in JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttributeValue {
+    /// A string.
+    S(String),
+    /// A number, kept as its decimal text.
+    N(String),
+    /// Binary data (base64 in JSON).
+    B(#[serde(with = "base64_bytes")] Vec<u8>),
+    /// A string set.
+    #[serde(rename = "SS")]
+    Ss(Vec<String>),
+    /// A number set, each number as its decimal text.
+    #[serde(rename = "NS")]
+    Ns(Vec<String>),
+    /// A binary set (each element base64 in JSON).
+    #[serde(rename = "BS")]
+    Bs(#[serde(with = "base64_bytes_list")] Vec<Vec<u8>>),
+    /// A map of attributes.
+    M(Item),
+    /// A list of values.
+    L(Vec<AttributeValue>),
+    /// The null marker; DynamoDB always sends `true`.
+    #[serde(rename = "NULL")]
+    Null(bool),
+    /// A boolean.
+    #[serde(rename = "BOOL")]
+    Bool(bool),
+}
+
+/// What happened to the item: Lambda's `eventName`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum EventName {
+    /// A new item was written.
+    Insert,
+    /// An existing item was changed.
+    Modify,
+    /// An item was deleted (by a caller or by TTL).
+    Remove,
+}
+
+impl EventName {
+    /// The label used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventName::Insert => "INSERT",
+            EventName::Modify => "MODIFY",
+            EventName::Remove => "REMOVE",
+        }
+    }
+}
+
+/// A DynamoDB Streams sequence number.
+///
+/// Sequence numbers are decimal strings of varying length that must be compared
+/// as numbers (`"9" < "10"`), so they get their own type rather than `String`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SequenceNumber(pub String);
+
+impl SequenceNumber {
+    /// The sequence number as the service wrote it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Ord for SequenceNumber {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let a = self.0.trim_start_matches('0');
+        let b = other.0.trim_start_matches('0');
+        a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+    }
+}
+
+impl PartialOrd for SequenceNumber {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for SequenceNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for SequenceNumber {
+    fn from(value: &str) -> Self {
+        SequenceNumber(value.to_owned())
+    }
+}
+
+/// Who made the change, present only for deletes done by DynamoDB's TTL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserIdentity {
+    /// Always `Service` for TTL deletes.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Always `dynamodb.amazonaws.com` for TTL deletes.
+    #[serde(rename = "principalId")]
+    pub principal_id: String,
+}
+
+/// The `dynamodb` part of a Lambda record: what changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeData {
+    /// When the change was written, in epoch seconds.
+    #[serde(
+        rename = "ApproximateCreationDateTime",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub approximate_creation_date_time: Option<i64>,
+    /// The item's primary key attributes.
+    #[serde(rename = "Keys", default)]
+    pub keys: Item,
+    /// The item after the change (INSERT, MODIFY) when the stream carries it.
+    #[serde(rename = "NewImage", skip_serializing_if = "Option::is_none", default)]
+    pub new_image: Option<Item>,
+    /// The item before the change (MODIFY, REMOVE) when the stream carries it.
+    #[serde(rename = "OldImage", skip_serializing_if = "Option::is_none", default)]
+    pub old_image: Option<Item>,
+    /// The record's position in its shard.
+    #[serde(rename = "SequenceNumber")]
+    pub sequence_number: SequenceNumber,
+    /// The record's size as DynamoDB Streams counts it.
+    #[serde(rename = "SizeBytes", default)]
+    pub size_bytes: i64,
+    /// `KEYS_ONLY`, `NEW_IMAGE`, `OLD_IMAGE` or `NEW_AND_OLD_IMAGES`.
+    #[serde(
+        rename = "StreamViewType",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub stream_view_type: Option<String>,
+}
+
+/// One stream record, field for field the record a Lambda handler receives in
+/// `event['Records']`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRecord {
+    /// Unique id of the change.
+    #[serde(rename = "eventID")]
+    pub event_id: String,
+    /// INSERT, MODIFY or REMOVE.
+    #[serde(rename = "eventName")]
+    pub event_name: EventName,
+    /// The record format version (`1.1`).
+    #[serde(rename = "eventVersion")]
+    pub event_version: String,
+    /// Always `aws:dynamodb`.
+    #[serde(rename = "eventSource")]
+    pub event_source: String,
+    /// The table's region.
+    #[serde(rename = "awsRegion")]
+    pub aws_region: String,
+    /// What changed.
+    pub dynamodb: ChangeData,
+    /// The ARN of the stream the record came from (Lambda adds it; GetRecords
+    /// does not return it).
+    #[serde(rename = "eventSourceARN")]
+    pub event_source_arn: Arc<str>,
+    /// Present for TTL deletes.
+    #[serde(
+        rename = "userIdentity",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub user_identity: Option<UserIdentity>,
+}
+
+impl StreamRecord {
+    /// The record's sequence number, the unit of checkpointing.
+    pub fn sequence_number(&self) -> &SequenceNumber {
+        &self.dynamodb.sequence_number
+    }
+}
+
+/// The payload Lambda passes to a handler: `{"Records": [...]}`.
+#[derive(Debug, Serialize)]
+pub struct LambdaEvent<'a> {
+    /// The batch's records, in shard order.
+    #[serde(rename = "Records")]
+    pub records: &'a [Arc<StreamRecord>],
+}
+
+mod base64_bytes {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+mod base64_bytes_list {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::ser::SerializeSeq;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[Vec<u8>], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(list.len()))?;
+        for bytes in list {
+            seq.serialize_element(&STANDARD.encode(bytes))?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Vec<u8>>, D::Error> {
+        let texts = Vec::<String>::deserialize(deserializer)?;
+        texts
+            .iter()
+            .map(|text| STANDARD.decode(text.as_bytes()))
+            .collect::<Result<_, _>>()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn sample() -> StreamRecord {
+        let mut keys = Item::new();
+        keys.insert("pk".into(), AttributeValue::S("user#1".into()));
+        let mut image = keys.clone();
+        image.insert("n".into(), AttributeValue::N("12.50".into()));
+        image.insert("b".into(), AttributeValue::B(vec![0, 1, 2, 255]));
+        image.insert(
+            "ss".into(),
+            AttributeValue::Ss(vec!["a".into(), "b".into()]),
+        );
+        image.insert(
+            "ns".into(),
+            AttributeValue::Ns(vec!["1".into(), "2".into()]),
+        );
+        image.insert("bs".into(), AttributeValue::Bs(vec![vec![1], vec![2]]));
+        image.insert("nul".into(), AttributeValue::Null(true));
+        image.insert("ok".into(), AttributeValue::Bool(false));
+        image.insert(
+            "l".into(),
+            AttributeValue::L(vec![AttributeValue::S("x".into())]),
+        );
+        image.insert("m".into(), AttributeValue::M(keys.clone()));
+        StreamRecord {
+            event_id: "e1".into(),
+            event_name: EventName::Insert,
+            event_version: "1.1".into(),
+            event_source: "aws:dynamodb".into(),
+            aws_region: "us-east-1".into(),
+            dynamodb: ChangeData {
+                approximate_creation_date_time: Some(1_700_000_000),
+                keys,
+                new_image: Some(image),
+                old_image: None,
+                sequence_number: SequenceNumber("000100".into()),
+                size_bytes: 42,
+                stream_view_type: Some("NEW_AND_OLD_IMAGES".into()),
+            },
+            event_source_arn: Arc::from("arn:aws:dynamodb:us-east-1:1:table/t/stream/x"),
+            user_identity: None,
+        }
+    }
+
+    #[test]
+    fn serializes_in_lambda_shape() {
+        let value = serde_json::to_value(sample()).unwrap();
+        assert_eq!(value["eventID"], "e1");
+        assert_eq!(value["eventName"], "INSERT");
+        assert_eq!(value["eventSource"], "aws:dynamodb");
+        assert_eq!(
+            value["eventSourceARN"],
+            "arn:aws:dynamodb:us-east-1:1:table/t/stream/x"
+        );
+        let ddb = &value["dynamodb"];
+        assert_eq!(ddb["ApproximateCreationDateTime"], 1_700_000_000);
+        assert_eq!(ddb["Keys"], json!({"pk": {"S": "user#1"}}));
+        assert_eq!(ddb["SequenceNumber"], "000100");
+        assert_eq!(ddb["SizeBytes"], 42);
+        assert!(ddb.get("OldImage").is_none());
+        let image = &ddb["NewImage"];
+        assert_eq!(image["n"], json!({"N": "12.50"}));
+        assert_eq!(image["b"], json!({"B": "AAEC/w=="}));
+        assert_eq!(image["ss"], json!({"SS": ["a", "b"]}));
+        assert_eq!(image["ns"], json!({"NS": ["1", "2"]}));
+        assert_eq!(image["bs"], json!({"BS": ["AQ==", "Ag=="]}));
+        assert_eq!(image["nul"], json!({"NULL": true}));
+        assert_eq!(image["ok"], json!({"BOOL": false}));
+        assert_eq!(image["l"], json!({"L": [{"S": "x"}]}));
+        assert_eq!(image["m"], json!({"M": {"pk": {"S": "user#1"}}}));
+        assert!(value.get("userIdentity").is_none());
+    }
+
+    #[test]
+    fn sequence_numbers_compare_as_numbers() {
+        let small = SequenceNumber("9".into());
+        let large = SequenceNumber("10".into());
+        assert!(small < large);
+        assert_eq!(SequenceNumber("0010".into()).cmp(&large), Ordering::Equal);
+    }
+
+    fn attribute_value() -> impl Strategy<Value = AttributeValue> {
+        let number = "-?[0-9]{1,38}(\\.[0-9]{1,5})?";
+        let leaf = prop_oneof![
+            any::<String>().prop_map(AttributeValue::S),
+            number.prop_map(AttributeValue::N),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(AttributeValue::B),
+            proptest::collection::vec(any::<String>(), 1..4).prop_map(AttributeValue::Ss),
+            proptest::collection::vec(number, 1..4).prop_map(AttributeValue::Ns),
+            proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..8), 1..4)
+                .prop_map(AttributeValue::Bs),
+            Just(AttributeValue::Null(true)),
+            any::<bool>().prop_map(AttributeValue::Bool),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(AttributeValue::L),
+                proptest::collection::btree_map(any::<String>(), inner, 0..4)
+                    .prop_map(AttributeValue::M),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn every_attribute_value_round_trips_through_json(value in attribute_value()) {
+            let text = serde_json::to_string(&value).unwrap();
+            let back: AttributeValue = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(back, value);
+        }
+
+        #[test]
+        fn sequence_order_matches_numeric_order(a in 0u128..u128::MAX, b in 0u128..u128::MAX) {
+            let sa = SequenceNumber(a.to_string());
+            let sb = SequenceNumber(b.to_string());
+            prop_assert_eq!(sa.cmp(&sb), a.cmp(&b));
+        }
+    }
+
+    #[test]
+    fn whole_record_round_trips() {
+        let record = sample();
+        let text = serde_json::to_string(&record).unwrap();
+        let back: StreamRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, record);
+    }
+}

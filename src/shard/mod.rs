@@ -1,0 +1,303 @@
+//! One shard's consumer loop.
+//!
+//! GetShardIterator from the checkpoint, then GetRecords in a loop: a page
+//! with records is dispatched and checkpointed and the shard is read again at
+//! once; an empty page waits the poll interval; a page without a next
+//! iterator means the shard is closed and fully read, so it is checkpointed
+//! `SHARD_END`. The loop reports how it ended to its coordinator with one
+//! [`ShardExit`].
+//!
+//! Delivery rule: a batch is checkpointed only after every processor
+//! succeeded with it, and the next batch is read only after that, so records
+//! reach processors at least once and in shard order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::dispatch::{Dispatcher, Undelivered};
+use crate::lease::held::HeldLease;
+use crate::lease::{Checkpoint, LeaseError};
+use crate::processor::Batch;
+use crate::record::SequenceNumber;
+use crate::streams::{IteratorPosition, StreamsApi, StreamsError, MAX_RECORDS_PER_READ};
+
+/// How a shard consumer reads.
+#[derive(Debug, Clone)]
+pub struct ShardSettings {
+    /// Most records per batch (GetRecords asks for at most 1,000).
+    pub batch_size: u32,
+    /// Wait after an empty read.
+    pub poll_interval: Duration,
+}
+
+/// How a shard consumer ended: the one message a shard task sends its coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardExit {
+    /// The shard is closed and every record was processed and checkpointed
+    /// `SHARD_END`: its children may start.
+    Ended,
+    /// Another worker took the lease (or it could not be kept): this worker
+    /// must not touch the shard any more.
+    LeaseLost,
+    /// Shutdown was requested; the last processed batch is checkpointed.
+    Stopped,
+    /// A failure that retrying in place cannot fix.
+    Failed(String),
+}
+
+/// Reads one shard under a lease.
+pub struct ShardConsumer {
+    stream_arn: Arc<str>,
+    shard_id: Arc<str>,
+    api: Arc<dyn StreamsApi>,
+    lease: Arc<HeldLease>,
+    dispatcher: Arc<Dispatcher>,
+    settings: ShardSettings,
+}
+
+enum Step {
+    Continue,
+    Exit(ShardExit),
+}
+
+impl ShardConsumer {
+    /// A consumer for `shard_id` of `stream_arn`, under `lease`.
+    pub fn new(
+        stream_arn: &str,
+        shard_id: &str,
+        api: Arc<dyn StreamsApi>,
+        lease: Arc<HeldLease>,
+        dispatcher: Arc<Dispatcher>,
+        settings: ShardSettings,
+    ) -> Self {
+        ShardConsumer {
+            stream_arn: Arc::from(stream_arn),
+            shard_id: Arc::from(shard_id),
+            api,
+            lease,
+            dispatcher,
+            settings,
+        }
+    }
+
+    /// Runs until the shard ends, the lease is lost, `shutdown` fires or a
+    /// fatal error occurs. On shutdown a batch being processed is finished
+    /// and checkpointed first.
+    pub async fn run(self, shutdown: CancellationToken) -> ShardExit {
+        let checkpoint = self.lease.snapshot().await.checkpoint;
+        let mut position = match checkpoint {
+            Checkpoint::ShardEnd => return ShardExit::Ended,
+            Checkpoint::TrimHorizon => IteratorPosition::TrimHorizon,
+            Checkpoint::Latest => IteratorPosition::Latest,
+            Checkpoint::Sequence(seq) => IteratorPosition::AfterSequenceNumber(seq),
+        };
+        for processor in self.dispatcher.processors() {
+            processor.shard_started(&self.stream_arn, &self.shard_id);
+        }
+        tracing::info!(position = ?position, "shard consumer started");
+        let mut iterator: Option<String> = None;
+        let mut backoff = Backoff::for_aws_calls();
+        let limit = self.settings.batch_size.min(MAX_RECORDS_PER_READ);
+        loop {
+            if shutdown.is_cancelled() {
+                return ShardExit::Stopped;
+            }
+            if self.lease.is_lost() {
+                return ShardExit::LeaseLost;
+            }
+            let current = match iterator.take() {
+                Some(current) => current,
+                None => {
+                    let answer = tokio::select! {
+                        _ = shutdown.cancelled() => return ShardExit::Stopped,
+                        _ = self.lease.lost().cancelled() => return ShardExit::LeaseLost,
+                        answer = self.api.get_shard_iterator(&self.stream_arn, &self.shard_id, &position) => answer,
+                    };
+                    match answer {
+                        Ok(Some(fresh)) => {
+                            backoff.reset();
+                            fresh
+                        }
+                        Ok(None) => return self.finish_shard().await,
+                        Err(err) => match self
+                            .on_read_error(err, &mut position, &mut backoff, &shutdown)
+                            .await
+                        {
+                            Step::Continue => continue,
+                            Step::Exit(exit) => return exit,
+                        },
+                    }
+                }
+            };
+            let answer = tokio::select! {
+                _ = shutdown.cancelled() => return ShardExit::Stopped,
+                _ = self.lease.lost().cancelled() => return ShardExit::LeaseLost,
+                answer = self.api.get_records(&self.stream_arn, &current, limit) => answer,
+            };
+            let page = match answer {
+                Ok(page) => {
+                    backoff.reset();
+                    page
+                }
+                Err(err) => {
+                    // A transient failure keeps the iterator; anything that
+                    // invalidates it leaves `iterator` empty to re-acquire.
+                    if err.is_retryable() {
+                        iterator = Some(current);
+                    }
+                    match self
+                        .on_read_error(err, &mut position, &mut backoff, &shutdown)
+                        .await
+                    {
+                        Step::Continue => continue,
+                        Step::Exit(exit) => return exit,
+                    }
+                }
+            };
+            let was_empty = page.records.is_empty();
+            if !was_empty {
+                let batch = Batch {
+                    stream_arn: Arc::clone(&self.stream_arn),
+                    shard_id: Arc::clone(&self.shard_id),
+                    records: page.records.into_iter().map(Arc::new).collect(),
+                };
+                let last = batch
+                    .last_sequence_number()
+                    .cloned()
+                    .expect("a non-empty batch has a last record");
+                if let Step::Exit(exit) =
+                    self.process_and_checkpoint(&batch, &last, &shutdown).await
+                {
+                    return exit;
+                }
+                position = IteratorPosition::AfterSequenceNumber(last);
+            }
+            match page.next_iterator {
+                None => return self.finish_shard().await,
+                Some(next) => iterator = Some(next),
+            }
+            if was_empty {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return ShardExit::Stopped,
+                    _ = self.lease.lost().cancelled() => return ShardExit::LeaseLost,
+                    _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                }
+            }
+        }
+    }
+
+    async fn on_read_error(
+        &self,
+        err: StreamsError,
+        position: &mut IteratorPosition,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> Step {
+        match err {
+            StreamsError::ExpiredIterator(message) => {
+                tracing::info!(%message, "shard iterator expired; re-acquiring from the last processed record");
+                Step::Continue
+            }
+            StreamsError::TrimmedData(message) => {
+                tracing::error!(
+                    %message,
+                    position = ?position,
+                    "the shard position fell behind the stream's 24-hour retention: records were \
+                     lost before they could be read; continuing from the oldest record still held"
+                );
+                *position = IteratorPosition::TrimHorizon;
+                Step::Continue
+            }
+            StreamsError::NotFound(message) => {
+                tracing::warn!(%message, "shard no longer exists (trimmed away); treating it as ended");
+                Step::Exit(self.finish_shard().await)
+            }
+            err if err.is_retryable() => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "stream read failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => Step::Exit(ShardExit::Stopped),
+                    _ = self.lease.lost().cancelled() => Step::Exit(ShardExit::LeaseLost),
+                    _ = tokio::time::sleep(delay) => Step::Continue,
+                }
+            }
+            err => {
+                tracing::error!(error = %err, "stream read failed and cannot be retried");
+                Step::Exit(ShardExit::Failed(err.to_string()))
+            }
+        }
+    }
+
+    async fn process_and_checkpoint(
+        &self,
+        batch: &Batch,
+        last: &SequenceNumber,
+        shutdown: &CancellationToken,
+    ) -> Step {
+        // Records flow only under a lease we can still vouch for; if renewals
+        // are failing, wait for one to succeed (or for the lease to be lost).
+        while !self.lease.is_valid() {
+            if self.lease.is_lost() {
+                return Step::Exit(ShardExit::LeaseLost);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Step::Exit(ShardExit::Stopped),
+                _ = self.lease.lost().cancelled() => return Step::Exit(ShardExit::LeaseLost),
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        match self
+            .dispatcher
+            .deliver(batch, self.lease.lost(), shutdown)
+            .await
+        {
+            Ok(()) => {}
+            Err(Undelivered::LeaseLost) => return Step::Exit(ShardExit::LeaseLost),
+            Err(Undelivered::ShuttingDown) => return Step::Exit(ShardExit::Stopped),
+        }
+        if self.checkpoint(&Checkpoint::Sequence(last.clone())).await {
+            tracing::debug!(records = batch.len(), checkpoint = %last, "batch processed and checkpointed");
+            Step::Continue
+        } else {
+            Step::Exit(ShardExit::LeaseLost)
+        }
+    }
+
+    /// Writes a checkpoint, retrying transient failures while the lease is
+    /// still valid. `false` when the lease is gone: the shard must stop.
+    async fn checkpoint(&self, checkpoint: &Checkpoint) -> bool {
+        let mut backoff = Backoff::for_aws_calls();
+        loop {
+            match self.lease.checkpoint(checkpoint).await {
+                Ok(()) => return true,
+                Err(LeaseError::Conflict { .. }) => {
+                    tracing::warn!(%checkpoint, "checkpoint refused: another worker owns the lease now");
+                    return false;
+                }
+                Err(err) if err.is_retryable() && self.lease.is_valid() => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "checkpoint failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, %checkpoint, "checkpoint failed; giving the shard up so the next owner resumes from the last checkpoint");
+                    return false;
+                }
+            }
+        }
+    }
+
+    async fn finish_shard(&self) -> ShardExit {
+        if !self.checkpoint(&Checkpoint::ShardEnd).await {
+            return ShardExit::LeaseLost;
+        }
+        tracing::info!("shard read to its end and checkpointed SHARD_END");
+        for processor in self.dispatcher.processors() {
+            processor.shard_ended(&self.stream_arn, &self.shard_id);
+        }
+        ShardExit::Ended
+    }
+}
