@@ -97,7 +97,7 @@ impl ShardConsumer {
         for processor in self.dispatcher.processors() {
             processor.shard_started(&self.stream_arn, &self.shard_id);
         }
-        tracing::info!(position = ?position, "shard consumer started");
+        let mut announced = false;
         let mut iterator: Option<String> = None;
         let mut backoff = Backoff::for_aws_calls();
         let limit = self.settings.batch_size.min(MAX_RECORDS_PER_READ);
@@ -119,6 +119,10 @@ impl ShardConsumer {
                     match answer {
                         Ok(Some(fresh)) => {
                             backoff.reset();
+                            if !announced {
+                                announced = true;
+                                tracing::info!(position = ?position, "shard consumer started");
+                            }
                             fresh
                         }
                         Ok(None) => return self.finish_shard().await,

@@ -1,0 +1,352 @@
+//! Shared support for the integration tests: a DynamoDB Local per test
+//! binary, SDK clients pointed at it, tables with streams, and dynastream
+//! worker processes whose output the tests read.
+//!
+//! DynamoDB Local slows down as stream data piles up, so each test binary (a
+//! test group) starts its own fresh instance through `scripts/dynamodb-local`
+//! and a watchdog stops it when the test process exits, however it exits.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, StreamSpecification, StreamViewType,
+};
+use serde_json::Value;
+
+/// A running DynamoDB Local.
+pub struct DynamoDbLocal {
+    /// Its endpoint URL.
+    pub endpoint: String,
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// This test binary's DynamoDB Local, started on first use.
+pub fn dynamodb_local() -> &'static DynamoDbLocal {
+    static INSTANCE: OnceLock<DynamoDbLocal> = OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        let script = repo_root().join("scripts/dynamodb-local");
+        let output = Command::new(&script)
+            .args(["start", "--port", "auto"])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/dynamodb-local");
+        assert!(
+            output.status.success(),
+            "scripts/dynamodb-local start failed"
+        );
+        let endpoint = String::from_utf8(output.stdout)
+            .expect("endpoint is text")
+            .trim()
+            .to_owned();
+        let port = endpoint.rsplit(':').next().expect("endpoint has a port").to_owned();
+        // Stop the instance when this test process ends, however it ends.
+        let watchdog = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; '{script}' stop --port {port} >/dev/null 2>&1",
+            pid = std::process::id(),
+            script = script.display(),
+        );
+        Command::new("sh")
+            .args(["-c", &watchdog])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the DynamoDB Local watchdog");
+        DynamoDbLocal { endpoint }
+    })
+}
+
+/// A table name no other test uses.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+/// The environment a worker or SDK client needs to reach DynamoDB Local.
+pub fn aws_env() -> Vec<(String, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL".into(), dynamodb_local().endpoint.clone()),
+        ("AWS_REGION".into(), "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID".into(), "local".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "local".into()),
+    ]
+}
+
+/// An SDK client for DynamoDB Local.
+pub async fn dynamodb() -> aws_sdk_dynamodb::Client {
+    let local = dynamodb_local();
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&local.endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "local", "local", None, None, "tests",
+        ))
+        .load()
+        .await;
+    aws_sdk_dynamodb::Client::new(&config)
+}
+
+/// Creates a table keyed by `pk` (string) with a NEW_AND_OLD_IMAGES stream
+/// and returns the stream's ARN.
+pub async fn create_table(client: &aws_sdk_dynamodb::Client, name: &str) -> String {
+    let answer = client
+        .create_table()
+        .table_name(name)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewAndOldImages)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("create table");
+    answer
+        .table_description()
+        .and_then(|t| t.latest_stream_arn())
+        .expect("the table has a stream")
+        .to_owned()
+}
+
+/// Puts an item `{pk: key, n: value}`.
+pub async fn put(client: &aws_sdk_dynamodb::Client, table: &str, key: &str, value: i64) {
+    client
+        .put_item()
+        .table_name(table)
+        .item("pk", AttributeValue::S(key.into()))
+        .item("n", AttributeValue::N(value.to_string()))
+        .send()
+        .await
+        .expect("put item");
+}
+
+/// Puts a whole item.
+pub async fn put_item(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    item: HashMap<String, AttributeValue>,
+) {
+    client
+        .put_item()
+        .table_name(table)
+        .set_item(Some(item))
+        .send()
+        .await
+        .expect("put item");
+}
+
+/// Deletes the item with key `key`.
+pub async fn delete(client: &aws_sdk_dynamodb::Client, table: &str, key: &str) {
+    client
+        .delete_item()
+        .table_name(table)
+        .key("pk", AttributeValue::S(key.into()))
+        .send()
+        .await
+        .expect("delete item");
+}
+
+/// A dynastream worker process.
+pub struct Worker {
+    child: Child,
+    records: Arc<Mutex<Vec<Value>>>,
+    logs: Arc<Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Settings for a worker: the AWS variables plus `settings`.
+pub fn worker_env(settings: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = aws_env();
+    env.push(("DYNASTREAM_LOG_FORMAT".into(), "json".into()));
+    env.push(("DYNASTREAM_LOG".into(), "info".into()));
+    env.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+impl Worker {
+    /// Starts the built binary with exactly this environment (nothing inherited
+    /// but PATH and HOME).
+    pub fn start(env: &[(String, String)]) -> Worker {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dynastream"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", std::env::temp_dir())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start dynastream");
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("stdout piped");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let out_records = Arc::clone(&records);
+        let out_logs = Arc::clone(&logs);
+        let readers = vec![
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let value: Value = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                    out_records.lock().unwrap().push(value);
+                }
+            }),
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if std::env::var_os("DYNASTREAM_TEST_LOGS").is_some() {
+                        eprintln!("[worker] {line}");
+                    }
+                    out_logs.lock().unwrap().push(line);
+                }
+            }),
+        ];
+        Worker {
+            child,
+            records,
+            logs,
+            readers,
+        }
+    }
+
+    /// The records received so far.
+    pub fn records(&self) -> Vec<Value> {
+        self.records.lock().unwrap().clone()
+    }
+
+    /// The log lines so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `count` records arrived; panics with the logs after `timeout`.
+    pub async fn wait_for_records(&self, count: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let records = self.records();
+            if records.len() >= count {
+                return records;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "expected {count} records, got {}: {records:#?}\nlogs:\n{}",
+                    records.len(),
+                    self.logs().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `count` log lines contain `needle`.
+    pub async fn wait_for_log(&self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let found = self.logs().iter().filter(|l| l.contains(needle)).count();
+            if found >= count {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "expected {count} log lines with {needle:?}, got {found}\nlogs:\n{}",
+                    self.logs().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub async fn terminate(mut self) -> (ExitStatus, Vec<Value>, Vec<String>) {
+        signal(self.child.id(), "TERM");
+        self.wait(Duration::from_secs(30)).await
+    }
+
+    /// Sends SIGKILL and waits for the process to exit.
+    pub async fn kill(mut self) -> (ExitStatus, Vec<Value>, Vec<String>) {
+        signal(self.child.id(), "KILL");
+        self.wait(Duration::from_secs(30)).await
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn wait(&mut self, timeout: Duration) -> (ExitStatus, Vec<Value>, Vec<String>) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for dynastream") {
+                break status;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "dynastream did not exit within {timeout:?}\nlogs:\n{}",
+                    self.logs().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        (status, self.records(), self.logs())
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// The `pk` string of each record's keys, in order.
+pub fn keys_of(records: &[Value]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| {
+            r["dynamodb"]["Keys"]["pk"]["S"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned()
+        })
+        .collect()
+}
