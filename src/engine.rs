@@ -84,6 +84,13 @@ impl Engine {
         }
     }
 
+    /// Replaces the processors, keeping everything else: how a Rust program
+    /// plugs its own processing into an engine built by [`Engine::connect`].
+    pub fn with_processors(mut self, processors: Vec<Arc<dyn Processor>>) -> Engine {
+        self.processors = processors;
+        self
+    }
+
     /// This worker's id in the lease table.
     pub fn worker_id(&self) -> &str {
         &self.settings.worker_id

@@ -38,3 +38,8 @@ mod engine;
 
 pub use engine::Engine;
 pub use error::Error;
+
+/// Compiles the README's Rust example as a doctest, so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -47,7 +47,6 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if err.is_configuration() => {
-            tracing::error!(error = %err, "stopping");
             eprintln!("dynastream: {err}");
             ExitCode::from(EXIT_CONFIG)
         }

@@ -128,31 +128,53 @@ async fn a_lambda_handler_sees_insert_modify_remove_with_every_attribute_type() 
     assert!(status.success(), "clean exit: {status:?}");
     assert_eq!(records.len(), 3, "{records:#?}");
 
-    let names: Vec<&str> = records.iter().map(|r| r["eventName"].as_str().unwrap()).collect();
+    let names: Vec<&str> = records
+        .iter()
+        .map(|r| r["eventName"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["INSERT", "MODIFY", "REMOVE"]);
     let mut modified = expected_image("item-1");
     modified["s"] = json!({"S": "changed"});
     for record in &records {
         assert_eq!(record["eventSource"], "aws:dynamodb");
         assert_eq!(record["eventSourceARN"], stream_arn.as_str());
-        assert_eq!(record["awsRegion"].as_str().map(|r| !r.is_empty()), Some(true));
+        assert_eq!(
+            record["awsRegion"].as_str().map(|r| !r.is_empty()),
+            Some(true)
+        );
         assert!(record["eventID"].as_str().is_some_and(|id| !id.is_empty()));
         assert!(record["eventVersion"].is_string());
         let ddb = &record["dynamodb"];
         assert_eq!(ddb["Keys"], json!({"pk": {"S": "item-1"}}));
         assert_eq!(ddb["StreamViewType"], "NEW_AND_OLD_IMAGES");
-        assert!(ddb["SequenceNumber"].as_str().is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit())));
+        assert!(ddb["SequenceNumber"]
+            .as_str()
+            .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit())));
         assert!(ddb["SizeBytes"].as_i64().is_some_and(|n| n > 0));
-        assert!(ddb["ApproximateCreationDateTime"].as_i64().is_some_and(|t| t > 1_600_000_000));
+        assert!(ddb["ApproximateCreationDateTime"]
+            .as_i64()
+            .is_some_and(|t| t > 1_600_000_000));
     }
     let insert = &records[0]["dynamodb"];
-    assert_eq!(normalize_sets(&insert["NewImage"]), normalize_sets(&expected_image("item-1")));
+    assert_eq!(
+        normalize_sets(&insert["NewImage"]),
+        normalize_sets(&expected_image("item-1"))
+    );
     assert!(insert.get("OldImage").is_none());
     let modify = &records[1]["dynamodb"];
-    assert_eq!(normalize_sets(&modify["OldImage"]), normalize_sets(&expected_image("item-1")));
-    assert_eq!(normalize_sets(&modify["NewImage"]), normalize_sets(&modified));
+    assert_eq!(
+        normalize_sets(&modify["OldImage"]),
+        normalize_sets(&expected_image("item-1"))
+    );
+    assert_eq!(
+        normalize_sets(&modify["NewImage"]),
+        normalize_sets(&modified)
+    );
     let remove = &records[2]["dynamodb"];
-    assert_eq!(normalize_sets(&remove["OldImage"]), normalize_sets(&modified));
+    assert_eq!(
+        normalize_sets(&remove["OldImage"]),
+        normalize_sets(&modified)
+    );
     assert!(remove.get("NewImage").is_none());
 }
 
@@ -174,7 +196,10 @@ async fn a_restarted_worker_resumes_after_its_checkpoint() {
     first.wait_for_records(5, WAIT).await;
     let (status, seen_first, logs) = first.terminate().await;
     assert!(status.success(), "clean exit: {status:?}");
-    assert!(logs.iter().any(|l| l.contains("leases released")), "leases released at shutdown");
+    assert!(
+        logs.iter().any(|l| l.contains("leases released")),
+        "leases released at shutdown"
+    );
 
     for i in 0..4 {
         put(&client, &table, &format!("while-down-{i}"), i).await;
@@ -188,7 +213,11 @@ async fn a_restarted_worker_resumes_after_its_checkpoint() {
     let expected_first: Vec<String> = (0..5).map(|i| format!("before-{i}")).collect();
     let expected_second: Vec<String> = (0..4).map(|i| format!("while-down-{i}")).collect();
     assert_eq!(keys_of(&seen_first), expected_first);
-    assert_eq!(keys_of(&seen_second), expected_second, "nothing twice, nothing lost");
+    assert_eq!(
+        keys_of(&seen_second),
+        expected_second,
+        "nothing twice, nothing lost"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,8 +238,12 @@ async fn trim_horizon_reads_history_and_latest_does_not() {
         ("DYNASTREAM_APPLICATION", &unique_name("latest")),
         ("DYNASTREAM_STARTING_POSITION", "LATEST"),
     ]));
-    from_start.wait_for_log("shard consumer started", 1, WAIT).await;
-    from_now.wait_for_log("shard consumer started", 1, WAIT).await;
+    from_start
+        .wait_for_log("shard consumer started", 1, WAIT)
+        .await;
+    from_now
+        .wait_for_log("shard consumer started", 1, WAIT)
+        .await;
     put(&client, &table, "new-0", 0).await;
 
     from_start.wait_for_records(4, WAIT).await;
@@ -256,7 +289,11 @@ async fn one_worker_reads_two_tables_and_a_stream_given_by_arn() {
             .cloned()
             .collect();
         let expected: Vec<String> = (0..3).map(|i| format!("{prefix}-{i}")).collect();
-        assert_eq!(keys_of(&from_stream), expected, "records of {arn}, in order");
+        assert_eq!(
+            keys_of(&from_stream),
+            expected,
+            "records of {arn}, in order"
+        );
     }
 }
 
@@ -292,7 +329,8 @@ async fn a_table_without_a_stream_is_a_clear_error() {
     let (status, _, logs) = worker.wait(WAIT).await;
     assert_eq!(status.code(), Some(2), "{logs:#?}");
     assert!(
-        logs.iter().any(|l| l.contains(&table) && l.contains("has no stream")),
+        logs.iter()
+            .any(|l| l.contains(&table) && l.contains("has no stream")),
         "{logs:#?}"
     );
 }

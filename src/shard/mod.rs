@@ -205,6 +205,15 @@ impl ShardConsumer {
                 tracing::info!(%message, "shard iterator expired; re-acquiring from the last processed record");
                 Step::Continue
             }
+            StreamsError::TrimmedData(message) if *position == IteratorPosition::Latest => {
+                // A LATEST iterator asks for nothing older than itself, so no
+                // record was lost. DynamoDB Local answers this way for a LATEST
+                // iterator on a shard that was empty when it was issued; every
+                // record now in the shard came after that point.
+                tracing::debug!(%message, "LATEST iterator refused as trimmed; reading the shard from its start");
+                *position = IteratorPosition::TrimHorizon;
+                Step::Continue
+            }
             StreamsError::TrimmedData(message) => {
                 tracing::error!(
                     %message,

@@ -79,6 +79,8 @@ pub fn aws_env() -> Vec<(String, String)> {
         ("AWS_REGION".into(), "us-east-1".into()),
         ("AWS_ACCESS_KEY_ID".into(), "local".into()),
         ("AWS_SECRET_ACCESS_KEY".into(), "local".into()),
+        // Never ask the EC2 metadata service: tests talk only to loopback.
+        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
     ]
 }
 

@@ -1,0 +1,156 @@
+//! Bad configuration: the binary exits 2 with one line naming the variable
+//! and what it accepts, before touching AWS, and never panics.
+
+use std::process::{Command, Output};
+
+fn run(env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dynastream"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::temp_dir())
+        // Never ask the EC2 metadata service: tests talk only to loopback.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run dynastream")
+}
+
+fn assert_config_error(env: &[(&str, &str)], must_mention: &[&str]) {
+    let output = run(env);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{env:?}: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.starts_with("dynastream: invalid configuration: "),
+        "{stderr}"
+    );
+    for needle in must_mention {
+        assert!(
+            stderr.contains(needle),
+            "{env:?}: {stderr:?} lacks {needle:?}"
+        );
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(output.stdout.is_empty(), "nothing on stdout");
+}
+
+#[test]
+fn tables_or_stream_arns_are_required() {
+    assert_config_error(&[], &["DYNASTREAM_TABLES", "DYNASTREAM_STREAM_ARNS"]);
+    assert_config_error(&[("DYNASTREAM_TABLES", " , ")], &["DYNASTREAM_TABLES"]);
+}
+
+#[test]
+fn an_unknown_starting_position_lists_the_allowed_ones() {
+    assert_config_error(
+        &[
+            ("DYNASTREAM_TABLES", "orders"),
+            ("DYNASTREAM_STARTING_POSITION", "EARLIEST"),
+        ],
+        &[
+            "DYNASTREAM_STARTING_POSITION",
+            "\"EARLIEST\"",
+            "LATEST, TRIM_HORIZON",
+        ],
+    );
+}
+
+#[test]
+fn batch_size_must_be_a_number_in_range() {
+    for bad in ["0", "abc", "10001", "-5", ""] {
+        assert_config_error(
+            &[
+                ("DYNASTREAM_TABLES", "orders"),
+                ("DYNASTREAM_BATCH_SIZE", bad),
+            ],
+            &["DYNASTREAM_BATCH_SIZE", "from 1 to 10000"],
+        );
+    }
+}
+
+#[test]
+fn every_numeric_setting_states_its_range() {
+    for (variable, bad, range) in [
+        ("DYNASTREAM_POLL_INTERVAL_MS", "10", "from 200 to 60000"),
+        ("DYNASTREAM_LEASE_DURATION_MS", "999", "from 1000 to 600000"),
+        (
+            "DYNASTREAM_SHARD_SYNC_INTERVAL_MS",
+            "x",
+            "from 1000 to 3600000",
+        ),
+        ("DYNASTREAM_SHUTDOWN_GRACE_MS", "0", "from 1000 to 600000"),
+    ] {
+        assert_config_error(
+            &[("DYNASTREAM_TABLES", "orders"), (variable, bad)],
+            &[variable, range],
+        );
+    }
+}
+
+#[test]
+fn names_and_arns_are_checked() {
+    assert_config_error(
+        &[("DYNASTREAM_TABLES", "ok-table,x")],
+        &["DYNASTREAM_TABLES", "\"x\""],
+    );
+    assert_config_error(
+        &[("DYNASTREAM_STREAM_ARNS", "not-an-arn")],
+        &["DYNASTREAM_STREAM_ARNS"],
+    );
+    assert_config_error(
+        &[
+            ("DYNASTREAM_TABLES", "orders"),
+            ("DYNASTREAM_LEASE_TABLE", "a b"),
+        ],
+        &["DYNASTREAM_LEASE_TABLE"],
+    );
+}
+
+#[test]
+fn unknown_processors_and_log_settings_are_refused() {
+    assert_config_error(
+        &[
+            ("DYNASTREAM_TABLES", "orders"),
+            ("DYNASTREAM_PROCESSOR", "stdout,kafka"),
+        ],
+        &["DYNASTREAM_PROCESSOR", "\"kafka\"", "stdout"],
+    );
+    assert_config_error(
+        &[
+            ("DYNASTREAM_TABLES", "orders"),
+            ("DYNASTREAM_LOG_FORMAT", "xml"),
+        ],
+        &["DYNASTREAM_LOG_FORMAT", "json, text"],
+    );
+    assert_config_error(
+        &[("DYNASTREAM_TABLES", "orders"), ("DYNASTREAM_LOG", "[[")],
+        &["DYNASTREAM_LOG"],
+    );
+}
+
+#[test]
+fn a_missing_region_is_a_configuration_error() {
+    assert_config_error(&[("DYNASTREAM_TABLES", "orders")], &["AWS_REGION"]);
+}
+
+#[test]
+fn help_lists_every_variable_with_its_default() {
+    let output = Command::new(env!("CARGO_BIN_EXE_dynastream"))
+        .arg("--help")
+        .output()
+        .expect("run dynastream --help");
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for (variable, default) in dynastream::config::Config::variables() {
+        assert!(
+            help.contains(&format!("[env: {variable}")),
+            "{variable} in --help"
+        );
+        if let Some(default) = default {
+            assert!(
+                help.contains(&format!("[default: {default}]")),
+                "{variable} default {default}"
+            );
+        }
+    }
+}
