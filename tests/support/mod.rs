@@ -25,6 +25,8 @@ use serde_json::Value;
 pub struct DynamoDbLocal {
     /// Its endpoint URL.
     pub endpoint: String,
+    /// Outlives this process on purpose: it stops DynamoDB Local once we are gone.
+    _watchdog: Mutex<Child>,
 }
 
 fn repo_root() -> PathBuf {
@@ -56,14 +58,17 @@ pub fn dynamodb_local() -> &'static DynamoDbLocal {
             pid = std::process::id(),
             script = script.display(),
         );
-        Command::new("sh")
+        let watchdog = Command::new("sh")
             .args(["-c", &watchdog])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn the DynamoDB Local watchdog");
-        DynamoDbLocal { endpoint }
+        DynamoDbLocal {
+            endpoint,
+            _watchdog: Mutex::new(watchdog),
+        }
     })
 }
 
