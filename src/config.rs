@@ -55,6 +55,10 @@ pub enum LogFormat {
                   credentials through the default provider chain."
 )]
 pub struct Config {
+    /// A one-off command instead of running a worker.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Tables whose current stream to consume (comma-separated).
     #[arg(
         long,
@@ -123,6 +127,14 @@ pub struct Config {
     #[arg(long, env = "DYNASTREAM_SHUTDOWN_GRACE_MS", default_value_t = 20_000, value_parser = whole_number::<1_000, 600_000>)]
     pub shutdown_grace_ms: u64,
 
+    /// Most leases this worker holds [default: unlimited] (1..=100000).
+    #[arg(long, env = "DYNASTREAM_MAX_LEASES_PER_WORKER", value_parser = whole_number::<1, 100_000>)]
+    pub max_leases_per_worker: Option<u64>,
+
+    /// DescribeStream calls per second this worker may make (0.1..=10); keep a fleet under the account's 10.
+    #[arg(long, env = "DYNASTREAM_DESCRIBE_STREAM_RPS", default_value_t = 2.0, value_parser = calls_per_second)]
+    pub describe_stream_rps: f64,
+
     /// Log filter, in RUST_LOG syntax (e.g. `info,dynastream=debug`).
     #[arg(long, env = "DYNASTREAM_LOG", default_value = "info")]
     pub log: String,
@@ -130,6 +142,17 @@ pub struct Config {
     /// Log format [default: json when stderr is not a terminal, else text].
     #[arg(long, env = "DYNASTREAM_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+}
+
+/// One-off commands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Print the application's lease table: who reads which shard and how far it got.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A configuration that cannot run. The message names the variable at fault
@@ -182,7 +205,8 @@ impl Config {
 
     /// Checks the rules that involve more than one setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.tables.iter().all(|t| t.trim().is_empty())
+        if self.command.is_none()
+            && self.tables.iter().all(|t| t.trim().is_empty())
             && self.stream_arns.iter().all(|a| a.trim().is_empty())
         {
             return Err(ConfigError(
@@ -304,6 +328,17 @@ fn clean_list(items: &[String]) -> Vec<String> {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect()
+}
+
+/// Parses a rate in calls per second, from 0.1 to 10.
+fn calls_per_second(value: &str) -> Result<f64, String> {
+    let expected = || "expected a number of calls per second from 0.1 to 10".to_owned();
+    let rate: f64 = value.trim().parse().map_err(|_| expected())?;
+    if rate.is_finite() && (0.1..=10.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(expected())
+    }
 }
 
 /// Parses a whole number within `MIN..=MAX`, with a message that states the range.

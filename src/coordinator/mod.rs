@@ -593,3 +593,6 @@ impl RetryClass for StreamsError {
         self.is_retryable()
     }
 }
+
+#[cfg(test)]
+mod tests;

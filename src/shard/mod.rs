@@ -314,3 +314,6 @@ impl ShardConsumer {
         ShardExit::Ended
     }
 }
+
+#[cfg(test)]
+mod tests;

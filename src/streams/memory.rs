@@ -129,6 +129,68 @@ impl MemoryStreams {
         sequence
     }
 
+    /// Creates an enabled stream for `table` with these open shards (no
+    /// parents) and returns the stream's ARN.
+    pub fn create_stream_with_shards(&self, table: &str, shard_ids: &[&str]) -> String {
+        let (first, rest) = shard_ids.split_first().expect("at least one shard");
+        let arn = self.create_stream(table, first);
+        for shard in rest {
+            self.add_shard(&arn, shard, None);
+        }
+        arn
+    }
+
+    /// Appends a prepared record to a shard, stamping it with the next
+    /// sequence number and the stream's ARN; returns the sequence number.
+    pub fn put_record(
+        &self,
+        stream_arn: &str,
+        shard_id: &str,
+        mut record: StreamRecord,
+    ) -> SequenceNumber {
+        let mut state = self.lock();
+        state.next_sequence += 1;
+        let sequence = SequenceNumber(format!("{:021}", state.next_sequence * 100));
+        record.dynamodb.sequence_number = sequence.clone();
+        record.event_source_arn = Arc::from(stream_arn);
+        let shard = shard_mut(&mut state, stream_arn, shard_id);
+        assert!(!shard.closed, "write to a closed shard");
+        shard.records.push(record);
+        sequence
+    }
+
+    /// The records a shard holds, in order.
+    pub fn records(&self, stream_arn: &str, shard_id: &str) -> Vec<StreamRecord> {
+        let mut state = self.lock();
+        shard_mut(&mut state, stream_arn, shard_id).records.clone()
+    }
+
+    /// The stream's label, if the stream exists.
+    pub fn stream_label(&self, stream_arn: &str) -> Option<String> {
+        self.lock().streams.get(stream_arn).map(|s| s.label.clone())
+    }
+
+    /// Sets the stream's status without touching its shards.
+    pub fn set_stream_status(&self, stream_arn: &str, status: StreamStatus) {
+        let mut state = self.lock();
+        state
+            .streams
+            .get_mut(stream_arn)
+            .expect("unknown stream")
+            .status = status;
+    }
+
+    /// Disables the stream as DynamoDB does: every shard closes and the
+    /// status becomes DISABLED.
+    pub fn disable_stream(&self, stream_arn: &str) {
+        let mut state = self.lock();
+        let stream = state.streams.get_mut(stream_arn).expect("unknown stream");
+        stream.status = StreamStatus::Disabled;
+        for shard in &mut stream.shards {
+            shard.closed = true;
+        }
+    }
+
     /// Makes the next call of `operation` fail with `error` (queued in order).
     pub fn fail_next(&self, operation: Operation, error: StreamsError) {
         self.lock().failures.push_back((operation, error));

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod scripted_streams;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

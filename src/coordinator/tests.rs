@@ -1,0 +1,647 @@
+//! Unit tests of the coordinator against the in-memory fakes.
+//!
+//! Each test runs a whole [`Coordinator`] on paused tokio time over a
+//! [`MemoryStreams`] and a [`MemoryLeaseStore`], with a processor that
+//! records every batch together with what the lease table said about the
+//! batch's parent shards at that moment. Tests poll the store with short
+//! virtual sleeps; nothing waits in real time.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Coordinator, CoordinatorSettings};
+use crate::aws::FailureKind;
+use crate::config::StartingPosition;
+use crate::dispatch::Dispatcher;
+use crate::error::Error;
+use crate::lease::memory::MemoryLeaseStore;
+use crate::lease::{Checkpoint, Lease, LeaseError, LeaseScan, LeaseStore};
+use crate::processor::{Batch, BatchOutcome, Processor, ProcessorError};
+use crate::record::{EventName, SequenceNumber};
+use crate::shard::ShardSettings;
+use crate::streams::memory::MemoryStreams;
+
+const TABLE: &str = "orders";
+const ME: &str = "worker-a";
+const OTHER: &str = "worker-b";
+const PARENT: &str = "shardId-parent";
+const CHILD: &str = "shardId-child";
+/// A bound on every wait, in paused (virtual) time.
+const WAIT: Duration = Duration::from_secs(60);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn settings(starting_position: StartingPosition) -> CoordinatorSettings {
+    CoordinatorSettings {
+        worker_id: ME.into(),
+        tables: vec![TABLE.into()],
+        stream_arns: Vec::new(),
+        starting_position,
+        lease_duration: Duration::from_secs(6),
+        renew_interval: Duration::from_secs(1),
+        shard_sync_interval: Duration::from_secs(2),
+        shutdown_grace: Duration::from_secs(5),
+        shard: ShardSettings {
+            batch_size: 2,
+            poll_interval: Duration::from_millis(200),
+        },
+    }
+}
+
+/// One processed batch.
+#[derive(Debug, Clone)]
+struct Seen {
+    shard: String,
+    sequence_numbers: Vec<SequenceNumber>,
+    /// Each parent of the shard and its checkpoint in the store at the moment
+    /// the batch was processed (`None`: the parent had no lease).
+    parents: Vec<(String, Option<Checkpoint>)>,
+}
+
+/// Records batches and lifecycle calls, in the order they happen.
+struct Recorder {
+    store: MemoryLeaseStore,
+    batches: Mutex<Vec<Seen>>,
+    events: Mutex<Vec<String>>,
+}
+
+impl Recorder {
+    fn new(store: &MemoryLeaseStore) -> Arc<Self> {
+        Arc::new(Recorder {
+            store: store.clone(),
+            batches: Mutex::new(Vec::new()),
+            events: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn batches(&self) -> Vec<Seen> {
+        lock(&self.batches).clone()
+    }
+
+    /// Every record processed, in processing order.
+    fn processed(&self) -> Vec<SequenceNumber> {
+        self.batches()
+            .into_iter()
+            .flat_map(|b| b.sequence_numbers)
+            .collect()
+    }
+
+    fn events(&self) -> Vec<String> {
+        lock(&self.events).clone()
+    }
+}
+
+#[async_trait]
+impl Processor for Recorder {
+    fn name(&self) -> &str {
+        "recorder"
+    }
+
+    async fn process(&self, batch: &Batch) -> Result<BatchOutcome, ProcessorError> {
+        let lease = self
+            .store
+            .get(&batch.shard_id)
+            .expect("a batch is processed under a lease");
+        let parents = lease
+            .parent_shard_ids
+            .iter()
+            .map(|parent| {
+                let checkpoint = self.store.get(parent).map(|l| l.checkpoint);
+                (parent.clone(), checkpoint)
+            })
+            .collect();
+        lock(&self.batches).push(Seen {
+            shard: batch.shard_id.to_string(),
+            sequence_numbers: batch
+                .records
+                .iter()
+                .map(|r| r.sequence_number().clone())
+                .collect(),
+            parents,
+        });
+        Ok(BatchOutcome::Success)
+    }
+
+    fn shard_started(&self, _stream_arn: &str, shard_id: &str) {
+        lock(&self.events).push(format!("started {shard_id}"));
+    }
+
+    fn lease_lost(&self, _stream_arn: &str, shard_id: &str) {
+        lock(&self.events).push(format!("lease lost {shard_id}"));
+    }
+
+    fn shard_ended(&self, _stream_arn: &str, shard_id: &str) {
+        lock(&self.events).push(format!("ended {shard_id}"));
+    }
+}
+
+/// The in-memory store, except that creating the leases named in `refused`
+/// fails as if the lease table were unavailable.
+#[derive(Debug, Clone, Default)]
+struct GatedStore {
+    inner: MemoryLeaseStore,
+    refused: Arc<Mutex<HashSet<String>>>,
+}
+
+impl GatedStore {
+    fn refuse_to_create(&self, key: &str) {
+        lock(&self.refused).insert(key.to_owned());
+    }
+
+    fn allow_all(&self) {
+        lock(&self.refused).clear();
+    }
+}
+
+#[async_trait]
+impl LeaseStore for GatedStore {
+    async fn ensure_table(&self) -> Result<(), LeaseError> {
+        self.inner.ensure_table().await
+    }
+    async fn list_leases(&self) -> Result<LeaseScan, LeaseError> {
+        self.inner.list_leases().await
+    }
+    async fn create_lease_if_absent(&self, lease: &Lease) -> Result<bool, LeaseError> {
+        if lock(&self.refused).contains(&lease.key) {
+            return Err(LeaseError::Transient {
+                operation: "PutItem",
+                kind: FailureKind::ServiceUnavailable,
+                message: "scripted failure".into(),
+            });
+        }
+        self.inner.create_lease_if_absent(lease).await
+    }
+    async fn take_lease(&self, lease: &Lease, new_owner: &str) -> Result<Lease, LeaseError> {
+        self.inner.take_lease(lease, new_owner).await
+    }
+    async fn renew_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
+        self.inner.renew_lease(lease).await
+    }
+    async fn update_checkpoint(
+        &self,
+        lease: &Lease,
+        checkpoint: &Checkpoint,
+    ) -> Result<Lease, LeaseError> {
+        self.inner.update_checkpoint(lease, checkpoint).await
+    }
+    async fn release_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
+        self.inner.release_lease(lease).await
+    }
+    async fn delete_lease(&self, lease: &Lease) -> Result<(), LeaseError> {
+        self.inner.delete_lease(lease).await
+    }
+}
+
+/// A coordinator running in its own task.
+struct Running {
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), Error>>,
+}
+
+impl Running {
+    fn start(
+        settings: CoordinatorSettings,
+        streams: &MemoryStreams,
+        store: Arc<dyn LeaseStore>,
+        recorder: &Arc<Recorder>,
+    ) -> Running {
+        let processor: Arc<dyn Processor> = recorder.clone();
+        let dispatcher = Arc::new(Dispatcher::new(vec![processor]));
+        let coordinator = Coordinator::new(settings, Arc::new(streams.clone()), store, dispatcher);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(coordinator.run(shutdown.clone()));
+        Running { shutdown, task }
+    }
+
+    /// Cancels the coordinator and waits for it; it must stop cleanly.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("the coordinator stops after its shutdown grace")
+            .expect("the coordinator task does not panic");
+        assert!(result.is_ok(), "the coordinator failed: {result:?}");
+    }
+}
+
+/// Waits, in virtual time, until `condition` holds.
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn checkpoint_of(store: &MemoryLeaseStore, key: &str) -> Option<Checkpoint> {
+    store.get(key).map(|l| l.checkpoint)
+}
+
+fn owner_of(store: &MemoryLeaseStore, key: &str) -> Option<String> {
+    store.get(key).and_then(|l| l.owner)
+}
+
+fn put(streams: &MemoryStreams, arn: &str, shard: &str, count: usize) -> Vec<SequenceNumber> {
+    (0..count)
+        .map(|i| streams.put(arn, shard, EventName::Insert, &format!("{shard}-{i}")))
+        .collect()
+}
+
+/// A parent with five records, closed, and a child with three records.
+fn split_stream(streams: &MemoryStreams) -> (String, Vec<SequenceNumber>, Vec<SequenceNumber>) {
+    let arn = streams.create_stream(TABLE, PARENT);
+    let parent = put(streams, &arn, PARENT, 5);
+    streams.close_shard(&arn, PARENT);
+    streams.add_shard(&arn, CHILD, Some(PARENT));
+    let child = put(streams, &arn, CHILD, 3);
+    (arn, parent, child)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_child_is_read_only_after_its_closed_parent_reached_shard_end() {
+    let streams = MemoryStreams::new();
+    let (arn, parent, child) = split_stream(&streams);
+    streams.close_shard(&arn, CHILD);
+    let store = MemoryLeaseStore::new();
+    let recorder = Recorder::new(&store);
+    let running = Running::start(
+        settings(StartingPosition::TrimHorizon),
+        &streams,
+        Arc::new(store.clone()),
+        &recorder,
+    );
+
+    wait_until("both shards are at SHARD_END", || {
+        checkpoint_of(&store, PARENT) == Some(Checkpoint::ShardEnd)
+            && checkpoint_of(&store, CHILD) == Some(Checkpoint::ShardEnd)
+    })
+    .await;
+    // A few more renewals and shard syncs must not read anything again.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    running.stop().await;
+
+    let expected: Vec<SequenceNumber> = parent.iter().chain(&child).cloned().collect();
+    assert_eq!(
+        recorder.processed(),
+        expected,
+        "every parent record before any child record, each exactly once"
+    );
+    let batches = recorder.batches();
+    let child_batches: Vec<&Seen> = batches.iter().filter(|b| b.shard == CHILD).collect();
+    assert!(!child_batches.is_empty());
+    for batch in child_batches {
+        assert_eq!(
+            batch.parents,
+            vec![(PARENT.to_string(), Some(Checkpoint::ShardEnd))],
+            "a child batch was processed before its parent's lease was at SHARD_END"
+        );
+    }
+    assert!(batches
+        .iter()
+        .filter(|b| b.shard == PARENT)
+        .all(|b| b.sequence_numbers.len() <= 2));
+    let events = recorder.events();
+    let parent_ended = events.iter().position(|e| *e == format!("ended {PARENT}"));
+    let child_started = events.iter().position(|e| *e == format!("started {CHILD}"));
+    assert!(
+        parent_ended.is_some() && child_started > parent_ended,
+        "{events:?}"
+    );
+    for key in [PARENT, CHILD] {
+        let lease = store.get(key).unwrap();
+        assert_eq!(lease.checkpoint, Checkpoint::ShardEnd, "{key}");
+        assert_eq!(
+            lease.owner, None,
+            "{key}: an ended shard's lease is released"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_child_waits_while_its_listed_parent_has_no_lease() {
+    let streams = MemoryStreams::new();
+    let (_arn, parent, child) = split_stream(&streams);
+    let store = GatedStore::default();
+    store.refuse_to_create(PARENT);
+    let recorder = Recorder::new(&store.inner);
+    let running = Running::start(
+        settings(StartingPosition::TrimHorizon),
+        &streams,
+        Arc::new(store.clone()),
+        &recorder,
+    );
+
+    wait_until("the child's lease is taken", || {
+        owner_of(&store.inner, CHILD).as_deref() == Some(ME)
+    })
+    .await;
+    // Several renewals, balances and shard syncs later, still nothing.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(store.inner.get(PARENT), None);
+    assert!(
+        recorder.processed().is_empty(),
+        "a child started while its listed parent had no lease: {:?}",
+        recorder.batches()
+    );
+    assert_eq!(
+        checkpoint_of(&store.inner, CHILD),
+        Some(Checkpoint::TrimHorizon)
+    );
+    assert_eq!(
+        owner_of(&store.inner, CHILD).as_deref(),
+        Some(ME),
+        "the waiting child's lease is kept alive"
+    );
+
+    // Once the parent's lease can be created, the parent is read, then the child.
+    store.allow_all();
+    wait_until("the child's records are checkpointed", || {
+        checkpoint_of(&store.inner, CHILD) == Some(Checkpoint::Sequence(child[2].clone()))
+    })
+    .await;
+    running.stop().await;
+
+    let expected: Vec<SequenceNumber> = parent.iter().chain(&child).cloned().collect();
+    assert_eq!(recorder.processed(), expected);
+    assert!(recorder
+        .batches()
+        .iter()
+        .filter(|b| b.shard == CHILD)
+        .all(|b| b.parents == vec![(PARENT.to_string(), Some(Checkpoint::ShardEnd))]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_child_waits_while_another_worker_reads_its_parent() {
+    let streams = MemoryStreams::new();
+    let (arn, parent, child) = split_stream(&streams);
+    let store = MemoryLeaseStore::new();
+    // Another, live worker holds the parent and is half-way through it.
+    store.put(Lease {
+        owner: Some(OTHER.into()),
+        counter: 7,
+        ..Lease::new(&arn, PARENT, None, Checkpoint::Sequence(parent[2].clone()))
+    });
+    let recorder = Recorder::new(&store);
+    let settings = CoordinatorSettings {
+        lease_duration: Duration::from_secs(30),
+        ..settings(StartingPosition::TrimHorizon)
+    };
+    let running = Running::start(settings, &streams, Arc::new(store.clone()), &recorder);
+
+    wait_until("the child's lease is taken", || {
+        owner_of(&store, CHILD).as_deref() == Some(ME)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        recorder.processed().is_empty(),
+        "a child started before its parent reached SHARD_END: {:?}",
+        recorder.batches()
+    );
+    assert_eq!(
+        owner_of(&store, PARENT).as_deref(),
+        Some(OTHER),
+        "a live worker's lease is not taken"
+    );
+
+    // The other worker finishes the parent and releases it.
+    let current = store.get(PARENT).unwrap();
+    let ended = store
+        .update_checkpoint(&current, &Checkpoint::ShardEnd)
+        .await
+        .unwrap();
+    store.release_lease(&ended).await.unwrap();
+    wait_until("the child's records are checkpointed", || {
+        checkpoint_of(&store, CHILD) == Some(Checkpoint::Sequence(child[2].clone()))
+    })
+    .await;
+    running.stop().await;
+
+    assert_eq!(recorder.processed(), child, "only the child is read here");
+    assert!(recorder
+        .batches()
+        .iter()
+        .all(|b| b.parents == vec![(PARENT.to_string(), Some(Checkpoint::ShardEnd))]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_child_whose_parent_was_trimmed_starts_at_once() {
+    let streams = MemoryStreams::new();
+    let arn = streams.create_stream(TABLE, "shardId-sibling");
+    streams.add_shard(&arn, CHILD, Some("shardId-trimmed"));
+    let child = put(&streams, &arn, CHILD, 3);
+    let store = MemoryLeaseStore::new();
+    let recorder = Recorder::new(&store);
+    let running = Running::start(
+        settings(StartingPosition::TrimHorizon),
+        &streams,
+        Arc::new(store.clone()),
+        &recorder,
+    );
+
+    wait_until("the child's records are checkpointed", || {
+        checkpoint_of(&store, CHILD) == Some(Checkpoint::Sequence(child[2].clone()))
+    })
+    .await;
+    running.stop().await;
+
+    assert_eq!(recorder.processed(), child);
+    assert_eq!(
+        recorder.batches()[0].parents,
+        vec![("shardId-trimmed".to_string(), None)]
+    );
+    assert_eq!(store.get("shardId-trimmed"), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn latest_on_first_sight_skips_history_and_reads_new_records() {
+    let streams = MemoryStreams::new();
+    let (arn, _parent, _old_child) = split_stream(&streams);
+    let store = MemoryLeaseStore::new();
+    let recorder = Recorder::new(&store);
+    let running = Running::start(
+        settings(StartingPosition::Latest),
+        &streams,
+        Arc::new(store.clone()),
+        &recorder,
+    );
+
+    // Once the child's consumer holds an iterator, new writes follow it.
+    wait_until("the child's iterator is acquired", || {
+        streams.calls("GetShardIterator") >= 1
+    })
+    .await;
+    let parent_lease = store.get(PARENT).unwrap();
+    assert_eq!(parent_lease.checkpoint, Checkpoint::ShardEnd);
+    assert_eq!(parent_lease.owner, None, "an ended shard is not taken");
+    assert_eq!(checkpoint_of(&store, CHILD), Some(Checkpoint::Latest));
+    assert_eq!(owner_of(&store, CHILD).as_deref(), Some(ME));
+
+    let new = put(&streams, &arn, CHILD, 3);
+    wait_until("the new records are checkpointed", || {
+        checkpoint_of(&store, CHILD) == Some(Checkpoint::Sequence(new[2].clone()))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    running.stop().await;
+
+    assert_eq!(
+        recorder.processed(),
+        new,
+        "only records written after the start are delivered"
+    );
+    assert_eq!(
+        streams.calls("GetShardIterator"),
+        1,
+        "the closed parent was never read"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_checkpoints_and_releases_every_lease_it_holds() {
+    let streams = MemoryStreams::new();
+    let (arn, parent, _child) = split_stream(&streams);
+    streams.add_shard(&arn, "shardId-open", None);
+    let open = put(&streams, &arn, "shardId-open", 3);
+    let store = MemoryLeaseStore::new();
+    // Another live worker is reading the parent, so our child lease is held
+    // but its shard does not run.
+    store.put(Lease {
+        owner: Some(OTHER.into()),
+        counter: 3,
+        ..Lease::new(&arn, PARENT, None, Checkpoint::Sequence(parent[0].clone()))
+    });
+    let recorder = Recorder::new(&store);
+    let settings = CoordinatorSettings {
+        lease_duration: Duration::from_secs(30),
+        ..settings(StartingPosition::TrimHorizon)
+    };
+    let running = Running::start(settings, &streams, Arc::new(store.clone()), &recorder);
+
+    wait_until("the open shard is read and the child's lease taken", || {
+        checkpoint_of(&store, "shardId-open") == Some(Checkpoint::Sequence(open[2].clone()))
+            && owner_of(&store, CHILD).as_deref() == Some(ME)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(owner_of(&store, "shardId-open").as_deref(), Some(ME));
+    running.stop().await;
+
+    for key in ["shardId-open", CHILD] {
+        assert_eq!(owner_of(&store, key), None, "{key} was not released");
+    }
+    assert_eq!(
+        checkpoint_of(&store, "shardId-open"),
+        Some(Checkpoint::Sequence(open[2].clone()))
+    );
+    assert_eq!(
+        owner_of(&store, PARENT).as_deref(),
+        Some(OTHER),
+        "another worker's lease is left alone"
+    );
+    assert_eq!(recorder.processed(), open);
+    // Released leases can be taken by another worker at once.
+    let open_lease = store.get("shardId-open").unwrap();
+    store.take_lease(&open_lease, OTHER).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_taken_by_another_worker_stops_its_shard_until_that_lease_expires() {
+    let streams = MemoryStreams::new();
+    let arn = streams.create_stream(TABLE, "shardId-open");
+    let first = put(&streams, &arn, "shardId-open", 2);
+    let store = MemoryLeaseStore::new();
+    let recorder = Recorder::new(&store);
+    let running = Running::start(
+        settings(StartingPosition::TrimHorizon),
+        &streams,
+        Arc::new(store.clone()),
+        &recorder,
+    );
+    wait_until("the first records are checkpointed", || {
+        checkpoint_of(&store, "shardId-open") == Some(Checkpoint::Sequence(first[1].clone()))
+    })
+    .await;
+
+    // Another worker takes the lease; our next renewal finds out.
+    let lease = store.get("shardId-open").unwrap();
+    store.take_lease(&lease, OTHER).await.unwrap();
+    let taken_at = Instant::now();
+    wait_until("the coordinator reports the lost lease", || {
+        recorder
+            .events()
+            .contains(&"lease lost shardId-open".to_string())
+    })
+    .await;
+    assert!(
+        taken_at.elapsed() <= Duration::from_secs(2),
+        "found at the next renewal"
+    );
+    // The other worker then dies without renewing or reading anything.
+    let second = put(&streams, &arn, "shardId-open", 2);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(owner_of(&store, "shardId-open").as_deref(), Some(OTHER));
+    assert_eq!(
+        recorder.processed(),
+        first,
+        "nothing is read under a lost lease"
+    );
+
+    // After a whole lease duration without a heartbeat, we take it back and
+    // resume from the checkpoint.
+    wait_until("the new records are checkpointed", || {
+        checkpoint_of(&store, "shardId-open") == Some(Checkpoint::Sequence(second[1].clone()))
+    })
+    .await;
+    assert!(taken_at.elapsed() >= Duration::from_secs(6));
+    assert_eq!(owner_of(&store, "shardId-open").as_deref(), Some(ME));
+    running.stop().await;
+
+    let expected: Vec<SequenceNumber> = first.iter().chain(&second).cloned().collect();
+    assert_eq!(recorder.processed(), expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_latest_a_split_found_later_is_read_from_its_beginning() {
+    let streams = MemoryStreams::new();
+    let arn = streams.create_stream(TABLE, PARENT);
+    put(&streams, &arn, PARENT, 2);
+    let store = MemoryLeaseStore::new();
+    let recorder = Recorder::new(&store);
+    let running = Running::start(
+        settings(StartingPosition::Latest),
+        &streams,
+        Arc::new(store.clone()),
+        &recorder,
+    );
+    wait_until("the parent's iterator is acquired", || {
+        streams.calls("GetShardIterator") >= 1
+    })
+    .await;
+
+    // New records, then the shard splits: the child gets records before its
+    // lease even exists, and they must not be skipped as "history".
+    let parent = put(&streams, &arn, PARENT, 3);
+    streams.close_shard(&arn, PARENT);
+    streams.add_shard(&arn, CHILD, Some(PARENT));
+    let child = put(&streams, &arn, CHILD, 3);
+    wait_until("the child's records are checkpointed", || {
+        checkpoint_of(&store, CHILD) == Some(Checkpoint::Sequence(child[2].clone()))
+    })
+    .await;
+    running.stop().await;
+
+    let expected: Vec<SequenceNumber> = parent.iter().chain(&child).cloned().collect();
+    assert_eq!(recorder.processed(), expected);
+    assert_eq!(checkpoint_of(&store, PARENT), Some(Checkpoint::ShardEnd));
+}
