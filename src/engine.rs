@@ -13,6 +13,7 @@ use crate::lease::LeaseStore;
 use crate::processor::stdout::StdoutProcessor;
 use crate::processor::Processor;
 use crate::shard::ShardSettings;
+use crate::streams::rate_limit::DescribeRateLimit;
 use crate::streams::sdk::SdkStreams;
 use crate::streams::StreamsApi;
 
@@ -38,7 +39,10 @@ impl Engine {
                 "AWS_REGION is not set (and no region was found in the AWS profile)".into(),
             ));
         }
-        let streams: Arc<dyn StreamsApi> = Arc::new(SdkStreams::from_conf(&sdk));
+        let streams: Arc<dyn StreamsApi> = Arc::new(DescribeRateLimit::new(
+            SdkStreams::from_conf(&sdk),
+            config.describe_stream_rps,
+        ));
         let leases: Arc<dyn LeaseStore> = Arc::new(DynamoLeaseStore::new(
             aws_sdk_dynamodb::Client::new(&sdk),
             config.lease_table_name(),
@@ -71,6 +75,9 @@ impl Engine {
             renew_interval: config.renew_interval(),
             shard_sync_interval: config.shard_sync_interval(),
             shutdown_grace: config.shutdown_grace(),
+            max_leases: config
+                .max_leases_per_worker
+                .map(|max| usize::try_from(max).unwrap_or(usize::MAX)),
             shard: ShardSettings {
                 batch_size: u32::try_from(config.batch_size).unwrap_or(u32::MAX),
                 poll_interval: config.poll_interval(),

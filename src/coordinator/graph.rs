@@ -5,7 +5,7 @@
 //! only once its parents were read to their ends (`SHARD_END`). This module is
 //! pure logic over a listing and the leases, so it is tested without any API.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use crate::config::StartingPosition;
 use crate::lease::{Checkpoint, Lease};
@@ -39,19 +39,35 @@ pub fn initial_checkpoint(
 /// A parent with a lease must be at `SHARD_END`. A parent without a lease
 /// counts as done only if the stream no longer lists it (trimmed after 24
 /// hours); a listed parent without a lease is about to get one and must be
-/// read first.
-pub fn parents_done(
+/// read first. `parent_lease` finds the lease of a parent shard of the same
+/// stream.
+pub fn parents_done<'a>(
     lease: &Lease,
-    leases: &HashMap<String, Lease>,
+    parent_lease: impl Fn(&str) -> Option<&'a Lease>,
     listed_shards: &HashSet<String>,
 ) -> bool {
     lease
         .parent_shard_ids
         .iter()
-        .all(|parent| match leases.get(parent) {
+        .all(|parent| match parent_lease(parent) {
             Some(parent_lease) => parent_lease.checkpoint.is_shard_end(),
             None => !listed_shards.contains(parent),
         })
+}
+
+/// Whether a listing is inconsistent: a shard listed as open although one of
+/// its children is listed too. DescribeStream can answer like this while a
+/// split is under way; such a listing is read again before it is trusted.
+pub fn is_inconsistent(shards: &[ShardInfo]) -> bool {
+    let open: HashSet<&str> = shards
+        .iter()
+        .filter(|s| !s.is_closed())
+        .map(|s| s.shard_id.as_str())
+        .collect();
+    shards
+        .iter()
+        .filter_map(|s| s.parent_shard_id.as_deref())
+        .any(|parent| open.contains(parent))
 }
 
 /// The children of `shard_id` in a listing.
@@ -65,6 +81,7 @@ pub fn children_of<'a>(shards: &'a [ShardInfo], shard_id: &str) -> Vec<&'a Shard
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn shard(id: &str, parent: Option<&str>, closed: bool) -> ShardInfo {
         ShardInfo {
@@ -98,19 +115,27 @@ mod tests {
     #[test]
     fn a_child_waits_for_a_listed_parent_without_a_lease() {
         let child = Lease::new("s", "b", Some("a"), Checkpoint::TrimHorizon);
-        let mut leases = HashMap::new();
+        let mut leases: HashMap<String, Lease> = HashMap::new();
         let listed: HashSet<String> = ["a".to_string(), "b".to_string()].into();
-        assert!(!parents_done(&child, &leases, &listed));
+        assert!(!parents_done(&child, |p| leases.get(p), &listed));
         leases.insert(
             "a".into(),
             Lease::new("s", "a", None, Checkpoint::Sequence("5".into())),
         );
-        assert!(!parents_done(&child, &leases, &listed));
+        assert!(!parents_done(&child, |p| leases.get(p), &listed));
         leases.get_mut("a").unwrap().checkpoint = Checkpoint::ShardEnd;
-        assert!(parents_done(&child, &leases, &listed));
+        assert!(parents_done(&child, |p| leases.get(p), &listed));
         assert!(
-            parents_done(&child, &HashMap::new(), &HashSet::new()),
+            parents_done(&child, |_| None, &HashSet::new()),
             "trimmed parent"
         );
+    }
+
+    #[test]
+    fn an_open_parent_beside_its_child_is_inconsistent() {
+        let consistent = [shard("a", None, true), shard("b", Some("a"), false)];
+        assert!(!is_inconsistent(&consistent));
+        let split_in_progress = [shard("a", None, false), shard("b", Some("a"), false)];
+        assert!(is_inconsistent(&split_in_progress));
     }
 }

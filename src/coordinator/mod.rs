@@ -1,16 +1,29 @@
-//! The coordinator: discovery, lease taking, and the shard tasks it owns.
+//! The coordinator: discovery, lease balancing, and the shard tasks it owns.
 //!
 //! One task per worker. It resolves the configured tables to their current
-//! streams, lists their shards and creates a lease per shard, takes the
-//! leases that are free or expired, starts a [`ShardConsumer`] for each held
-//! lease whose parents are done, renews held leases every third of the lease
-//! duration, and reacts to each consumer's [`ShardExit`]. On shutdown it
-//! stops the consumers, waits for in-flight batches (renewing meanwhile),
-//! and releases every lease so other workers can take them at once.
+//! streams, announces the worker in the lease table, and then, on three
+//! clocks:
+//!
+//! - every half renewal interval it reads the lease table, judges expiry on
+//!   its own monotonic clock, takes or steals leases towards its fair share
+//!   ([`balance`]) and starts a [`ShardConsumer`] for each held lease whose
+//!   parents are done ([`graph`]);
+//! - every renewal interval (a third of the lease duration) it renews what it
+//!   holds: its shard leases, its presence item and, if it has it, the
+//!   shard-sync leadership;
+//! - as shard-sync leader, every sync interval it lists whole streams,
+//!   creates missing leases and deletes leases of shards long gone
+//!   ([`discovery`]).
+//!
+//! Each consumer reports how it ended with one [`ShardExit`]. On shutdown the
+//! coordinator stops the consumers, waits for in-flight batches (renewing
+//! meanwhile) and releases every lease so other workers take them at once.
 
+pub mod balance;
+mod discovery;
 pub mod graph;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,9 +38,9 @@ use crate::config::StartingPosition;
 use crate::dispatch::Dispatcher;
 use crate::error::Error;
 use crate::lease::held::HeldLease;
-use crate::lease::{Lease, LeaseError, LeaseStore};
+use crate::lease::{ItemKind, Lease, LeaseError, LeaseStore};
 use crate::shard::{ShardConsumer, ShardExit, ShardSettings};
-use crate::streams::{list_all_shards, newest_stream, ShardInfo, StreamsApi, StreamsError};
+use crate::streams::{newest_stream, ShardInfo, StreamsApi, StreamsError};
 
 /// Where the coordinator's streams come from and how it keeps leases.
 #[derive(Debug, Clone)]
@@ -42,14 +55,25 @@ pub struct CoordinatorSettings {
     pub starting_position: StartingPosition,
     /// How long a lease lives without renewal.
     pub lease_duration: Duration,
-    /// How often held leases are renewed and free ones looked for.
+    /// How often held leases are renewed.
     pub renew_interval: Duration,
-    /// How often shards are listed again.
+    /// How often the shard-sync leader lists whole streams.
     pub shard_sync_interval: Duration,
     /// The bound on finishing in-flight batches at shutdown.
     pub shutdown_grace: Duration,
+    /// Most leases this worker holds, whatever its fair share.
+    pub max_leases: Option<usize>,
     /// How each shard is read.
     pub shard: ShardSettings,
+}
+
+impl CoordinatorSettings {
+    /// How often the lease table is read: twice per renewal interval, so a
+    /// dead worker's leases are taken within a lease duration plus one
+    /// renewal interval of its last renewal.
+    fn scan_interval(&self) -> Duration {
+        (self.renew_interval / 2).max(Duration::from_millis(50))
+    }
 }
 
 struct Held {
@@ -58,13 +82,14 @@ struct Held {
     running: bool,
 }
 
-/// What the coordinator last saw of a lease owned by someone, to judge
-/// expiry on our own clock: a counter that has not moved for a whole lease
-/// duration means its owner is gone.
+/// What the coordinator last saw of an item, to judge expiry on its own
+/// clock: a counter that has not moved for a whole lease duration means its
+/// owner is gone. Wall clocks of other hosts are never compared.
 struct Observation {
     counter: u64,
     owner: Option<String>,
     since: Instant,
+    stolen_at: Option<Instant>,
 }
 
 /// Runs one worker's share of the application.
@@ -76,9 +101,13 @@ pub struct Coordinator {
     streams: Vec<String>,
     listings: HashMap<String, Vec<ShardInfo>>,
     leases: HashMap<String, Lease>,
+    shard_keys: HashMap<(String, String), String>,
     observed: HashMap<String, Observation>,
     reported_malformed: HashSet<String>,
     held: HashMap<String, Held>,
+    presence: Option<Arc<HeldLease>>,
+    leader: Option<Arc<HeldLease>>,
+    next_full_sync: Option<Instant>,
     tasks: TaskTracker,
     stop_consumers: CancellationToken,
     exits_tx: mpsc::UnboundedSender<(String, ShardExit)>,
@@ -102,9 +131,13 @@ impl Coordinator {
             streams: Vec::new(),
             listings: HashMap::new(),
             leases: HashMap::new(),
+            shard_keys: HashMap::new(),
             observed: HashMap::new(),
             reported_malformed: HashSet::new(),
             held: HashMap::new(),
+            presence: None,
+            leader: None,
+            next_full_sync: None,
             tasks: TaskTracker::new(),
             stop_consumers: CancellationToken::new(),
             exits_tx,
@@ -137,20 +170,18 @@ impl Coordinator {
         );
         let mut renew = tokio::time::interval(self.settings.renew_interval);
         renew.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut sync = tokio::time::interval_at(
-            Instant::now() + self.settings.shard_sync_interval,
-            self.settings.shard_sync_interval,
-        );
-        sync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        renew.reset();
+        let mut scan = tokio::time::interval(self.settings.scan_interval());
+        scan.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        scan.reset();
         loop {
+            let full_sync_due = self.next_full_sync;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = renew.tick() => {
-                    self.renew_all().await;
-                    self.balance().await;
-                }
-                _ = sync.tick() => {
-                    self.sync_shards().await;
+                _ = renew.tick() => self.renew_all().await,
+                _ = scan.tick() => self.balance().await,
+                _ = sleep_until_opt(full_sync_due) => {
+                    self.full_sync().await;
                     self.balance().await;
                 }
                 Some((key, exit)) = self.exits_rx.recv() => self.on_exit(key, exit).await,
@@ -161,11 +192,10 @@ impl Coordinator {
     }
 
     async fn start(&mut self, shutdown: &CancellationToken) -> Result<(), Error> {
-        retry_until_done("create the lease table", shutdown, || {
-            self.store.ensure_table()
-        })
-        .await
-        .map_err(Error::Lease)?;
+        let store = Arc::clone(&self.store);
+        retry_until_done("create the lease table", shutdown, || store.ensure_table())
+            .await
+            .map_err(Error::Lease)?;
         let mut streams = self.settings.stream_arns.clone();
         for table in self.settings.tables.clone() {
             let api = Arc::clone(&self.api);
@@ -192,59 +222,46 @@ impl Coordinator {
         streams.sort();
         streams.dedup();
         self.streams = streams;
+        self.announce().await;
         self.refresh_leases().await;
-        self.sync_shards().await;
+        self.elect_leader().await;
+        if self.leader.is_none() {
+            // Streams no lease mentions yet (a new application, or a stream
+            // the leader does not know) are listed by this worker itself.
+            self.sync_streams_without_leases().await;
+        }
         self.balance().await;
         Ok(())
     }
 
-    /// Lists every stream's shards and creates the leases that are missing.
-    async fn sync_shards(&mut self) {
-        for stream_arn in self.streams.clone() {
-            match list_all_shards(self.api.as_ref(), &stream_arn).await {
-                Ok((_status, shards)) => {
-                    self.create_missing_leases(&stream_arn, &shards).await;
-                    self.listings.insert(stream_arn, shards);
-                }
-                Err(err) => {
-                    tracing::warn!(stream = %stream_arn, error = %err, "could not list the stream's shards; will retry");
-                }
-            }
+    /// Writes this worker's presence item, so others count it in their fair
+    /// share before it holds any lease.
+    async fn announce(&mut self) {
+        let presence = Lease::worker_presence(&self.settings.worker_id);
+        if let Err(err) = self.store.create_lease_if_absent(&presence).await {
+            tracing::warn!(error = %err, "could not announce this worker; will retry");
+            return;
         }
-    }
-
-    async fn create_missing_leases(&mut self, stream_arn: &str, shards: &[ShardInfo]) {
-        let listed: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
-        let first_sight = !self.leases.values().any(|lease| {
-            lease.stream_arn.as_deref() == Some(stream_arn)
-                || (lease.stream_arn.is_none() && listed.contains(lease.key.as_str()))
-        });
-        for shard in shards {
-            if let Some(existing) = self.leases.get(&shard.shard_id) {
-                if let Some(other) = existing.stream_arn.as_deref().filter(|a| *a != stream_arn) {
-                    tracing::error!(shard = %shard.shard_id, stream = %stream_arn, other_stream = %other,
-                        "two streams list the same shard id; the lease belongs to the other stream");
-                }
-                continue;
+        let current = match self.store.list_leases().await {
+            Ok(scan) => scan.leases.into_iter().find(|l| l.key == presence.key),
+            Err(_) => None,
+        };
+        let Some(current) = current else { return };
+        let started = Instant::now();
+        match self
+            .store
+            .take_lease(&current, &self.settings.worker_id)
+            .await
+        {
+            Ok(taken) => {
+                self.presence = Some(Arc::new(HeldLease::new(
+                    Arc::clone(&self.store),
+                    taken,
+                    self.settings.lease_duration,
+                    started,
+                )));
             }
-            let checkpoint =
-                graph::initial_checkpoint(shard, first_sight, self.settings.starting_position);
-            let lease = Lease::new(
-                stream_arn,
-                &shard.shard_id,
-                shard.parent_shard_id.as_deref(),
-                checkpoint,
-            );
-            match self.store.create_lease_if_absent(&lease).await {
-                Ok(true) => {
-                    tracing::info!(stream = %stream_arn, shard = %shard.shard_id, checkpoint = %lease.checkpoint, "created a lease");
-                    self.leases.insert(lease.key.clone(), lease);
-                }
-                Ok(false) => {}
-                Err(err) => {
-                    tracing::warn!(shard = %shard.shard_id, error = %err, "could not create a lease; will retry");
-                }
-            }
+            Err(err) => tracing::warn!(error = %err, "could not announce this worker; will retry"),
         }
     }
 
@@ -266,25 +283,72 @@ impl Coordinator {
         let now = Instant::now();
         let mut leases = HashMap::with_capacity(scan.leases.len());
         for lease in scan.leases {
-            let changed = match self.observed.get(&lease.key) {
-                Some(seen) => seen.counter != lease.counter || seen.owner != lease.owner,
-                None => true,
-            };
-            if changed {
-                self.observed.insert(
-                    lease.key.clone(),
-                    Observation {
-                        counter: lease.counter,
-                        owner: lease.owner.clone(),
-                        since: now,
-                    },
-                );
+            match self.observed.get_mut(&lease.key) {
+                Some(seen) if seen.counter == lease.counter && seen.owner == lease.owner => {}
+                Some(seen) => {
+                    let stolen =
+                        seen.owner.is_some() && lease.owner.is_some() && seen.owner != lease.owner;
+                    seen.counter = lease.counter;
+                    seen.owner = lease.owner.clone();
+                    seen.since = now;
+                    if stolen {
+                        seen.stolen_at = Some(now);
+                    }
+                }
+                None => {
+                    self.observed.insert(
+                        lease.key.clone(),
+                        Observation {
+                            counter: lease.counter,
+                            owner: lease.owner.clone(),
+                            since: now,
+                            stolen_at: None,
+                        },
+                    );
+                }
             }
             leases.insert(lease.key.clone(), lease);
         }
         self.observed.retain(|key, _| leases.contains_key(key));
         self.leases = leases;
+        self.index_shard_leases();
         true
+    }
+
+    /// Maps (stream, shard id) to lease keys, inferring the stream of leases
+    /// written without one (KCL tables) from the shard listings.
+    fn index_shard_leases(&mut self) {
+        let mut index = HashMap::new();
+        for lease in self.leases.values() {
+            if lease.kind() != ItemKind::Shard {
+                continue;
+            }
+            if let Some(stream) = self.stream_of(lease) {
+                index.insert((stream, lease.shard_id.clone()), lease.key.clone());
+            }
+        }
+        self.shard_keys = index;
+    }
+
+    /// The stream a shard lease belongs to, if it is one of ours.
+    fn stream_of(&self, lease: &Lease) -> Option<String> {
+        match lease.stream_arn.as_deref() {
+            Some(arn) => self.streams.iter().find(|s| *s == arn).cloned(),
+            None => {
+                let listed = self
+                    .listings
+                    .iter()
+                    .find(|(_, shards)| shards.iter().any(|s| s.shard_id == lease.shard_id))
+                    .map(|(arn, _)| arn.clone());
+                listed.or_else(|| (self.streams.len() == 1).then(|| self.streams[0].clone()))
+            }
+        }
+    }
+
+    fn lease_of(&self, stream_arn: &str, shard_id: &str) -> Option<&Lease> {
+        self.shard_keys
+            .get(&(stream_arn.to_owned(), shard_id.to_owned()))
+            .and_then(|key| self.leases.get(key))
     }
 
     fn is_expired(&self, lease: &Lease) -> bool {
@@ -295,76 +359,151 @@ impl Coordinator {
                 .is_some_and(|seen| seen.since.elapsed() >= self.settings.lease_duration)
     }
 
-    fn is_ours(&self, lease: &Lease) -> bool {
-        match lease.stream_arn.as_deref() {
-            Some(arn) => self.streams.iter().any(|s| s == arn),
-            None => self
-                .listings
-                .values()
-                .any(|shards| shards.iter().any(|s| s.shard_id == lease.key)),
+    fn live_workers(&self) -> BTreeSet<String> {
+        self.leases
+            .values()
+            .filter(|lease| lease.kind() == ItemKind::Worker && !self.is_expired(lease))
+            .filter_map(|lease| lease.owner.clone())
+            .collect()
+    }
+
+    /// Takes the shard-sync leadership when nobody holds it.
+    async fn elect_leader(&mut self) {
+        if self.leader.as_ref().is_some_and(|l| !l.is_lost()) {
+            return;
+        }
+        self.leader = None;
+        let current = match self.leases.get(crate::lease::SHARD_SYNC_LEADER_KEY) {
+            Some(current) => current.clone(),
+            None => {
+                let fresh = Lease::shard_sync_leader();
+                if let Err(err) = self.store.create_lease_if_absent(&fresh).await {
+                    tracing::debug!(error = %err, "could not create the leader item");
+                    return;
+                }
+                fresh
+            }
+        };
+        let me = &self.settings.worker_id;
+        if current.owner.is_some() && !current.is_owned_by(me) && !self.is_expired(&current) {
+            return;
+        }
+        let started = Instant::now();
+        match self.store.take_lease(&current, me).await {
+            Ok(taken) => {
+                tracing::info!("this worker is now the shard-sync leader");
+                self.leases.insert(taken.key.clone(), taken.clone());
+                self.leader = Some(Arc::new(HeldLease::new(
+                    Arc::clone(&self.store),
+                    taken,
+                    self.settings.lease_duration,
+                    started,
+                )));
+                self.next_full_sync = Some(Instant::now());
+            }
+            Err(LeaseError::Conflict { .. }) => {}
+            Err(err) => tracing::debug!(error = %err, "could not take the shard-sync leadership"),
         }
     }
 
-    /// Takes the leases this worker should hold and starts the shards that may run.
+    /// Reads the lease table, takes and steals leases towards this worker's
+    /// fair share, and starts the shards that may run.
     async fn balance(&mut self) {
         if !self.refresh_leases().await {
             return;
         }
-        let me = self.settings.worker_id.clone();
-        let mut available: Vec<Lease> = self
+        if self.presence.as_ref().is_none_or(|p| p.is_lost()) {
+            self.announce().await;
+        }
+        self.elect_leader().await;
+        if self.leader.is_none() {
+            self.next_full_sync = None;
+        }
+        let steal_quiet_period = self.settings.lease_duration * 2;
+        let states: Vec<balance::LeaseState> = self
             .leases
             .values()
-            .filter(|lease| self.is_ours(lease))
+            .filter(|lease| lease.kind() == ItemKind::Shard)
             .filter(|lease| !lease.checkpoint.is_shard_end())
-            .filter(|lease| !self.held.contains_key(&lease.key))
-            .filter(|lease| {
-                lease.owner.is_none() || lease.is_owned_by(&me) || self.is_expired(lease)
+            .filter(|lease| self.stream_of(lease).is_some())
+            .map(|lease| balance::LeaseState {
+                key: lease.key.clone(),
+                owner: lease.owner.clone(),
+                expired: self.is_expired(lease),
+                recently_stolen: self
+                    .observed
+                    .get(&lease.key)
+                    .and_then(|seen| seen.stolen_at)
+                    .is_some_and(|at| at.elapsed() < steal_quiet_period),
             })
-            .cloned()
             .collect();
-        available.sort_by(|a, b| a.key.cmp(&b.key));
-        for lease in available {
-            let started = Instant::now();
-            match self.store.take_lease(&lease, &me).await {
-                Ok(taken) => {
-                    tracing::info!(shard = %taken.key, previous_owner = ?lease.owner, "took a lease");
-                    let stream_arn = taken
-                        .stream_arn
-                        .clone()
-                        .or_else(|| self.stream_listing(&taken.key))
-                        .unwrap_or_default();
-                    self.leases.insert(taken.key.clone(), taken.clone());
-                    let held = HeldLease::new(
-                        Arc::clone(&self.store),
-                        taken,
-                        self.settings.lease_duration,
-                        started,
-                    );
-                    self.held.insert(
-                        lease.key.clone(),
-                        Held {
-                            lease: Arc::new(held),
-                            stream_arn,
-                            running: false,
-                        },
-                    );
-                }
-                Err(LeaseError::Conflict { .. }) => {
-                    tracing::debug!(shard = %lease.key, "another worker took the lease first");
-                }
-                Err(err) => {
-                    tracing::warn!(shard = %lease.key, error = %err, "could not take a lease")
-                }
-            }
+        let me = self.settings.worker_id.clone();
+        let plan = balance::plan(&me, &states, &self.live_workers(), self.settings.max_leases);
+        // Leases this worker owns in the table but does not hold (a restart
+        // with the same worker id) are taken back first.
+        let mut wanted: Vec<String> = states
+            .iter()
+            .filter(|s| s.owner.as_deref() == Some(me.as_str()) && !self.held.contains_key(&s.key))
+            .map(|s| s.key.clone())
+            .collect();
+        wanted.extend(plan.take.iter().cloned());
+        for key in wanted {
+            self.take(&key, false).await;
+        }
+        for key in plan.steal {
+            self.take(&key, true).await;
         }
         self.start_ready_shards();
     }
 
-    fn stream_listing(&self, shard_id: &str) -> Option<String> {
-        self.listings
-            .iter()
-            .find(|(_, shards)| shards.iter().any(|s| s.shard_id == shard_id))
-            .map(|(arn, _)| arn.clone())
+    async fn take(&mut self, key: &str, steal: bool) {
+        let Some(lease) = self.leases.get(key).cloned() else {
+            return;
+        };
+        if self.held.contains_key(key) {
+            return;
+        }
+        let Some(stream_arn) = self.stream_of(&lease) else {
+            return;
+        };
+        let started = Instant::now();
+        match self
+            .store
+            .take_lease(&lease, &self.settings.worker_id)
+            .await
+        {
+            Ok(taken) => {
+                if steal {
+                    tracing::info!(shard = %taken.shard_id, from = ?lease.owner, "stole a lease to balance the fleet");
+                    if let Some(seen) = self.observed.get_mut(key) {
+                        seen.stolen_at = Some(Instant::now());
+                    }
+                } else {
+                    tracing::info!(shard = %taken.shard_id, previous_owner = ?lease.owner, "took a lease");
+                }
+                self.leases.insert(taken.key.clone(), taken.clone());
+                let held = HeldLease::new(
+                    Arc::clone(&self.store),
+                    taken,
+                    self.settings.lease_duration,
+                    started,
+                );
+                self.held.insert(
+                    key.to_owned(),
+                    Held {
+                        lease: Arc::new(held),
+                        stream_arn,
+                        running: false,
+                    },
+                );
+            }
+            Err(LeaseError::Conflict { .. }) => {
+                tracing::debug!(shard = %lease.shard_id, "another worker took the lease first");
+            }
+            Err(err) => {
+                tracing::warn!(shard = %lease.shard_id, error = %err, "could not take a lease")
+            }
+        }
     }
 
     fn start_ready_shards(&mut self) {
@@ -377,10 +516,14 @@ impl Coordinator {
             .held
             .iter()
             .filter(|(_, held)| !held.running && !held.lease.is_lost())
-            .filter(|(key, _)| {
-                self.leases
-                    .get(*key)
-                    .is_some_and(|lease| graph::parents_done(lease, &self.leases, &listed))
+            .filter(|(key, held)| {
+                self.leases.get(*key).is_some_and(|lease| {
+                    graph::parents_done(
+                        lease,
+                        |parent| self.lease_of(&held.stream_arn, parent),
+                        &listed,
+                    )
+                })
             })
             .map(|(key, _)| key.clone())
             .collect();
@@ -388,16 +531,21 @@ impl Coordinator {
             let Some(held) = self.held.get_mut(&key) else {
                 continue;
             };
+            let shard_id = self
+                .leases
+                .get(&key)
+                .map(|l| l.shard_id.clone())
+                .unwrap_or_else(|| key.clone());
             held.running = true;
             let consumer = ShardConsumer::new(
                 &held.stream_arn,
-                &key,
+                &shard_id,
                 Arc::clone(&self.api),
                 Arc::clone(&held.lease),
                 Arc::clone(&self.dispatcher),
                 self.settings.shard.clone(),
             );
-            let span = tracing::info_span!("shard", stream = %held.stream_arn, shard = %key);
+            let span = tracing::info_span!("shard", stream = %held.stream_arn, shard = %shard_id);
             let stop = self.stop_consumers.child_token();
             let exits = self.exits_tx.clone();
             self.tasks.spawn(
@@ -412,25 +560,38 @@ impl Coordinator {
         }
     }
 
+    /// Renews every held item concurrently: shard leases, presence, leadership.
     async fn renew_all(&mut self) {
-        let renewals = self.held.iter().map(|(key, held)| {
-            let lease = Arc::clone(&held.lease);
-            let key = key.clone();
-            async move { (key, lease.renew().await) }
+        let mut handles: Vec<(String, Arc<HeldLease>)> = self
+            .held
+            .iter()
+            .map(|(key, held)| (key.clone(), Arc::clone(&held.lease)))
+            .collect();
+        handles.extend(
+            self.presence
+                .iter()
+                .map(|p| ("presence".to_owned(), Arc::clone(p))),
+        );
+        handles.extend(
+            self.leader
+                .iter()
+                .map(|l| ("leader".to_owned(), Arc::clone(l))),
+        );
+        let renewals = handles.into_iter().map(|(key, lease)| async move {
+            let result = lease.renew().await;
+            (key, result)
         });
         for (key, result) in futures::future::join_all(renewals).await {
             match result {
                 Ok(()) => {}
                 Err(LeaseError::Conflict { .. }) => {
-                    tracing::warn!(shard = %key, "lease lost: another worker owns it now");
-                    if let Some(held) = self.held.get(&key) {
-                        if !held.running {
-                            self.held.remove(&key);
-                        }
+                    tracing::warn!(lease = %key, "lease lost: another worker owns it now");
+                    if self.held.get(&key).is_some_and(|held| !held.running) {
+                        self.held.remove(&key);
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(shard = %key, error = %err, "lease renewal failed; will retry")
+                    tracing::warn!(lease = %key, error = %err, "lease renewal failed; will retry")
                 }
             }
         }
@@ -440,59 +601,30 @@ impl Coordinator {
         let Some(held) = self.held.remove(&key) else {
             return;
         };
+        let shard_id = self
+            .leases
+            .get(&key)
+            .map(|l| l.shard_id.clone())
+            .unwrap_or_else(|| key.clone());
         match exit {
             ShardExit::Ended => {
                 if let Err(err) = held.lease.release().await {
-                    tracing::warn!(shard = %key, error = %err, "could not release an ended shard's lease");
+                    tracing::warn!(shard = %shard_id, error = %err, "could not release an ended shard's lease");
                 }
-                self.discover_children(&held.stream_arn, &key).await;
+                self.discover_children(&held.stream_arn, &shard_id).await;
                 self.balance().await;
             }
             ShardExit::LeaseLost => {
-                tracing::warn!(shard = %key, "stopped reading a shard whose lease was lost");
+                tracing::warn!(shard = %shard_id, "stopped reading a shard whose lease was lost");
                 for processor in self.dispatcher.processors() {
-                    processor.lease_lost(&held.stream_arn, &key);
+                    processor.lease_lost(&held.stream_arn, &shard_id);
                 }
             }
             ShardExit::Stopped => {}
             ShardExit::Failed(reason) => {
-                tracing::error!(shard = %key, %reason, "shard consumer failed; releasing its lease so it is retried");
+                tracing::error!(shard = %shard_id, %reason, "shard consumer failed; releasing its lease so it is retried");
                 if let Err(err) = held.lease.release().await {
-                    tracing::warn!(shard = %key, error = %err, "could not release a failed shard's lease");
-                }
-            }
-        }
-    }
-
-    /// Finds the children of a shard that just ended and creates their
-    /// leases, asking DescribeStream for that shard's children only.
-    async fn discover_children(&mut self, stream_arn: &str, shard_id: &str) {
-        let page = self
-            .api
-            .describe_stream(stream_arn, None, Some(shard_id))
-            .await;
-        let children: Vec<ShardInfo> = match page {
-            Ok(page) => graph::children_of(&page.shards, shard_id)
-                .into_iter()
-                .cloned()
-                .collect(),
-            Err(err) => {
-                tracing::warn!(shard = %shard_id, error = %err, "could not list the children of an ended shard");
-                Vec::new()
-            }
-        };
-        if children.is_empty() {
-            // Either the filter is unsupported and the page was partial, or
-            // the children are not listed yet: a full listing settles both.
-            self.sync_shards().await;
-            return;
-        }
-        self.refresh_leases().await;
-        self.create_missing_leases(stream_arn, &children).await;
-        if let Some(listing) = self.listings.get_mut(stream_arn) {
-            for child in children {
-                if !listing.iter().any(|s| s.shard_id == child.shard_id) {
-                    listing.push(child);
+                    tracing::warn!(shard = %shard_id, error = %err, "could not release a failed shard's lease");
                 }
             }
         }
@@ -530,21 +662,43 @@ impl Coordinator {
                 }
             }
         }
-        let releases = self.held.iter().map(|(key, held)| {
-            let lease = Arc::clone(&held.lease);
-            let key = key.clone();
-            async move { (key, lease.release().await) }
+        let mut handles: Vec<(String, Arc<HeldLease>)> = self
+            .held
+            .iter()
+            .map(|(key, held)| (key.clone(), Arc::clone(&held.lease)))
+            .collect();
+        handles.extend(
+            self.leader
+                .iter()
+                .map(|l| ("leader".to_owned(), Arc::clone(l))),
+        );
+        let releases = handles.into_iter().map(|(key, lease)| async move {
+            let result = lease.release().await;
+            (key, result)
         });
         let mut released = 0usize;
         for (key, result) in futures::future::join_all(releases).await {
             match result {
                 Ok(()) => released += 1,
                 Err(err) => {
-                    tracing::warn!(shard = %key, error = %err, "could not release a lease; it will expire instead")
+                    tracing::warn!(lease = %key, error = %err, "could not release a lease; it will expire instead")
                 }
             }
         }
+        if let Some(presence) = &self.presence {
+            let lease = presence.snapshot().await;
+            if let Err(err) = self.store.delete_lease(&lease).await {
+                tracing::debug!(error = %err, "could not remove this worker's presence item");
+            }
+        }
         tracing::info!(released, "leases released; worker stopped");
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -51,6 +51,7 @@ fn settings(starting_position: StartingPosition) -> CoordinatorSettings {
         renew_interval: Duration::from_secs(1),
         shard_sync_interval: Duration::from_secs(2),
         shutdown_grace: Duration::from_secs(5),
+        max_leases: None,
         shard: ShardSettings {
             batch_size: 2,
             poll_interval: Duration::from_millis(200),

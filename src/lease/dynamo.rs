@@ -29,6 +29,16 @@ const CHECKPOINT_SUB_SEQUENCE: &str = "checkpointSubSequenceNumber";
 const OWNER_SWITCHES: &str = "ownerSwitchesSinceCheckpoint";
 const PARENT_SHARD_ID: &str = "parentShardId";
 const STREAM_ARN: &str = "streamArn";
+const SHARD_ID: &str = "shardId";
+const UPDATED_AT: &str = "updatedAtMillis";
+
+fn now_millis() -> AttributeValue {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    number(millis)
+}
 
 /// Leases in a DynamoDB table.
 #[derive(Debug, Clone)]
@@ -93,7 +103,9 @@ impl DynamoLeaseStore {
     ) -> Result<Lease, LeaseError> {
         let mut condition = "#counter = :expected_counter".to_owned();
         values.insert(":expected_counter".into(), number(lease.counter));
+        values.insert(":updated_at".into(), now_millis());
         names.insert("#counter".into(), LEASE_COUNTER.into());
+        names.insert("#updated_at".into(), UPDATED_AT.into());
         names.insert("#owner".into(), LEASE_OWNER.into());
         match &lease.owner {
             Some(owner) => {
@@ -107,7 +119,7 @@ impl DynamoLeaseStore {
             .update_item()
             .table_name(&self.table)
             .key(LEASE_KEY, AttributeValue::S(lease.key.clone()))
-            .update_expression(update)
+            .update_expression(with_update_time(&update))
             .condition_expression(condition)
             .set_expression_attribute_values(Some(values))
             .set_expression_attribute_names(Some(names))
@@ -117,6 +129,18 @@ impl DynamoLeaseStore {
             .map_err(|e| self.error(operation, &lease.key, e))?;
         let item = answer.attributes.unwrap_or_default();
         lease_from_item(&item)
+    }
+}
+
+/// Adds `#updated_at = :updated_at` to the SET clause of an update.
+fn with_update_time(update: &str) -> String {
+    match update.find(" REMOVE ") {
+        Some(at) => format!(
+            "{}, #updated_at = :updated_at{}",
+            &update[..at],
+            &update[at..]
+        ),
+        None => format!("{update}, #updated_at = :updated_at"),
     }
 }
 
@@ -169,6 +193,11 @@ pub fn lease_from_item(item: &HashMap<String, AttributeValue>) -> Result<Lease, 
         }
     };
     Ok(Lease {
+        shard_id: read_string(SHARD_ID)?.unwrap_or_else(|| key.clone()),
+        updated_at_millis: match item.get(UPDATED_AT) {
+            Some(AttributeValue::N(n)) => n.parse().ok(),
+            _ => None,
+        },
         stream_arn: read_string(STREAM_ARN)?,
         owner: read_string(LEASE_OWNER)?,
         counter: read_number(LEASE_COUNTER)?,
@@ -190,6 +219,10 @@ pub fn lease_to_item(lease: &Lease) -> HashMap<String, AttributeValue> {
     if let Some(arn) = &lease.stream_arn {
         item.insert(STREAM_ARN.into(), AttributeValue::S(arn.clone()));
     }
+    if lease.shard_id != lease.key {
+        item.insert(SHARD_ID.into(), AttributeValue::S(lease.shard_id.clone()));
+    }
+    item.insert(UPDATED_AT.into(), now_millis());
     item.insert(LEASE_COUNTER.into(), number(lease.counter));
     item.insert(
         CHECKPOINT.into(),
@@ -415,8 +448,14 @@ mod tests {
         let mut lease = Lease::new("arn:s", "shardId-1", Some("shardId-0"), Checkpoint::Latest);
         lease.owner = Some("w1".into());
         lease.counter = 7;
-        let back = lease_from_item(&lease_to_item(&lease)).unwrap();
+        let mut back = lease_from_item(&lease_to_item(&lease)).unwrap();
+        assert!(back.updated_at_millis.is_some());
+        back.updated_at_millis = None;
         assert_eq!(back, lease);
+        assert_eq!(
+            with_update_time("SET #a = :b REMOVE #owner"),
+            "SET #a = :b, #updated_at = :updated_at REMOVE #owner"
+        );
     }
 
     #[test]

@@ -70,6 +70,10 @@ impl MemoryLeaseStore {
         }
         change(stored);
         stored.counter += 1;
+        stored.updated_at_millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis() as u64);
         Ok(stored.clone())
     }
 }

@@ -73,11 +73,32 @@ impl fmt::Display for Checkpoint {
     }
 }
 
+/// Key prefix of the items in which workers announce themselves.
+pub const WORKER_KEY_PREFIX: &str = "dynastream:worker:";
+
+/// Key of the item whose holder performs full shard syncs.
+pub const SHARD_SYNC_LEADER_KEY: &str = "dynastream:leader:shard-sync";
+
+/// What a lease-table item stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemKind {
+    /// A shard's lease.
+    Shard,
+    /// A worker's presence: renewed while the worker lives, so that others
+    /// count it when computing their fair share even before it holds a lease.
+    Worker,
+    /// The shard-sync leadership: one worker at a time lists whole streams.
+    Leader,
+}
+
 /// One lease item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    /// The item's key: the shard id.
+    /// The item's key: the shard id (or, should two streams ever list the
+    /// same shard id, `<stream ARN>|<shard id>` for the second one).
     pub key: String,
+    /// The shard this lease covers.
+    pub shard_id: String,
     /// The stream the shard belongs to; absent in tables written by the KCL.
     pub stream_arn: Option<String>,
     /// The worker holding the lease; `None` when it is free to take.
@@ -95,6 +116,10 @@ pub struct Lease {
     pub owner_switches_since_checkpoint: u64,
     /// The shard's parents; it starts only when they have reached SHARD_END.
     pub parent_shard_ids: Vec<String>,
+    /// Wall-clock time of the last write, in epoch milliseconds: for
+    /// operators only (`dynastream status`). Expiry is never judged by it,
+    /// since hosts' clocks differ.
+    pub updated_at_millis: Option<u64>,
 }
 
 impl Lease {
@@ -107,6 +132,7 @@ impl Lease {
     ) -> Lease {
         Lease {
             key: shard_id.to_owned(),
+            shard_id: shard_id.to_owned(),
             stream_arn: Some(stream_arn.to_owned()),
             owner: None,
             counter: 0,
@@ -114,12 +140,41 @@ impl Lease {
             checkpoint_sub_sequence_number: 0,
             owner_switches_since_checkpoint: 0,
             parent_shard_ids: parent.map(|p| vec![p.to_owned()]).unwrap_or_default(),
+            updated_at_millis: None,
         }
     }
 
-    /// The shard this lease covers.
-    pub fn shard_id(&self) -> &str {
-        &self.key
+    /// The key used when the shard id is already taken by another stream's
+    /// lease: shard ids are random enough that this should never happen, but
+    /// two streams must never share a lease.
+    pub fn qualified_key(stream_arn: &str, shard_id: &str) -> String {
+        format!("{stream_arn}|{shard_id}")
+    }
+
+    /// A worker's presence item.
+    pub fn worker_presence(worker_id: &str) -> Lease {
+        let key = format!("{WORKER_KEY_PREFIX}{worker_id}");
+        let mut lease = Lease::new("", &key, None, Checkpoint::ShardEnd);
+        lease.stream_arn = None;
+        lease
+    }
+
+    /// The shard-sync leadership item.
+    pub fn shard_sync_leader() -> Lease {
+        let mut lease = Lease::new("", SHARD_SYNC_LEADER_KEY, None, Checkpoint::ShardEnd);
+        lease.stream_arn = None;
+        lease
+    }
+
+    /// What the item stands for, by its key.
+    pub fn kind(&self) -> ItemKind {
+        if self.key.starts_with(WORKER_KEY_PREFIX) {
+            ItemKind::Worker
+        } else if self.key == SHARD_SYNC_LEADER_KEY {
+            ItemKind::Leader
+        } else {
+            ItemKind::Shard
+        }
     }
 
     /// Whether `worker` holds this lease, as of this copy.

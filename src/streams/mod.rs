@@ -7,6 +7,7 @@
 //! The adapter does not retry; callers do, with [`crate::backoff::Backoff`].
 
 pub mod memory;
+pub mod rate_limit;
 pub mod sdk;
 
 use async_trait::async_trait;
