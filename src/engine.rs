@@ -29,16 +29,40 @@ pub struct Engine {
     processors: Vec<Arc<dyn Processor>>,
 }
 
+/// Reads the application's lease table and renders it for an operator
+/// (`dynastream status`), as aligned text or as JSON.
+pub async fn status_report(config: &Config, json: bool) -> Result<String, Error> {
+    let sdk = load_checked_sdk_config().await?;
+    let table = config.lease_table_name();
+    let store = DynamoLeaseStore::new(aws_sdk_dynamodb::Client::new(&sdk), table.clone());
+    let scan = store.list_leases().await?;
+    let now_millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let report = crate::lease::report::build(&table, &scan, now_millis);
+    Ok(if json {
+        serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
+    } else {
+        crate::lease::report::render_text(&report)
+    })
+}
+
+async fn load_checked_sdk_config() -> Result<aws_config::SdkConfig, Error> {
+    let sdk = crate::aws::load_sdk_config().await;
+    if sdk.region().is_none() {
+        return Err(Error::Config(
+            "AWS_REGION is not set (and no region was found in the AWS profile)".into(),
+        ));
+    }
+    Ok(sdk)
+}
+
 impl Engine {
     /// Builds SDK clients from the standard AWS configuration and the
     /// processors the configuration names.
     pub async fn connect(config: &Config) -> Result<Engine, Error> {
-        let sdk = crate::aws::load_sdk_config().await;
-        if sdk.region().is_none() {
-            return Err(Error::Config(
-                "AWS_REGION is not set (and no region was found in the AWS profile)".into(),
-            ));
-        }
+        let sdk = load_checked_sdk_config().await?;
         let streams: Arc<dyn StreamsApi> = Arc::new(DescribeRateLimit::new(
             SdkStreams::from_conf(&sdk),
             config.describe_stream_rps,

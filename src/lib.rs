@@ -36,7 +36,7 @@ pub mod telemetry;
 
 mod engine;
 
-pub use engine::Engine;
+pub use engine::{status_report, Engine};
 pub use error::Error;
 
 /// Compiles the README's Rust example as a doctest, so it cannot rot.

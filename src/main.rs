@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use dynastream::config::{Config, Invocation};
+use dynastream::config::{Command, Config, Invocation};
 use dynastream::Engine;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +35,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Status { json }) = config.command {
+        return match runtime.block_on(dynastream::status_report(&config, json)) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(err) if err.is_configuration() => {
+                eprintln!("dynastream: {err}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+            Err(err) => {
+                eprintln!("dynastream: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));

@@ -1,55 +1,138 @@
 //! Discovery: listing shards, creating their leases, finding children, and
 //! removing leases of shards that are long gone.
 //!
-//! Whole-stream listings are the expensive call (DescribeStream is limited
-//! per account), so they are made by the shard-sync leader only, plus once by
-//! any worker that finds a configured stream without a single lease. A worker
-//! whose shard ends asks for that shard's children alone.
+//! Listings go through DescribeStream, which is limited per account and
+//! which each worker spaces to its configured rate, so a full listing of many
+//! streams can take seconds. It therefore runs in its own task, the
+//! [`ShardSyncer`], and never holds up lease renewals or takeovers: the
+//! coordinator sends it [`SyncRequest`]s and acts on the [`Listing`]s it
+//! sends back. Whole-stream listings are requested by the shard-sync leader
+//! only, plus once by any worker that finds a configured stream without a
+//! single lease. A worker whose shard ends asks for that shard's children.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::{graph, Coordinator};
 use crate::lease::{Checkpoint, ItemKind, Lease};
-use crate::streams::{list_all_shards, ShardInfo};
+use crate::streams::{list_all_shards, ShardInfo, StreamsApi};
 
 /// How often a listing that looks mid-split is read again before it is used anyway.
 const INCONSISTENT_LISTING_RETRIES: u32 = 3;
 
-impl Coordinator {
-    /// The leader's periodic work: list every stream, create missing leases,
-    /// delete leases that are no longer needed.
-    pub(super) async fn full_sync(&mut self) {
-        self.next_full_sync = self
-            .leader
-            .as_ref()
-            .filter(|leader| !leader.is_lost())
-            .map(|_| Instant::now() + self.settings.shard_sync_interval);
-        for stream_arn in self.streams.clone() {
-            self.sync_stream(&stream_arn).await;
+/// What the coordinator asks the syncer to list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum SyncRequest {
+    /// Every shard of a stream.
+    Stream(String),
+    /// The children of a shard that ended.
+    ChildrenOf {
+        /// The stream.
+        stream_arn: String,
+        /// The shard that ended.
+        shard_id: String,
+    },
+}
+
+/// What the syncer found.
+#[derive(Debug, Clone)]
+pub(super) struct Listing {
+    pub stream_arn: String,
+    pub shards: Vec<ShardInfo>,
+    /// `true` for a whole-stream listing, `false` for children only.
+    pub complete: bool,
+}
+
+/// Lists shards on request, in its own task.
+pub(super) struct ShardSyncer {
+    api: Arc<dyn StreamsApi>,
+    requests: mpsc::UnboundedReceiver<SyncRequest>,
+    listings: mpsc::UnboundedSender<Listing>,
+}
+
+impl ShardSyncer {
+    pub(super) fn new(
+        api: Arc<dyn StreamsApi>,
+        requests: mpsc::UnboundedReceiver<SyncRequest>,
+        listings: mpsc::UnboundedSender<Listing>,
+    ) -> Self {
+        ShardSyncer {
+            api,
+            requests,
+            listings,
         }
-        self.clean_up().await;
     }
 
-    /// Lists the configured streams that have no lease at all yet.
-    pub(super) async fn sync_streams_without_leases(&mut self) {
-        let orphans: Vec<String> = self
-            .streams
-            .iter()
-            .filter(|arn| !self.shard_keys.keys().any(|(stream, _)| stream == *arn))
-            .cloned()
-            .collect();
-        for stream_arn in orphans {
-            self.sync_stream(&stream_arn).await;
+    /// Serves requests until `stop` fires or the coordinator goes away.
+    pub(super) async fn run(mut self, stop: CancellationToken) {
+        loop {
+            let request = tokio::select! {
+                _ = stop.cancelled() => return,
+                request = self.requests.recv() => match request {
+                    Some(request) => request,
+                    None => return,
+                },
+            };
+            let listing = tokio::select! {
+                _ = stop.cancelled() => return,
+                listing = self.serve(request) => listing,
+            };
+            if let Some(listing) = listing {
+                if self.listings.send(listing).is_err() {
+                    return;
+                }
+            }
         }
     }
 
-    /// Lists one stream's shards and creates the leases that are missing.
-    pub(super) async fn sync_stream(&mut self, stream_arn: &str) {
+    async fn serve(&self, request: SyncRequest) -> Option<Listing> {
+        match request {
+            SyncRequest::Stream(stream_arn) => self.list_stream(stream_arn).await,
+            SyncRequest::ChildrenOf {
+                stream_arn,
+                shard_id,
+            } => {
+                let page = self
+                    .api
+                    .describe_stream(&stream_arn, None, Some(&shard_id))
+                    .await;
+                let children: Vec<ShardInfo> = match page {
+                    // DynamoDB Local ignores the filter: a whole single page
+                    // still holds the children; a partial one may not.
+                    Ok(page) if page.last_evaluated_shard_id.is_none() => {
+                        graph::children_of(&page.shards, &shard_id)
+                            .into_iter()
+                            .cloned()
+                            .collect()
+                    }
+                    Ok(_) => Vec::new(),
+                    Err(err) => {
+                        tracing::warn!(shard = %shard_id, error = %err, "could not list the children of an ended shard");
+                        Vec::new()
+                    }
+                };
+                if children.is_empty() {
+                    // Not listed yet, or a partial answer: a full listing
+                    // of this stream settles both.
+                    return self.list_stream(stream_arn).await;
+                }
+                Some(Listing {
+                    stream_arn,
+                    shards: children,
+                    complete: false,
+                })
+            }
+        }
+    }
+
+    async fn list_stream(&self, stream_arn: String) -> Option<Listing> {
         let mut attempt = 0;
-        let shards = loop {
-            match list_all_shards(self.api.as_ref(), stream_arn).await {
+        loop {
+            match list_all_shards(self.api.as_ref(), &stream_arn).await {
                 Ok((_status, shards)) => {
                     if graph::is_inconsistent(&shards) && attempt < INCONSISTENT_LISTING_RETRIES {
                         attempt += 1;
@@ -57,17 +140,73 @@ impl Coordinator {
                         tokio::time::sleep(Duration::from_millis(500)).await;
                         continue;
                     }
-                    break shards;
+                    return Some(Listing {
+                        stream_arn,
+                        shards,
+                        complete: true,
+                    });
                 }
                 Err(err) => {
                     tracing::warn!(stream = %stream_arn, error = %err, "could not list the stream's shards; will retry");
-                    return;
+                    return None;
                 }
             }
-        };
-        self.listings.insert(stream_arn.to_owned(), shards.clone());
-        self.index_shard_leases();
-        self.create_missing_leases(stream_arn, &shards).await;
+        }
+    }
+}
+
+impl Coordinator {
+    /// The leader's periodic work: ask for every stream's listing.
+    pub(super) fn request_full_sync(&mut self) {
+        self.next_full_sync = self
+            .leader
+            .as_ref()
+            .filter(|leader| !leader.is_lost())
+            .map(|_| Instant::now() + self.settings.shard_sync_interval);
+        for stream_arn in self.streams.clone() {
+            self.request_sync(SyncRequest::Stream(stream_arn));
+        }
+    }
+
+    /// Asks for the listing of the configured streams that have no lease at all yet.
+    pub(super) fn request_sync_of_streams_without_leases(&mut self) {
+        let orphans: Vec<String> = self
+            .streams
+            .iter()
+            .filter(|arn| !self.shard_keys.keys().any(|(stream, _)| stream == *arn))
+            .cloned()
+            .collect();
+        for stream_arn in orphans {
+            self.request_sync(SyncRequest::Stream(stream_arn));
+        }
+    }
+
+    pub(super) fn request_sync(&mut self, request: SyncRequest) {
+        // The syncer lives as long as the coordinator; a failed send means
+        // it has stopped for shutdown, when listings no longer matter.
+        let _ = self.sync_requests.send(request);
+    }
+
+    /// Acts on a listing: creates missing leases and, for the leader after a
+    /// whole-stream listing, deletes the ones no longer needed.
+    pub(super) async fn on_listing(&mut self, listing: Listing) {
+        let stream_arn = listing.stream_arn.clone();
+        if listing.complete {
+            self.listings
+                .insert(stream_arn.clone(), listing.shards.clone());
+        } else if let Some(known) = self.listings.get_mut(&stream_arn) {
+            for child in &listing.shards {
+                if !known.iter().any(|s| s.shard_id == child.shard_id) {
+                    known.push(child.clone());
+                }
+            }
+        }
+        self.refresh_leases().await;
+        self.create_missing_leases(&stream_arn, &listing.shards)
+            .await;
+        if listing.complete && self.leader.as_ref().is_some_and(|l| !l.is_lost()) {
+            self.clean_up().await;
+        }
     }
 
     pub(super) async fn create_missing_leases(&mut self, stream_arn: &str, shards: &[ShardInfo]) {
@@ -109,45 +248,6 @@ impl Coordinator {
         }
     }
 
-    /// Finds the children of a shard that just ended and creates their
-    /// leases, asking DescribeStream for that shard's children only.
-    pub(super) async fn discover_children(&mut self, stream_arn: &str, shard_id: &str) {
-        let page = self
-            .api
-            .describe_stream(stream_arn, None, Some(shard_id))
-            .await;
-        let children: Vec<ShardInfo> = match page {
-            // A page that is not filtered (DynamoDB Local ignores the filter)
-            // may still hold the children, or may be a partial listing.
-            Ok(page) if page.last_evaluated_shard_id.is_none() => {
-                graph::children_of(&page.shards, shard_id)
-                    .into_iter()
-                    .cloned()
-                    .collect()
-            }
-            Ok(_) => Vec::new(),
-            Err(err) => {
-                tracing::warn!(shard = %shard_id, error = %err, "could not list the children of an ended shard");
-                Vec::new()
-            }
-        };
-        if children.is_empty() {
-            // The children are not listed yet, or the answer was partial: a
-            // full listing of this stream settles both.
-            self.sync_stream(stream_arn).await;
-            return;
-        }
-        self.refresh_leases().await;
-        if let Some(listing) = self.listings.get_mut(stream_arn) {
-            for child in &children {
-                if !listing.iter().any(|s| s.shard_id == child.shard_id) {
-                    listing.push(child.clone());
-                }
-            }
-        }
-        self.create_missing_leases(stream_arn, &children).await;
-    }
-
     /// Deletes leases nobody needs any more: shards read to their end that
     /// the stream no longer lists (past the 24-hour retention) and whose
     /// children have started, and presence items of workers long gone.
@@ -161,7 +261,8 @@ impl Coordinator {
                         .observed
                         .get(&lease.key)
                         .is_some_and(|seen| seen.since.elapsed() >= long_gone);
-                    if gone && !lease.key.ends_with(&self.settings.worker_id) {
+                    let mine = lease.owner.as_deref() == Some(self.settings.worker_id.as_str());
+                    if gone && !mine {
                         doomed.push(lease.clone());
                     }
                 }

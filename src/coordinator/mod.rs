@@ -21,6 +21,8 @@
 
 pub mod balance;
 mod discovery;
+
+use discovery::{Listing, ShardSyncer, SyncRequest};
 pub mod graph;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -108,6 +110,10 @@ pub struct Coordinator {
     presence: Option<Arc<HeldLease>>,
     leader: Option<Arc<HeldLease>>,
     next_full_sync: Option<Instant>,
+    last_orphan_sync: Option<Instant>,
+    sync_requests: mpsc::UnboundedSender<SyncRequest>,
+    sync_results: mpsc::UnboundedReceiver<Listing>,
+    syncer: Option<ShardSyncer>,
     tasks: TaskTracker,
     stop_consumers: CancellationToken,
     exits_tx: mpsc::UnboundedSender<(String, ShardExit)>,
@@ -123,6 +129,9 @@ impl Coordinator {
         dispatcher: Arc<Dispatcher>,
     ) -> Self {
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+        let (sync_requests, requests_rx) = mpsc::unbounded_channel();
+        let (results_tx, sync_results) = mpsc::unbounded_channel();
+        let syncer = ShardSyncer::new(Arc::clone(&api), requests_rx, results_tx);
         Coordinator {
             settings,
             api,
@@ -138,6 +147,10 @@ impl Coordinator {
             presence: None,
             leader: None,
             next_full_sync: None,
+            last_orphan_sync: None,
+            sync_requests,
+            sync_results,
+            syncer: Some(syncer),
             tasks: TaskTracker::new(),
             stop_consumers: CancellationToken::new(),
             exits_tx,
@@ -176,12 +189,17 @@ impl Coordinator {
         scan.reset();
         loop {
             let full_sync_due = self.next_full_sync;
+            let next_expiry = self.next_expiry();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = renew.tick() => self.renew_all().await,
                 _ = scan.tick() => self.balance().await,
-                _ = sleep_until_opt(full_sync_due) => {
-                    self.full_sync().await;
+                // Look again the moment another worker's lease would expire,
+                // rather than up to a scan interval later.
+                _ = sleep_until_opt(next_expiry) => self.balance().await,
+                _ = sleep_until_opt(full_sync_due) => self.request_full_sync(),
+                Some(listing) = self.sync_results.recv() => {
+                    self.on_listing(listing).await;
                     self.balance().await;
                 }
                 Some((key, exit)) = self.exits_rx.recv() => self.on_exit(key, exit).await,
@@ -222,14 +240,18 @@ impl Coordinator {
         streams.sort();
         streams.dedup();
         self.streams = streams;
+        if let Some(syncer) = self.syncer.take() {
+            // Owned by the coordinator: stopped with the consumers and
+            // awaited with them at shutdown.
+            self.tasks
+                .spawn(syncer.run(self.stop_consumers.child_token()));
+        }
         self.announce().await;
         self.refresh_leases().await;
         self.elect_leader().await;
-        if self.leader.is_none() {
-            // Streams no lease mentions yet (a new application, or a stream
-            // the leader does not know) are listed by this worker itself.
-            self.sync_streams_without_leases().await;
-        }
+        // Streams no lease mentions yet (a new application, or a stream the
+        // leader does not know) are listed by this worker itself, from
+        // within balance() when it is not the leader.
         self.balance().await;
         Ok(())
     }
@@ -359,6 +381,22 @@ impl Coordinator {
                 .is_some_and(|seen| seen.since.elapsed() >= self.settings.lease_duration)
     }
 
+    /// When the next lease held by another worker would expire if its
+    /// counter does not move again.
+    fn next_expiry(&self) -> Option<Instant> {
+        let now = Instant::now();
+        self.observed
+            .iter()
+            .filter(|(_, seen)| {
+                seen.owner
+                    .as_deref()
+                    .is_some_and(|owner| owner != self.settings.worker_id)
+            })
+            .map(|(_, seen)| seen.since + self.settings.lease_duration)
+            .filter(|expiry| *expiry > now)
+            .min()
+    }
+
     fn live_workers(&self) -> BTreeSet<String> {
         self.leases
             .values()
@@ -418,6 +456,13 @@ impl Coordinator {
         self.elect_leader().await;
         if self.leader.is_none() {
             self.next_full_sync = None;
+            let due = self
+                .last_orphan_sync
+                .is_none_or(|at| at.elapsed() >= self.settings.shard_sync_interval);
+            if due {
+                self.last_orphan_sync = Some(Instant::now());
+                self.request_sync_of_streams_without_leases();
+            }
         }
         let steal_quiet_period = self.settings.lease_duration * 2;
         let states: Vec<balance::LeaseState> = self
@@ -611,8 +656,10 @@ impl Coordinator {
                 if let Err(err) = held.lease.release().await {
                     tracing::warn!(shard = %shard_id, error = %err, "could not release an ended shard's lease");
                 }
-                self.discover_children(&held.stream_arn, &shard_id).await;
-                self.balance().await;
+                self.request_sync(SyncRequest::ChildrenOf {
+                    stream_arn: held.stream_arn.clone(),
+                    shard_id: shard_id.clone(),
+                });
             }
             ShardExit::LeaseLost => {
                 tracing::warn!(shard = %shard_id, "stopped reading a shard whose lease was lost");

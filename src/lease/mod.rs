@@ -15,6 +15,7 @@
 pub mod dynamo;
 pub mod held;
 pub mod memory;
+pub mod report;
 
 use std::fmt;
 

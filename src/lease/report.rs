@@ -1,0 +1,289 @@
+//! The operator's view of a lease table (`dynastream status`).
+//!
+//! Rows are built from one scan. "Seconds since update" compares the item's
+//! informational wall-clock stamp with this host's clock: good enough for a
+//! person reading a table, which is why the engine itself never uses it.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use super::{Checkpoint, ItemKind, Lease, LeaseScan};
+
+/// One shard lease, as an operator reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShardRow {
+    /// The stream ARN, or `-` for leases written without one (KCL tables).
+    pub stream: String,
+    /// The shard id.
+    pub shard: String,
+    /// The parent shard ids.
+    pub parents: Vec<String>,
+    /// The owning worker, if any.
+    pub owner: Option<String>,
+    /// The checkpoint as stored.
+    pub checkpoint: String,
+    /// `active`, `unowned`, `waiting_for_parent` or `ended`.
+    pub state: &'static str,
+    /// Seconds since the item was last written, by this host's clock.
+    pub seconds_since_update: Option<u64>,
+    /// The lease counter.
+    pub counter: u64,
+}
+
+/// A worker seen in the table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerRow {
+    /// The worker id.
+    pub worker: String,
+    /// How many shard leases it holds.
+    pub leases: usize,
+    /// Seconds since its presence item was last renewed, by this host's clock.
+    pub seconds_since_update: Option<u64>,
+    /// Whether it holds the shard-sync leadership.
+    pub leader: bool,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// The lease table's name.
+    pub table: String,
+    /// One row per shard lease, by stream then shard.
+    pub shards: Vec<ShardRow>,
+    /// One row per worker.
+    pub workers: Vec<WorkerRow>,
+    /// Items that are not leases, described.
+    pub malformed: Vec<String>,
+}
+
+fn age(lease: &Lease, now_millis: u64) -> Option<u64> {
+    lease
+        .updated_at_millis
+        .map(|at| now_millis.saturating_sub(at) / 1000)
+}
+
+/// Builds the report from a scan, at wall-clock time `now_millis`.
+pub fn build(table: &str, scan: &LeaseScan, now_millis: u64) -> Report {
+    let shard_leases: Vec<&Lease> = scan
+        .leases
+        .iter()
+        .filter(|l| l.kind() == ItemKind::Shard)
+        .collect();
+    let by_shard: HashMap<(&str, &str), &Lease> = shard_leases
+        .iter()
+        .map(|l| {
+            (
+                (l.stream_arn.as_deref().unwrap_or("-"), l.shard_id.as_str()),
+                *l,
+            )
+        })
+        .collect();
+    let mut shards: Vec<ShardRow> = shard_leases
+        .iter()
+        .map(|lease| {
+            let stream = lease.stream_arn.as_deref().unwrap_or("-");
+            let waiting = lease.parent_shard_ids.iter().any(|parent| {
+                by_shard
+                    .get(&(stream, parent.as_str()))
+                    .is_some_and(|p| !p.checkpoint.is_shard_end())
+            });
+            let state = match (&lease.checkpoint, &lease.owner) {
+                (Checkpoint::ShardEnd, _) => "ended",
+                _ if waiting => "waiting_for_parent",
+                (_, None) => "unowned",
+                (_, Some(_)) => "active",
+            };
+            ShardRow {
+                stream: stream.to_owned(),
+                shard: lease.shard_id.clone(),
+                parents: lease.parent_shard_ids.clone(),
+                owner: lease.owner.clone(),
+                checkpoint: lease.checkpoint.as_stored().to_owned(),
+                state,
+                seconds_since_update: age(lease, now_millis),
+                counter: lease.counter,
+            }
+        })
+        .collect();
+    shards.sort_by(|a, b| (&a.stream, &a.shard).cmp(&(&b.stream, &b.shard)));
+    let leader = scan
+        .leases
+        .iter()
+        .find(|l| l.kind() == ItemKind::Leader)
+        .and_then(|l| l.owner.clone());
+    let mut workers: Vec<WorkerRow> = scan
+        .leases
+        .iter()
+        .filter(|l| l.kind() == ItemKind::Worker)
+        .filter_map(|presence| {
+            let worker = presence.owner.clone()?;
+            Some(WorkerRow {
+                leases: shard_leases
+                    .iter()
+                    .filter(|l| l.owner.as_deref() == Some(worker.as_str()))
+                    .count(),
+                seconds_since_update: age(presence, now_millis),
+                leader: leader.as_deref() == Some(worker.as_str()),
+                worker,
+            })
+        })
+        .collect();
+    workers.sort_by(|a, b| a.worker.cmp(&b.worker));
+    Report {
+        table: table.to_owned(),
+        shards,
+        workers,
+        malformed: scan.malformed.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+/// Renders the report as aligned text columns.
+pub fn render_text(report: &Report) -> String {
+    let mut out = String::new();
+    let shard_rows: Vec<[String; 7]> = report
+        .shards
+        .iter()
+        .map(|row| {
+            [
+                short_stream(&row.stream),
+                row.shard.clone(),
+                if row.parents.is_empty() {
+                    "-".into()
+                } else {
+                    row.parents.join(",")
+                },
+                row.owner.clone().unwrap_or_else(|| "-".into()),
+                row.checkpoint.clone(),
+                row.state.to_owned(),
+                row.seconds_since_update
+                    .map_or("-".into(), |s| s.to_string()),
+            ]
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "lease table {}: {} shard leases",
+        report.table,
+        report.shards.len()
+    );
+    out.push_str(&columns(
+        [
+            "STREAM",
+            "SHARD",
+            "PARENT",
+            "OWNER",
+            "CHECKPOINT",
+            "STATE",
+            "SECONDS_SINCE_UPDATE",
+        ],
+        &shard_rows,
+    ));
+    let worker_rows: Vec<[String; 4]> = report
+        .workers
+        .iter()
+        .map(|w| {
+            [
+                w.worker.clone(),
+                w.leases.to_string(),
+                w.seconds_since_update.map_or("-".into(), |s| s.to_string()),
+                if w.leader { "yes".into() } else { "-".into() },
+            ]
+        })
+        .collect();
+    let _ = writeln!(out, "\nworkers: {}", report.workers.len());
+    out.push_str(&columns(
+        ["WORKER", "LEASES", "SECONDS_SINCE_UPDATE", "LEADER"],
+        &worker_rows,
+    ));
+    for item in &report.malformed {
+        let _ = writeln!(out, "malformed item: {item}");
+    }
+    out
+}
+
+/// `arn:aws:dynamodb:r:a:table/orders/stream/2024-...` reads as `orders/2024-...`.
+fn short_stream(arn: &str) -> String {
+    match arn.split_once(":table/") {
+        Some((_, rest)) => rest.replacen("/stream/", "/", 1),
+        None => arn.to_owned(),
+    }
+}
+
+fn columns<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths: [usize; N] = header.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths.iter())
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_follow_checkpoints_owners_and_parents() {
+        let mut parent = Lease::new(
+            "arn:aws:dynamodb:r:1:table/t/stream/l",
+            "p",
+            None,
+            Checkpoint::Sequence("5".into()),
+        );
+        parent.owner = Some("w1".into());
+        parent.updated_at_millis = Some(10_000);
+        let child = Lease::new(
+            "arn:aws:dynamodb:r:1:table/t/stream/l",
+            "c",
+            Some("p"),
+            Checkpoint::TrimHorizon,
+        );
+        let mut ended = Lease::new(
+            "arn:aws:dynamodb:r:1:table/t/stream/l",
+            "e",
+            None,
+            Checkpoint::ShardEnd,
+        );
+        ended.owner = None;
+        let mut presence = Lease::worker_presence("w1");
+        presence.owner = Some("w1".into());
+        let scan = LeaseScan {
+            leases: vec![parent, child, ended, presence],
+            malformed: Vec::new(),
+        };
+        let report = build("app-leases", &scan, 13_500);
+        let states: Vec<(&str, &str)> = report
+            .shards
+            .iter()
+            .map(|r| (r.shard.as_str(), r.state))
+            .collect();
+        assert_eq!(
+            states,
+            [("c", "waiting_for_parent"), ("e", "ended"), ("p", "active")]
+        );
+        assert_eq!(report.shards[2].seconds_since_update, Some(3));
+        assert_eq!(report.workers.len(), 1);
+        assert_eq!(report.workers[0].leases, 1);
+        let text = render_text(&report);
+        assert!(text.contains("t/l"), "{text}");
+        assert!(text.contains("waiting_for_parent"));
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["shards"][2]["owner"], "w1");
+    }
+}
