@@ -359,3 +359,71 @@ pub fn keys_of(records: &[Value]) -> Vec<String> {
         })
         .collect()
 }
+
+/// An SDK client for DynamoDB Local's streams.
+pub async fn dynamodb_streams() -> aws_sdk_dynamodbstreams::Client {
+    let local = dynamodb_local();
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&local.endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "local", "local", None, None, "tests",
+        ))
+        .load()
+        .await;
+    aws_sdk_dynamodbstreams::Client::new(&config)
+}
+
+/// The single shard of a DynamoDB Local stream and the sequence numbers of
+/// the records it holds, read from TRIM_HORIZON.
+pub async fn shard_and_sequence_numbers(stream_arn: &str) -> (String, Vec<String>) {
+    use aws_sdk_dynamodbstreams::types::ShardIteratorType;
+    let client = dynamodb_streams().await;
+    let description = client
+        .describe_stream()
+        .stream_arn(stream_arn)
+        .send()
+        .await
+        .expect("describe stream");
+    let shard_id = description
+        .stream_description()
+        .and_then(|d| d.shards().first())
+        .and_then(|s| s.shard_id())
+        .expect("a shard")
+        .to_owned();
+    let mut iterator = client
+        .get_shard_iterator()
+        .stream_arn(stream_arn)
+        .shard_id(&shard_id)
+        .shard_iterator_type(ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .expect("get shard iterator")
+        .shard_iterator;
+    let mut sequence_numbers = Vec::new();
+    while let Some(current) = iterator.take() {
+        let page = client
+            .get_records()
+            .shard_iterator(current)
+            .send()
+            .await
+            .expect("get records");
+        let records = page.records();
+        if records.is_empty() {
+            break;
+        }
+        sequence_numbers.extend(
+            records
+                .iter()
+                .filter_map(|r| r.dynamodb().and_then(|d| d.sequence_number()))
+                .map(str::to_owned),
+        );
+        iterator = page.next_shard_iterator;
+    }
+    (shard_id, sequence_numbers)
+}
+
+/// A lease store over `table` in DynamoDB Local.
+pub async fn lease_store(table: &str) -> dynastream::lease::dynamo::DynamoLeaseStore {
+    dynastream::lease::dynamo::DynamoLeaseStore::new(dynamodb().await, table)
+}

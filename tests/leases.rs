@@ -1,0 +1,368 @@
+//! The lease table against DynamoDB Local: fencing of a worker whose lease
+//! was taken, resuming from a lease table written by the Java KCL, and
+//! `dynastream status`.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use dynastream::lease::held::HeldLease;
+use dynastream::lease::{Checkpoint, ItemKind, Lease, LeaseError, LeaseStore};
+use dynastream::record::SequenceNumber;
+use support::*;
+use tokio::time::Instant;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_lease_was_taken_cannot_checkpoint() {
+    let store = lease_store(&unique_name("fencing-leases")).await;
+    store.ensure_table().await.unwrap();
+    let lease = Lease::new("arn:stream", "shardId-1", None, Checkpoint::TrimHorizon);
+    assert!(store.create_lease_if_absent(&lease).await.unwrap());
+    assert!(
+        !store.create_lease_if_absent(&lease).await.unwrap(),
+        "created once"
+    );
+    let taken = store.take_lease(&lease, "worker-a").await.unwrap();
+    let worker_a = HeldLease::new(
+        Arc::new(store.clone()),
+        taken,
+        Duration::from_secs(10),
+        Instant::now(),
+    );
+    worker_a
+        .checkpoint(&Checkpoint::Sequence(SequenceNumber::from("100")))
+        .await
+        .unwrap();
+
+    let current = store
+        .list_leases()
+        .await
+        .unwrap()
+        .leases
+        .into_iter()
+        .find(|l| l.key == "shardId-1")
+        .unwrap();
+    let stolen = store.take_lease(&current, "worker-b").await.unwrap();
+    assert_eq!(stolen.owner_switches_since_checkpoint, 1);
+
+    let refused = worker_a
+        .checkpoint(&Checkpoint::Sequence(SequenceNumber::from("200")))
+        .await;
+    assert!(
+        matches!(refused, Err(LeaseError::Conflict { .. })),
+        "{refused:?}"
+    );
+    assert!(worker_a.is_lost() && !worker_a.is_valid());
+    assert!(matches!(
+        worker_a.renew().await,
+        Err(LeaseError::Conflict { .. })
+    ));
+    let stored = store
+        .list_leases()
+        .await
+        .unwrap()
+        .leases
+        .into_iter()
+        .find(|l| l.key == "shardId-1")
+        .unwrap();
+    assert_eq!(stored.owner.as_deref(), Some("worker-b"));
+    assert_eq!(
+        stored.checkpoint,
+        Checkpoint::Sequence(SequenceNumber::from("100"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_worker_stops_a_shard_whose_lease_was_taken() {
+    let client = dynamodb().await;
+    let table = unique_name("fenced");
+    create_table(&client, &table).await;
+    let application = unique_name("fenced-app");
+    let worker = Worker::start(&worker_env(&[
+        ("DYNASTREAM_TABLES", &table),
+        ("DYNASTREAM_APPLICATION", &application),
+        ("DYNASTREAM_WORKER_ID", "victim"),
+        ("DYNASTREAM_LEASE_DURATION_MS", "3000"),
+    ]));
+    worker.wait_for_log("shard consumer started", 1, WAIT).await;
+    put(&client, &table, "before", 1).await;
+    worker.wait_for_records(1, WAIT).await;
+
+    // Another "worker" takes the lease and keeps renewing it.
+    let store = lease_store(&format!("{application}-leases")).await;
+    let scan = store.list_leases().await.unwrap();
+    let lease = scan
+        .leases
+        .into_iter()
+        .find(|l| l.kind() == ItemKind::Shard && l.owner.as_deref() == Some("victim"))
+        .unwrap();
+    let thief = HeldLease::new(
+        Arc::new(store.clone()),
+        store.take_lease(&lease, "thief").await.unwrap(),
+        Duration::from_secs(3),
+        Instant::now(),
+    );
+    worker
+        .wait_for_log("stopped reading a shard whose lease was lost", 1, WAIT)
+        .await;
+    for i in 0..3 {
+        put(&client, &table, &format!("after-{i}"), i).await;
+    }
+    let renew_until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < renew_until {
+        thief.renew().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        keys_of(&worker.records()),
+        ["before"],
+        "nothing read under a lost lease"
+    );
+
+    // Once the other worker lets go, the shard comes back and nothing is lost.
+    thief.release().await.unwrap();
+    worker.wait_for_records(4, WAIT).await;
+    let (status, records, _) = worker.terminate().await;
+    assert!(status.success());
+    assert_eq!(
+        keys_of(&records),
+        ["before", "after-0", "after-1", "after-2"]
+    );
+}
+
+/// Writes a lease item exactly as the Java KCL 2.x/3.x (single-stream, with
+/// the DynamoDB Streams Kinesis Adapter) leaves it, extra attributes included.
+async fn put_kcl_item(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    shard_id: &str,
+    checkpoint: &str,
+    owner: Option<&str>,
+) {
+    let mut item = HashMap::from([
+        ("leaseKey".to_string(), AttributeValue::S(shard_id.into())),
+        ("leaseCounter".to_string(), AttributeValue::N("42".into())),
+        (
+            "checkpoint".to_string(),
+            AttributeValue::S(checkpoint.into()),
+        ),
+        (
+            "checkpointSubSequenceNumber".to_string(),
+            AttributeValue::N("0".into()),
+        ),
+        (
+            "ownerSwitchesSinceCheckpoint".to_string(),
+            AttributeValue::N("0".into()),
+        ),
+        ("startingHashKey".to_string(), AttributeValue::S("0".into())),
+        (
+            "endingHashKey".to_string(),
+            AttributeValue::S("340282366920938463463374607431768211455".into()),
+        ),
+    ]);
+    if let Some(owner) = owner {
+        item.insert("leaseOwner".to_string(), AttributeValue::S(owner.into()));
+    }
+    client
+        .put_item()
+        .table_name(table)
+        .set_item(Some(item))
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn create_kcl_lease_table(client: &aws_sdk_dynamodb::Client, table: &str) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    client
+        .create_table()
+        .table_name(table)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("leaseKey")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("leaseKey")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kcl_lease_table_is_resumed_from_its_checkpoints() {
+    let client = dynamodb().await;
+    let table = unique_name("from-kcl");
+    let stream_arn = create_table(&client, &table).await;
+    for i in 0..5 {
+        put(&client, &table, &format!("kcl-{i}"), i).await;
+    }
+    let (shard_id, sequence_numbers) = shard_and_sequence_numbers(&stream_arn).await;
+    assert_eq!(sequence_numbers.len(), 5);
+    let lease_table = unique_name("kcl-app");
+    create_kcl_lease_table(&client, &lease_table).await;
+    // The KCL worker processed the first three records, then went away
+    // without releasing its lease (its counter will not move again).
+    put_kcl_item(
+        &client,
+        &lease_table,
+        &shard_id,
+        &sequence_numbers[2],
+        Some("kcl-worker-1"),
+    )
+    .await;
+
+    let started = Instant::now();
+    let worker = Worker::start(&worker_env(&[
+        ("DYNASTREAM_TABLES", &table),
+        ("DYNASTREAM_LEASE_TABLE", &lease_table),
+        ("DYNASTREAM_LEASE_DURATION_MS", "3000"),
+        // TRIM_HORIZON would re-read everything if the checkpoint were ignored.
+        ("DYNASTREAM_STARTING_POSITION", "TRIM_HORIZON"),
+    ]));
+    worker.wait_for_records(2, WAIT).await;
+    let waited = started.elapsed();
+    put(&client, &table, "after-migration", 9).await;
+    worker.wait_for_records(3, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, records, _) = worker.terminate().await;
+    assert!(status.success());
+    assert_eq!(
+        keys_of(&records),
+        ["kcl-3", "kcl-4", "after-migration"],
+        "no reprocessing, no loss"
+    );
+    assert!(
+        waited >= Duration::from_secs(3),
+        "the KCL owner's lease was left to expire first: {waited:?}"
+    );
+
+    let item = client
+        .get_item()
+        .table_name(&lease_table)
+        .key("leaseKey", AttributeValue::S(shard_id.clone()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert!(
+        item.contains_key("startingHashKey"),
+        "the KCL's own attributes are kept"
+    );
+    assert!(!item.contains_key("leaseOwner"), "released at shutdown");
+    let checkpoint = item["checkpoint"].as_s().unwrap().clone();
+    assert_eq!(
+        checkpoint,
+        records.last().unwrap()["dynamodb"]["SequenceNumber"]
+            .as_str()
+            .unwrap(),
+        "checkpointed in the KCL's format: the plain sequence number"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcl_sentinels_and_released_leases_are_understood() {
+    let client = dynamodb().await;
+    let table = unique_name("kcl-sentinel");
+    let stream_arn = create_table(&client, &table).await;
+    put(&client, &table, "old", 1).await;
+    let (shard_id, _) = shard_and_sequence_numbers(&stream_arn).await;
+    let lease_table = unique_name("kcl-released");
+    create_kcl_lease_table(&client, &lease_table).await;
+    // A released KCL lease (no owner) at TRIM_HORIZON: taken at once, read from the start.
+    put_kcl_item(&client, &lease_table, &shard_id, "TRIM_HORIZON", None).await;
+    let started = Instant::now();
+    let worker = Worker::start(&worker_env(&[
+        ("DYNASTREAM_TABLES", &table),
+        ("DYNASTREAM_LEASE_TABLE", &lease_table),
+        ("DYNASTREAM_STARTING_POSITION", "LATEST"),
+    ]));
+    worker.wait_for_records(1, WAIT).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no wait for a released lease"
+    );
+    let (_, records, _) = worker.terminate().await;
+    assert_eq!(
+        keys_of(&records),
+        ["old"],
+        "the KCL's TRIM_HORIZON wins over our LATEST"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_prints_the_lease_table_as_text_and_json() {
+    let client = dynamodb().await;
+    let table = unique_name("status");
+    create_table(&client, &table).await;
+    let application = unique_name("status-app");
+    let worker = Worker::start(&worker_env(&[
+        ("DYNASTREAM_TABLES", &table),
+        ("DYNASTREAM_APPLICATION", &application),
+        ("DYNASTREAM_WORKER_ID", "status-worker"),
+    ]));
+    worker.wait_for_log("shard consumer started", 1, WAIT).await;
+    put(&client, &table, "one", 1).await;
+    worker.wait_for_records(1, WAIT).await;
+
+    let run_status = |json: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_dynastream"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(aws_env())
+            .env("DYNASTREAM_APPLICATION", &application)
+            .arg("status");
+        if json {
+            command.arg("--json");
+        }
+        command.output().expect("run dynastream status")
+    };
+    let text = run_status(false);
+    assert!(
+        text.status.success(),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains("STREAM") && text.contains("CHECKPOINT"),
+        "{text}"
+    );
+    assert!(
+        text.contains("status-worker") && text.contains("active"),
+        "{text}"
+    );
+    assert!(text.contains(&table), "{text}");
+
+    let json = run_status(true);
+    assert!(json.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let shard = &report["shards"][0];
+    assert_eq!(shard["owner"], "status-worker");
+    assert_eq!(shard["state"], "active");
+    assert_eq!(
+        shard["checkpoint"],
+        worker.records()[0]["dynamodb"]["SequenceNumber"],
+        "the checkpoint is the last processed record"
+    );
+    assert_eq!(report["workers"][0]["worker"], "status-worker");
+    assert_eq!(report["workers"][0]["leader"], true);
+    worker.terminate().await;
+}
