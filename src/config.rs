@@ -30,6 +30,50 @@ pub enum ProcessorKind {
     /// One Lambda-shaped JSON record per line on standard output.
     #[value(name = "stdout")]
     Stdout,
+    /// POST Lambda's event to `DYNASTREAM_HTTP_URL`.
+    #[value(name = "http")]
+    Http,
+    /// One line of Lambda's event per batch to a long-running child process.
+    #[value(name = "exec")]
+    Exec,
+}
+
+/// Where records go when their retries or age run out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureDestination {
+    /// Append one JSON object per failed batch to this file.
+    File(std::path::PathBuf),
+    /// Send one JSON object per failed batch as a message to this SQS queue URL.
+    Sqs(String),
+}
+
+impl std::str::FromStr for FailureDestination {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let value = value.trim();
+        if let Some(path) = value.strip_prefix("file://") {
+            if !path.starts_with('/') || path.len() < 2 {
+                return Err(
+                    "a file destination needs an absolute path: file:///var/log/failed.jsonl"
+                        .into(),
+                );
+            }
+            return Ok(FailureDestination::File(path.into()));
+        }
+        if let Some(queue) = value.strip_prefix("sqs://") {
+            if queue.is_empty() {
+                return Err("an SQS destination needs a queue URL: sqs://https://sqs.<region>.amazonaws.com/<account>/<queue>".into());
+            }
+            let url = if queue.starts_with("http://") || queue.starts_with("https://") {
+                queue.to_owned()
+            } else {
+                format!("https://{queue}")
+            };
+            return Ok(FailureDestination::Sqs(url));
+        }
+        Err("expected file:///<absolute path> or sqs://<queue URL>".into())
+    }
 }
 
 /// How log lines are written to standard error.
@@ -134,6 +178,54 @@ pub struct Config {
     /// DescribeStream calls per second this worker may make (0.1..=10); keep a fleet under the account's 10.
     #[arg(long, env = "DYNASTREAM_DESCRIBE_STREAM_RPS", default_value_t = 2.0, value_parser = calls_per_second)]
     pub describe_stream_rps: f64,
+
+    /// Longest wait to fill a batch, in ms (0..=300000); several reads may feed one batch.
+    #[arg(long, env = "DYNASTREAM_BATCH_WINDOW_MS", default_value_t = 0, value_parser = whole_number::<0, 300_000>)]
+    pub batch_window_ms: u64,
+
+    /// Most bytes of records (by SizeBytes) in one batch (1024..=67108864); 6 MB is Lambda's payload limit.
+    #[arg(long, env = "DYNASTREAM_BATCH_MAX_BYTES", default_value_t = 6_291_456, value_parser = whole_number::<1_024, 67_108_864>)]
+    pub batch_max_bytes: u64,
+
+    /// Concurrent batches per shard (1..=10); records of one item key stay in order.
+    #[arg(long, env = "DYNASTREAM_PARALLELIZATION_FACTOR", default_value_t = 1, value_parser = whole_number::<1, 10>)]
+    pub parallelization_factor: u64,
+
+    /// Retries of a failing batch before its records go to the failure destination (-1 = forever, up to 10000).
+    #[arg(long, env = "DYNASTREAM_MAX_RETRY_ATTEMPTS", default_value_t = 10, allow_negative_numbers = true, value_parser = retry_attempts)]
+    pub max_retry_attempts: i64,
+
+    /// Records older than this many seconds go to the failure destination instead of being retried (-1 = no limit, or 60..=604800).
+    #[arg(long, env = "DYNASTREAM_MAX_RECORD_AGE_SECONDS", default_value_t = -1, allow_negative_numbers = true, value_parser = record_age)]
+    pub max_record_age_seconds: i64,
+
+    /// Split a failing batch in halves to isolate bad records (splits do not use up retries).
+    #[arg(long, env = "DYNASTREAM_BISECT_ON_ERROR", default_value_t = false, action = clap::ArgAction::Set, value_parser = boolean)]
+    pub bisect_on_error: bool,
+
+    /// Where records go when retries or age run out: file:///path.jsonl or sqs://<queue URL> [default: none: the shard stops].
+    #[arg(long, env = "DYNASTREAM_ON_FAILURE")]
+    pub on_failure: Option<FailureDestination>,
+
+    /// Lambda FilterCriteria: a pattern, a list of patterns, or {"Filters":[{"Pattern":"..."}]} [default: none: every record passes].
+    #[arg(long, env = "DYNASTREAM_FILTER")]
+    pub filter: Option<String>,
+
+    /// URL the http processor POSTs each batch to (Lambda's event as JSON).
+    #[arg(long, env = "DYNASTREAM_HTTP_URL")]
+    pub http_url: Option<String>,
+
+    /// How long the http processor waits for an answer, in ms (100..=900000).
+    #[arg(long, env = "DYNASTREAM_HTTP_TIMEOUT_MS", default_value_t = 30_000, value_parser = whole_number::<100, 900_000>)]
+    pub http_timeout_ms: u64,
+
+    /// Command the exec processor starts once (through `sh -c`) and writes each batch to.
+    #[arg(long, env = "DYNASTREAM_EXEC_COMMAND")]
+    pub exec_command: Option<String>,
+
+    /// How long the exec processor waits for the child's answer to a batch, in ms (100..=900000).
+    #[arg(long, env = "DYNASTREAM_EXEC_TIMEOUT_MS", default_value_t = 60_000, value_parser = whole_number::<100, 900_000>)]
+    pub exec_timeout_ms: u64,
 
     /// Log filter, in RUST_LOG syntax (e.g. `info,dynastream=debug`).
     #[arg(long, env = "DYNASTREAM_LOG", default_value = "info")]
@@ -240,8 +332,38 @@ impl Config {
         }
         if self.processor.is_empty() {
             return Err(ConfigError(
-                "DYNASTREAM_PROCESSOR is empty: name at least one of: stdout".into(),
+                "DYNASTREAM_PROCESSOR is empty: name at least one of: stdout, http, exec".into(),
             ));
+        }
+        if self.processor.contains(&ProcessorKind::Http) {
+            match self.http_url.as_deref().map(str::trim) {
+                None | Some("") => {
+                    return Err(ConfigError(
+                        "DYNASTREAM_PROCESSOR includes http but DYNASTREAM_HTTP_URL is not set"
+                            .into(),
+                    ))
+                }
+                Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                    return Err(ConfigError(format!(
+                        "invalid DYNASTREAM_HTTP_URL {url:?}: expected an http:// or https:// URL"
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        if self.processor.contains(&ProcessorKind::Exec)
+            && self
+                .exec_command
+                .as_deref()
+                .is_none_or(|c| c.trim().is_empty())
+        {
+            return Err(ConfigError(
+                "DYNASTREAM_PROCESSOR includes exec but DYNASTREAM_EXEC_COMMAND is not set".into(),
+            ));
+        }
+        if let Some(filter) = &self.filter {
+            crate::dispatch::filter::FilterSet::parse(filter)
+                .map_err(|err| ConfigError(format!("invalid DYNASTREAM_FILTER: {err}")))?;
         }
         Ok(())
     }
@@ -299,6 +421,11 @@ impl Config {
         Duration::from_millis(self.shard_sync_interval_ms)
     }
 
+    /// The longest wait to fill a batch.
+    pub fn batch_window(&self) -> Duration {
+        Duration::from_millis(self.batch_window_ms)
+    }
+
     /// The bound on a graceful shutdown.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
@@ -328,6 +455,33 @@ fn clean_list(items: &[String]) -> Vec<String> {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect()
+}
+
+/// Parses `DYNASTREAM_MAX_RETRY_ATTEMPTS`: -1 (forever) or 0..=10000.
+fn retry_attempts(value: &str) -> Result<i64, String> {
+    let expected = || "expected -1 (retry forever) or a whole number from 0 to 10000".to_owned();
+    match value.trim().parse::<i64>() {
+        Ok(n) if n == -1 || (0..=10_000).contains(&n) => Ok(n),
+        _ => Err(expected()),
+    }
+}
+
+/// Parses `DYNASTREAM_MAX_RECORD_AGE_SECONDS`: -1 (no limit) or 60..=604800, as Lambda.
+fn record_age(value: &str) -> Result<i64, String> {
+    let expected = || "expected -1 (no limit) or a whole number from 60 to 604800".to_owned();
+    match value.trim().parse::<i64>() {
+        Ok(n) if n == -1 || (60..=604_800).contains(&n) => Ok(n),
+        _ => Err(expected()),
+    }
+}
+
+/// Parses a boolean the way operators write one in an environment file.
+fn boolean(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
 }
 
 /// Parses a rate in calls per second, from 0.1 to 10.

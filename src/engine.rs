@@ -10,6 +10,8 @@ use crate::dispatch::Dispatcher;
 use crate::error::Error;
 use crate::lease::dynamo::DynamoLeaseStore;
 use crate::lease::LeaseStore;
+use crate::processor::exec::ExecProcessor;
+use crate::processor::http::HttpProcessor;
 use crate::processor::stdout::StdoutProcessor;
 use crate::processor::Processor;
 use crate::shard::ShardSettings;
@@ -71,15 +73,23 @@ impl Engine {
             aws_sdk_dynamodb::Client::new(&sdk),
             config.lease_table_name(),
         ));
-        let processors = config
-            .processor
-            .iter()
-            .map(|kind| -> Arc<dyn Processor> {
-                match kind {
-                    ProcessorKind::Stdout => Arc::new(StdoutProcessor::new()),
-                }
-            })
-            .collect();
+        let mut processors: Vec<Arc<dyn Processor>> = Vec::new();
+        for kind in &config.processor {
+            processors.push(match kind {
+                ProcessorKind::Stdout => Arc::new(StdoutProcessor::new()),
+                ProcessorKind::Http => Arc::new(
+                    HttpProcessor::new(
+                        config.http_url.as_deref().unwrap_or_default(),
+                        std::time::Duration::from_millis(config.http_timeout_ms),
+                    )
+                    .map_err(|e| Error::Config(format!("DYNASTREAM_HTTP_URL: {e}")))?,
+                ),
+                ProcessorKind::Exec => Arc::new(ExecProcessor::new(
+                    config.exec_command.as_deref().unwrap_or_default(),
+                    std::time::Duration::from_millis(config.exec_timeout_ms),
+                )),
+            });
+        }
         Ok(Engine::with_parts(config, streams, leases, processors))
     }
 

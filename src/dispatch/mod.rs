@@ -6,6 +6,8 @@
 //! failing processor stalls its shard loudly (an error log per attempt)
 //! rather than dropping data.
 
+pub mod filter;
+
 use std::sync::Arc;
 use std::time::Duration;
 
