@@ -4,9 +4,13 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ProcessorKind};
+use crate::config::{Config, FailureDestination, ProcessorKind};
 use crate::coordinator::{Coordinator, CoordinatorSettings};
-use crate::dispatch::Dispatcher;
+use crate::dispatch::destination::{
+    FailureDestination as Destination, FileDestination, SqsDestination,
+};
+use crate::dispatch::filter::FilterSet;
+use crate::dispatch::{DispatchSettings, Dispatcher};
 use crate::error::Error;
 use crate::lease::dynamo::DynamoLeaseStore;
 use crate::lease::LeaseStore;
@@ -26,6 +30,9 @@ use crate::streams::StreamsApi;
 /// [`Engine::with_parts`] to plug in your own processor or fakes.
 pub struct Engine {
     settings: CoordinatorSettings,
+    dispatch: DispatchSettings,
+    filter: Option<FilterSet>,
+    destination: Option<Arc<dyn Destination>>,
     streams: Arc<dyn StreamsApi>,
     leases: Arc<dyn LeaseStore>,
     processors: Vec<Arc<dyn Processor>>,
@@ -90,16 +97,28 @@ impl Engine {
                 )),
             });
         }
-        Ok(Engine::with_parts(config, streams, leases, processors))
+        let mut engine = Engine::with_parts(config, streams, leases, processors)?;
+        engine.destination = match &config.on_failure {
+            None => None,
+            Some(FailureDestination::File(path)) => Some(Arc::new(FileDestination::new(path))),
+            Some(FailureDestination::Sqs(queue_url)) => Some(Arc::new(SqsDestination::new(
+                aws_sdk_sqs::Client::new(&sdk),
+                queue_url,
+            ))),
+        };
+        Ok(engine)
     }
 
     /// An engine over the given stream reader, lease store and processors.
+    ///
+    /// The configuration's filter is applied; its failure destination is not
+    /// (it needs AWS clients for SQS): add one with [`Engine::with_destination`].
     pub fn with_parts(
         config: &Config,
         streams: Arc<dyn StreamsApi>,
         leases: Arc<dyn LeaseStore>,
         processors: Vec<Arc<dyn Processor>>,
-    ) -> Engine {
+    ) -> Result<Engine, Error> {
         let settings = CoordinatorSettings {
             worker_id: config.resolve_worker_id(),
             tables: config.table_names(),
@@ -115,14 +134,42 @@ impl Engine {
             shard: ShardSettings {
                 batch_size: u32::try_from(config.batch_size).unwrap_or(u32::MAX),
                 poll_interval: config.poll_interval(),
+                batch_window: config.batch_window(),
             },
         };
-        Engine {
+        let filter = match &config.filter {
+            Some(text) => Some(
+                FilterSet::parse(text)
+                    .map_err(|e| Error::Config(format!("invalid DYNASTREAM_FILTER: {e}")))?,
+            ),
+            None => None,
+        };
+        let dispatch = DispatchSettings {
+            batch_size: usize::try_from(config.batch_size).unwrap_or(usize::MAX),
+            max_bytes: config.batch_max_bytes,
+            parallelization_factor: usize::try_from(config.parallelization_factor).unwrap_or(1),
+            max_retry_attempts: u32::try_from(config.max_retry_attempts).ok(),
+            max_record_age: u64::try_from(config.max_record_age_seconds)
+                .ok()
+                .map(std::time::Duration::from_secs),
+            bisect_on_error: config.bisect_on_error,
+            ..DispatchSettings::default()
+        };
+        Ok(Engine {
             settings,
+            dispatch,
+            filter,
+            destination: None,
             streams,
             leases,
             processors,
-        }
+        })
+    }
+
+    /// Sends records whose retries or age run out to `destination`.
+    pub fn with_destination(mut self, destination: Arc<dyn Destination>) -> Engine {
+        self.destination = Some(destination);
+        self
     }
 
     /// Replaces the processors, keeping everything else: how a Rust program
@@ -140,7 +187,14 @@ impl Engine {
     /// Runs until `shutdown` is cancelled, then finishes in-flight batches,
     /// checkpoints and releases its leases before returning.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let dispatcher = Arc::new(Dispatcher::new(self.processors));
+        let mut dispatcher = Dispatcher::new(self.processors).with_settings(self.dispatch);
+        if let Some(filter) = self.filter {
+            dispatcher = dispatcher.with_filter(filter);
+        }
+        if let Some(destination) = self.destination {
+            dispatcher = dispatcher.with_destination(destination);
+        }
+        let dispatcher = Arc::new(dispatcher);
         Coordinator::new(self.settings, self.streams, self.leases, dispatcher)
             .run(shutdown)
             .await

@@ -22,7 +22,7 @@ pub type Item = BTreeMap<String, AttributeValue>;
 ///
 /// Numbers stay text so that `12.50` or a 38-digit number reach the handler
 /// exactly as written; binary values are raw bytes here and base64 in JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AttributeValue {
     /// A string.
     S(String),

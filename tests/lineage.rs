@@ -324,6 +324,7 @@ impl Fleet {
                 .map(|run| format!("--- logs of {} ---\n{}", run.id, excerpt(&run.logs)))
                 .collect::<String>()
         };
+        self.dump(runs);
         for run in runs {
             assert!(
                 run.status.success(),
@@ -436,6 +437,33 @@ impl Fleet {
         }
     }
 
+    /// With `LINEAGE_DUMP_DIR` set, writes each worker's logs (`<id>.log`)
+    /// and delivered keys (`<id>.out`) and the endpoint's call log
+    /// (`calls.log`, seconds since the first call) to a directory named after
+    /// the application in it, to diagnose a failure.
+    fn dump(&self, runs: &[Run]) {
+        let Some(dir) = std::env::var_os("LINEAGE_DUMP_DIR") else {
+            return;
+        };
+        let dir = std::path::PathBuf::from(dir).join(&self.app);
+        std::fs::create_dir_all(&dir).expect("create LINEAGE_DUMP_DIR");
+        for run in runs {
+            let logs = run.logs.join("\n");
+            std::fs::write(dir.join(format!("{}.log", run.id)), logs).expect("write logs");
+            let keys = keys_of(&run.records).join("\n");
+            std::fs::write(dir.join(format!("{}.out", run.id)), keys).expect("write keys");
+        }
+        let calls = self.server.call_log();
+        let lines: Vec<String> = calls
+            .iter()
+            .map(|call| {
+                let since = call.at.duration_since(calls[0].at).as_secs_f64();
+                format!("{since:.3} {:?} {}", call.operation, call.request)
+            })
+            .collect();
+        std::fs::write(dir.join("calls.log"), lines.join("\n")).expect("write calls");
+    }
+
     /// The stream reads the endpoint received, in arrival order.
     fn reads(&self) -> Vec<Read> {
         self.server
@@ -498,22 +526,27 @@ async fn two_workers_deliver_every_record_once_with_parents_before_children_acro
     let mut fleet = Fleet::new("lineage", &["root-a", "root-b"]).await;
     fleet.write("root-a", 5);
     fleet.write("root-b", 5);
-    fleet.start_worker("worker-1", false, &[]);
-    fleet.start_worker("worker-2", false, &[]);
+    // One record per batch, so a shard with a backlog takes a while to read
+    // (a checkpoint per record): its children are listed, and their leases
+    // created by the shard-sync leader, while the parent is still being read.
+    let one_per_batch = [("DYNASTREAM_BATCH_SIZE", "1")];
+    fleet.start_worker("worker-1", false, &one_per_batch);
+    fleet.start_worker("worker-2", false, &one_per_batch);
     fleet.wait_settled("history of the roots").await;
 
-    // root-a splits with records still unread in it; root-b keeps going.
-    fleet.write("root-a", 5);
+    // root-a splits with a backlog of unread records; root-b keeps going.
+    fleet.write("root-a", 100);
     fleet.write("root-b", 3);
     fleet.split("root-a", &["child-a1", "child-a2"]);
     fleet.write("child-a1", 5);
     fleet.write("child-a2", 5);
     fleet.wait_settled("root-a split").await;
 
-    // One child closes into a grandchild, and root-b rolls over, at once.
-    fleet.write("child-a1", 3);
+    // One child closes into a grandchild and root-b rolls over, at once,
+    // both with a backlog; the other child keeps going.
+    fleet.write("child-a1", 40);
     fleet.write("child-a2", 2);
-    fleet.write("root-b", 2);
+    fleet.write("root-b", 40);
     fleet.split("child-a1", &["grandchild-a1x"]);
     fleet.split("root-b", &["child-b1"]);
     fleet.write("grandchild-a1x", 5);
@@ -648,15 +681,16 @@ async fn three_workers_keep_describe_stream_within_their_rate_when_many_shards_e
         fleet.log_excerpts()
     );
 
-    // Ten shards end at once: five split, five roll over.
-    for root in &roots[..10] {
+    // Twelve shards end at once: five split, five roll over, and two close
+    // with no children listed yet (their enders fall back to full listings).
+    for root in &roots[..12] {
         fleet.write(root, 2);
     }
-    for (i, root) in roots[..10].iter().enumerate() {
-        let children: Vec<String> = if i < 5 {
-            vec![format!("{root}-x"), format!("{root}-y")]
-        } else {
-            vec![format!("{root}-x")]
+    for (i, root) in roots[..12].iter().enumerate() {
+        let children: Vec<String> = match i {
+            0..=4 => vec![format!("{root}-x"), format!("{root}-y")],
+            5..=9 => vec![format!("{root}-x")],
+            _ => Vec::new(),
         };
         let children: Vec<&str> = children.iter().map(String::as_str).collect();
         fleet.split(root, &children);
@@ -664,7 +698,14 @@ async fn three_workers_keep_describe_stream_within_their_rate_when_many_shards_e
             fleet.write(child, 2);
         }
     }
-    fleet.wait_settled("ten roots ended at once").await;
+    // The late children appear a little later, for the leader's listing to find.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for root in &roots[10..12] {
+        let child = format!("{root}-x");
+        fleet.add_child(&child, root);
+        fleet.write(&child, 2);
+    }
+    fleet.wait_settled("twelve roots ended at once").await;
 
     let runs = fleet.stop().await;
     fleet.verify(&runs).await;

@@ -82,6 +82,11 @@ struct Held {
     lease: Arc<HeldLease>,
     stream_arn: String,
     running: bool,
+    /// Set when the shard halted on records it could neither process nor
+    /// store: the lease is kept (so no other worker reads past them) and the
+    /// shard is not restarted until the worker is.
+    #[allow(dead_code)] // reported by the status endpoint (issue 5)
+    halted: Option<String>,
 }
 
 /// What the coordinator last saw of an item, to judge expiry on its own
@@ -539,6 +544,7 @@ impl Coordinator {
                         lease: Arc::new(held),
                         stream_arn,
                         running: false,
+                        halted: None,
                     },
                 );
             }
@@ -668,6 +674,22 @@ impl Coordinator {
                 }
             }
             ShardExit::Stopped => {}
+            ShardExit::Halted(reason) => {
+                tracing::error!(
+                    shard = %shard_id,
+                    %reason,
+                    "shard halted: its lease is kept so no worker reads past the failed records; \
+                     set DYNASTREAM_ON_FAILURE or fix the processor, then restart this worker"
+                );
+                self.held.insert(
+                    key,
+                    Held {
+                        halted: Some(reason),
+                        running: true,
+                        ..held
+                    },
+                );
+            }
             ShardExit::Failed(reason) => {
                 tracing::error!(shard = %shard_id, %reason, "shard consumer failed; releasing its lease so it is retried");
                 if let Err(err) = held.lease.release().await {

@@ -55,6 +55,7 @@ fn settings(starting_position: StartingPosition) -> CoordinatorSettings {
         shard: ShardSettings {
             batch_size: 2,
             poll_interval: Duration::from_millis(200),
+            batch_window: Duration::ZERO,
         },
     }
 }

@@ -1,13 +1,31 @@
-//! Dispatch: getting a batch through every processor, with retries.
+//! Dispatch: getting a shard's records through every processor, the way
+//! Lambda's event source mapping does, without its silent losses.
 //!
-//! A batch counts as processed only when every configured processor has
-//! succeeded with it; until then it is retried with exponential backoff and
-//! jitter, and nothing after it is read, so a shard never skips a record. A
-//! failing processor stalls its shard loudly (an error log per attempt)
-//! rather than dropping data.
+//! For each gathered batch of a shard:
+//!
+//! 1. records that match no filter pattern ([`filter`]) are set aside
+//!    (counted, and covered by the checkpoint);
+//! 2. the rest are split into up to `parallelization_factor` lanes by a hash
+//!    of their item key, so records of one key stay in one lane, in order;
+//! 3. each lane hands its records to every processor in chunks of at most
+//!    `batch_size` records and `max_bytes` bytes, one chunk at a time; lanes
+//!    run concurrently;
+//! 4. a failing chunk is retried with exponential backoff and jitter: from
+//!    the earliest failed record on when a processor reports partial failures
+//!    (Lambda's `batchItemFailures`), split in halves first when bisecting,
+//!    until it succeeds or its attempts or its records' age run out; then its
+//!    records go to the on-failure destination ([`destination`]) and the lane
+//!    moves on. Without a destination the shard halts instead: records are
+//!    never dropped.
+//!
+//! Only when every lane is done does the caller checkpoint, so the
+//! checkpoint never passes a record that has not succeeded or been stored.
 
+pub mod destination;
 pub mod filter;
 
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,22 +33,76 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::processor::{Batch, BatchOutcome, Processor, ProcessorError};
+use crate::record::{SequenceNumber, StreamRecord};
+use destination::{FailedBatch, FailureDestination, FailureReason};
+use filter::FilterSet;
 
-/// Why a delivery ended without success.
+/// Why a dispatch ended without every record processed or stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Undelivered {
     /// The lease was lost: another worker now owns the shard.
     LeaseLost,
-    /// The worker is shutting down; the batch will be read again by the next owner.
+    /// The worker is shutting down; the records will be read again by the next owner.
     ShuttingDown,
+    /// Records ran out of retries or age and there is no failure destination:
+    /// the shard stops rather than drop them.
+    Halted(String),
 }
 
-/// Hands batches to the configured processors.
+/// How records are batched, retried and given up on.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    /// Most records per processor call.
+    pub batch_size: usize,
+    /// Most bytes (by `SizeBytes`) per processor call.
+    pub max_bytes: u64,
+    /// Lanes per shard: concurrent processor calls for different keys.
+    pub parallelization_factor: usize,
+    /// Retries after the first attempt; `None` retries forever.
+    pub max_retry_attempts: Option<u32>,
+    /// Records older than this are not retried further.
+    pub max_record_age: Option<Duration>,
+    /// Split failing chunks in halves to isolate bad records.
+    pub bisect_on_error: bool,
+    /// First delay between attempts.
+    pub retry_base: Duration,
+    /// Longest delay between attempts.
+    pub retry_max: Duration,
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        DispatchSettings {
+            batch_size: 100,
+            max_bytes: 6 * 1024 * 1024,
+            parallelization_factor: 1,
+            max_retry_attempts: None,
+            max_record_age: None,
+            bisect_on_error: false,
+            retry_base: Duration::from_millis(200),
+            retry_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a dispatch did with a batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dispatched {
+    /// Records every processor succeeded with.
+    pub processed: usize,
+    /// Records no filter pattern matched.
+    pub filtered: usize,
+    /// Records sent to the failure destination.
+    pub sent_to_destination: usize,
+}
+
+/// Hands records to the configured processors.
 #[derive(Clone)]
 pub struct Dispatcher {
     processors: Vec<Arc<dyn Processor>>,
-    retry_base: Duration,
-    retry_max: Duration,
+    settings: DispatchSettings,
+    filter: Option<Arc<FilterSet>>,
+    destination: Option<Arc<dyn FailureDestination>>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -38,24 +110,46 @@ impl std::fmt::Debug for Dispatcher {
         let names: Vec<&str> = self.processors.iter().map(|p| p.name()).collect();
         f.debug_struct("Dispatcher")
             .field("processors", &names)
+            .field("settings", &self.settings)
+            .field("destination", &self.destination)
             .finish()
     }
 }
 
+/// A chunk in a lane, with the attempts it has used.
+struct Chunk {
+    records: Vec<Arc<StreamRecord>>,
+    failed_attempts: u32,
+    last_error: Option<String>,
+}
+
 impl Dispatcher {
-    /// A dispatcher over `processors`, each of which must succeed with a batch.
+    /// A dispatcher over `processors`, each of which must succeed with a
+    /// batch, retrying forever, with no filter and no failure destination.
     pub fn new(processors: Vec<Arc<dyn Processor>>) -> Self {
         Dispatcher {
             processors,
-            retry_base: Duration::from_millis(200),
-            retry_max: Duration::from_secs(30),
+            settings: DispatchSettings::default(),
+            filter: None,
+            destination: None,
         }
     }
 
-    /// Sets the backoff between attempts (first delay, longest delay).
-    pub fn with_retry_backoff(mut self, base: Duration, max: Duration) -> Self {
-        self.retry_base = base;
-        self.retry_max = max;
+    /// Sets how records are batched, retried and given up on.
+    pub fn with_settings(mut self, settings: DispatchSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Processes only records that match `filter`.
+    pub fn with_filter(mut self, filter: FilterSet) -> Self {
+        self.filter = Some(Arc::new(filter));
+        self
+    }
+
+    /// Sends records whose retries or age run out to `destination`.
+    pub fn with_destination(mut self, destination: Arc<dyn FailureDestination>) -> Self {
+        self.destination = Some(destination);
         self
     }
 
@@ -64,111 +158,426 @@ impl Dispatcher {
         &self.processors
     }
 
-    async fn attempt(&self, batch: &Batch) -> Result<(), ProcessorError> {
-        for processor in &self.processors {
-            match processor.process(batch).await? {
-                BatchOutcome::Success => {}
-                BatchOutcome::PartialFailure(failed) if failed.is_empty() => {}
-                BatchOutcome::PartialFailure(failed) => {
-                    return Err(ProcessorError::retryable(format!(
-                        "{} reported {} failed record(s), first {}",
-                        processor.name(),
-                        failed.len(),
-                        failed.iter().min().map(|s| s.as_str()).unwrap_or("?")
-                    )))
-                }
-            }
-        }
-        Ok(())
+    /// The settings in force.
+    pub fn settings(&self) -> &DispatchSettings {
+        &self.settings
     }
 
-    /// Delivers `batch` to every processor, retrying until all succeed.
+    /// Processes one gathered batch of a shard. `Ok` means every record was
+    /// processed, filtered out or stored in the failure destination: the
+    /// caller may checkpoint the batch's last record.
     ///
     /// A processor call in flight is never interrupted; between attempts the
     /// wait ends early if `lease_lost` or `shutdown` fires.
+    pub async fn dispatch(
+        &self,
+        stream_arn: &Arc<str>,
+        shard_id: &Arc<str>,
+        records: Vec<Arc<StreamRecord>>,
+        lease_lost: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> Result<Dispatched, Undelivered> {
+        let mut report = Dispatched::default();
+        let records: Vec<Arc<StreamRecord>> = match &self.filter {
+            Some(filter) => {
+                let before = records.len();
+                let kept: Vec<_> = records
+                    .into_iter()
+                    .filter(|record| filter.matches_record(record))
+                    .collect();
+                report.filtered = before - kept.len();
+                kept
+            }
+            None => records,
+        };
+        if records.is_empty() {
+            return Ok(report);
+        }
+        let lanes = split_into_lanes(records, self.settings.parallelization_factor);
+        let runs = lanes
+            .into_iter()
+            .map(|lane| self.run_lane(stream_arn, shard_id, lane, lease_lost, shutdown));
+        let mut first_error = None;
+        for result in futures::future::join_all(runs).await {
+            match result {
+                Ok(lane) => {
+                    report.processed += lane.processed;
+                    report.sent_to_destination += lane.sent_to_destination;
+                }
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok(report),
+        }
+    }
+
+    /// Delivers one batch as a single chunk, retrying until every processor
+    /// succeeds (the policy of [`Dispatcher::new`] plus these settings).
     pub async fn deliver(
         &self,
         batch: &Batch,
         lease_lost: &CancellationToken,
         shutdown: &CancellationToken,
     ) -> Result<(), Undelivered> {
-        let mut backoff = Backoff::new(self.retry_base, self.retry_max);
-        loop {
-            let error = match self.attempt(batch).await {
-                Ok(()) => return Ok(()),
-                Err(error) => error,
+        self.dispatch(
+            &batch.stream_arn,
+            &batch.shard_id,
+            batch.records.clone(),
+            lease_lost,
+            shutdown,
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn run_lane(
+        &self,
+        stream_arn: &Arc<str>,
+        shard_id: &Arc<str>,
+        records: Vec<Arc<StreamRecord>>,
+        lease_lost: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> Result<Dispatched, Undelivered> {
+        let mut report = Dispatched::default();
+        let mut queue: VecDeque<Chunk> =
+            chunks(records, self.settings.batch_size, self.settings.max_bytes)
+                .into_iter()
+                .map(|records| Chunk {
+                    records,
+                    failed_attempts: 0,
+                    last_error: None,
+                })
+                .collect();
+        let mut backoff = Backoff::new(self.settings.retry_base, self.settings.retry_max);
+        while let Some(mut chunk) = queue.pop_front() {
+            if let Some(too_old) = self.split_off_too_old(&mut chunk) {
+                report.sent_to_destination += too_old.records.len();
+                self.give_up(
+                    stream_arn,
+                    shard_id,
+                    too_old,
+                    FailureReason::RecordTooOld,
+                    lease_lost,
+                    shutdown,
+                )
+                .await?;
+                if chunk.records.is_empty() {
+                    continue;
+                }
+            }
+            let batch = Batch {
+                stream_arn: Arc::clone(stream_arn),
+                shard_id: Arc::clone(shard_id),
+                records: chunk.records.clone(),
             };
+            let error = match self.attempt(&batch).await {
+                Ok(()) => {
+                    report.processed += chunk.records.len();
+                    backoff.reset();
+                    continue;
+                }
+                Err(AttemptError::Partial {
+                    first_failed,
+                    error,
+                }) => {
+                    // Lambda's contract: the records before the earliest
+                    // failure succeeded; retry from it on.
+                    report.processed += first_failed;
+                    chunk.records.drain(..first_failed);
+                    error
+                }
+                Err(AttemptError::Whole(error)) => error,
+            };
+            chunk.last_error = Some(error.message.clone());
+            if self.settings.bisect_on_error && chunk.records.len() > 1 {
+                // Splitting is not a retry: both halves keep the attempts used so far.
+                let second = chunk.records.split_off(chunk.records.len() / 2);
+                tracing::warn!(
+                    records = chunk.records.len() + second.len(),
+                    error = %error.message,
+                    "batch failed; bisecting it to isolate the failing records"
+                );
+                queue.push_front(Chunk {
+                    records: second,
+                    failed_attempts: chunk.failed_attempts,
+                    last_error: chunk.last_error.clone(),
+                });
+                queue.push_front(chunk);
+                continue;
+            }
+            chunk.failed_attempts += 1;
+            let exhausted = self
+                .settings
+                .max_retry_attempts
+                .is_some_and(|max| chunk.failed_attempts > max)
+                || !error.retryable && self.destination.is_some();
+            if exhausted {
+                tracing::error!(
+                    records = chunk.records.len(),
+                    attempts = chunk.failed_attempts,
+                    first_sequence_number = %first_sequence(&chunk.records),
+                    error = %error.message,
+                    "batch failed on every allowed attempt"
+                );
+                report.sent_to_destination += chunk.records.len();
+                self.give_up(
+                    stream_arn,
+                    shard_id,
+                    chunk,
+                    FailureReason::RetriesExhausted,
+                    lease_lost,
+                    shutdown,
+                )
+                .await?;
+                continue;
+            }
             let delay = backoff.next_delay();
             tracing::error!(
-                attempt = backoff.attempts(),
-                records = batch.len(),
-                first_sequence_number = batch.records.first().map(|r| r.sequence_number().as_str()),
+                attempt = chunk.failed_attempts,
+                records = chunk.records.len(),
+                first_sequence_number = %first_sequence(&chunk.records),
                 retryable = error.retryable,
                 retry_in_ms = delay.as_millis() as u64,
                 error = %error.message,
-                "batch failed; the shard waits and retries it"
+                "batch failed; the lane waits and retries it"
             );
-            tokio::select! {
-                _ = lease_lost.cancelled() => return Err(Undelivered::LeaseLost),
-                _ = shutdown.cancelled() => return Err(Undelivered::ShuttingDown),
-                _ = tokio::time::sleep(delay) => {}
+            wait(delay, lease_lost, shutdown).await?;
+            queue.push_front(chunk);
+        }
+        Ok(report)
+    }
+
+    /// Moves the records older than the age limit out of `chunk`.
+    fn split_off_too_old(&self, chunk: &mut Chunk) -> Option<Chunk> {
+        let limit = self.settings.max_record_age?;
+        let now_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs() as i64;
+        let too_old = |record: &Arc<StreamRecord>| {
+            record
+                .dynamodb
+                .approximate_creation_date_time
+                .is_some_and(|created| now_secs.saturating_sub(created) > limit.as_secs() as i64)
+        };
+        if !chunk.records.iter().any(too_old) {
+            return None;
+        }
+        // Records are in shard order, so the old ones come first.
+        let cut = chunk
+            .records
+            .iter()
+            .position(|r| !too_old(r))
+            .unwrap_or(chunk.records.len());
+        let old: Vec<_> = chunk.records.drain(..cut).collect();
+        Some(Chunk {
+            records: old,
+            failed_attempts: chunk.failed_attempts,
+            last_error: chunk.last_error.clone(),
+        })
+    }
+
+    /// Stores records that will not be retried, retrying the destination
+    /// itself until it takes them; halts the shard when there is none.
+    async fn give_up(
+        &self,
+        stream_arn: &Arc<str>,
+        shard_id: &Arc<str>,
+        chunk: Chunk,
+        reason: FailureReason,
+        lease_lost: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Undelivered> {
+        let Some(destination) = &self.destination else {
+            let message = format!(
+                "{} record(s) from {} failed ({reason:?}) and no DYNASTREAM_ON_FAILURE destination is set: \
+                 the shard stops here rather than drop them (last error: {})",
+                chunk.records.len(),
+                first_sequence(&chunk.records),
+                chunk.last_error.as_deref().unwrap_or("none")
+            );
+            tracing::error!(%message, "shard halted");
+            return Err(Undelivered::Halted(message));
+        };
+        let failed = FailedBatch {
+            reason,
+            stream_arn: stream_arn.to_string(),
+            shard_id: shard_id.to_string(),
+            start_sequence_number: first_sequence(&chunk.records),
+            end_sequence_number: chunk
+                .records
+                .last()
+                .map(|r| r.sequence_number().to_string())
+                .unwrap_or_default(),
+            attempts: chunk.failed_attempts,
+            last_error: chunk.last_error,
+            failed_at_millis: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            record_count: chunk.records.len(),
+            part: None,
+            records: chunk.records,
+        };
+        let mut backoff = Backoff::new(self.settings.retry_base, self.settings.retry_max);
+        loop {
+            match destination.send(&failed).await {
+                Ok(()) => {
+                    tracing::warn!(
+                        destination = destination.kind(),
+                        records = failed.record_count,
+                        start = %failed.start_sequence_number,
+                        end = %failed.end_sequence_number,
+                        reason = ?reason,
+                        "records sent to the failure destination; the shard moves on"
+                    );
+                    return Ok(());
+                }
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    tracing::error!(error = %err, retry_in_ms = delay.as_millis() as u64, "could not write to the failure destination; retrying");
+                    wait(delay, lease_lost, shutdown).await?;
+                }
             }
         }
     }
+
+    /// One attempt: every processor, in order, with the same chunk.
+    async fn attempt(&self, batch: &Batch) -> Result<(), AttemptError> {
+        let mut first_failed: Option<usize> = None;
+        let mut partial_error = None;
+        for processor in &self.processors {
+            match processor.process(batch).await {
+                Ok(BatchOutcome::Success) => {}
+                Ok(BatchOutcome::PartialFailure(failed)) if failed.is_empty() => {}
+                Ok(BatchOutcome::PartialFailure(failed)) => {
+                    let Some(index) = earliest_index(&batch.records, &failed) else {
+                        return Err(AttemptError::Whole(ProcessorError::retryable(format!(
+                            "{} reported failed record(s) that are not in the batch; the whole batch is retried",
+                            processor.name()
+                        ))));
+                    };
+                    if first_failed.is_none_or(|current| index < current) {
+                        first_failed = Some(index);
+                        partial_error = Some(ProcessorError::retryable(format!(
+                            "{} reported {} failed record(s), the earliest {}",
+                            processor.name(),
+                            failed.len(),
+                            batch.records[index].sequence_number()
+                        )));
+                    }
+                }
+                Err(error) => return Err(AttemptError::Whole(error)),
+            }
+        }
+        match (first_failed, partial_error) {
+            (Some(first_failed), Some(error)) => Err(AttemptError::Partial {
+                first_failed,
+                error,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+enum AttemptError {
+    Partial {
+        first_failed: usize,
+        error: ProcessorError,
+    },
+    Whole(ProcessorError),
+}
+
+/// The position of the earliest reported failure, or `None` if any reported
+/// identifier is not a record of the batch.
+fn earliest_index(records: &[Arc<StreamRecord>], failed: &[SequenceNumber]) -> Option<usize> {
+    let mut earliest = usize::MAX;
+    for sequence in failed {
+        let index = records
+            .iter()
+            .position(|r| r.sequence_number() == sequence)?;
+        earliest = earliest.min(index);
+    }
+    Some(earliest)
+}
+
+fn first_sequence(records: &[Arc<StreamRecord>]) -> String {
+    records
+        .first()
+        .map(|r| r.sequence_number().to_string())
+        .unwrap_or_default()
+}
+
+async fn wait(
+    delay: Duration,
+    lease_lost: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<(), Undelivered> {
+    tokio::select! {
+        _ = lease_lost.cancelled() => Err(Undelivered::LeaseLost),
+        _ = shutdown.cancelled() => Err(Undelivered::ShuttingDown),
+        _ = tokio::time::sleep(delay) => Ok(()),
+    }
+}
+
+/// The lane of a record: a hash of its item key, so one key always lands
+/// in the same lane.
+pub fn lane_of(record: &StreamRecord, lanes: usize) -> usize {
+    if lanes <= 1 {
+        return 0;
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    record.dynamodb.keys.hash(&mut hasher);
+    (hasher.finish() % lanes as u64) as usize
+}
+
+/// Splits records into lanes by key, keeping shard order within each lane.
+pub fn split_into_lanes(
+    records: Vec<Arc<StreamRecord>>,
+    lanes: usize,
+) -> Vec<Vec<Arc<StreamRecord>>> {
+    let lanes = lanes.max(1);
+    if lanes == 1 {
+        return vec![records];
+    }
+    let mut split: Vec<Vec<Arc<StreamRecord>>> = vec![Vec::new(); lanes];
+    for record in records {
+        let lane = lane_of(&record, lanes);
+        split[lane].push(record);
+    }
+    split.retain(|lane| !lane.is_empty());
+    split
+}
+
+/// Cuts a lane into processor calls of at most `batch_size` records and
+/// `max_bytes` bytes (a single larger record still gets a call of its own).
+pub fn chunks(
+    records: Vec<Arc<StreamRecord>>,
+    batch_size: usize,
+    max_bytes: u64,
+) -> Vec<Vec<Arc<StreamRecord>>> {
+    let batch_size = batch_size.max(1);
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0u64;
+    for record in records {
+        let size = record.dynamodb.size_bytes.max(0) as u64;
+        if !current.is_empty() && (current.len() >= batch_size || bytes + size > max_bytes) {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(record);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::record::EventName;
-    use crate::streams::memory::test_record;
-    use async_trait::async_trait;
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    struct FailTwice(AtomicU32);
-
-    #[async_trait]
-    impl Processor for FailTwice {
-        fn name(&self) -> &str {
-            "fail-twice"
-        }
-        async fn process(&self, _batch: &Batch) -> Result<BatchOutcome, ProcessorError> {
-            if self.0.fetch_add(1, Ordering::SeqCst) < 2 {
-                Err(ProcessorError::retryable("not yet"))
-            } else {
-                Ok(BatchOutcome::Success)
-            }
-        }
-    }
-
-    fn batch() -> Batch {
-        let record = test_record("arn:s", &"1".into(), EventName::Insert, "k");
-        Batch {
-            stream_arn: Arc::from("arn:s"),
-            shard_id: Arc::from("shard-1"),
-            records: vec![Arc::new(record)],
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn failures_are_retried_until_the_processor_succeeds() {
-        let processor = Arc::new(FailTwice(AtomicU32::new(0)));
-        let dispatcher = Dispatcher::new(vec![processor.clone()]);
-        let never = CancellationToken::new();
-        dispatcher.deliver(&batch(), &never, &never).await.unwrap();
-        assert_eq!(processor.0.load(Ordering::SeqCst), 3);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn shutdown_ends_the_retries_without_success() {
-        let processor = Arc::new(FailTwice(AtomicU32::new(0)));
-        let dispatcher = Dispatcher::new(vec![processor.clone()]);
-        let shutdown = CancellationToken::new();
-        shutdown.cancel();
-        let result = dispatcher
-            .deliver(&batch(), &CancellationToken::new(), &shutdown)
-            .await;
-        assert_eq!(result, Err(Undelivered::ShuttingDown));
-        assert_eq!(processor.0.load(Ordering::SeqCst), 1);
-    }
-}
+mod tests;

@@ -14,14 +14,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::dispatch::{Dispatcher, Undelivered};
 use crate::lease::held::HeldLease;
 use crate::lease::{Checkpoint, LeaseError};
-use crate::processor::Batch;
-use crate::record::SequenceNumber;
+use crate::record::{SequenceNumber, StreamRecord};
 use crate::streams::{IteratorPosition, StreamsApi, StreamsError, MAX_RECORDS_PER_READ};
 
 /// How a shard consumer reads.
@@ -31,6 +31,8 @@ pub struct ShardSettings {
     pub batch_size: u32,
     /// Wait after an empty read.
     pub poll_interval: Duration,
+    /// Longest wait to fill a batch; zero hands records on as soon as a read returns some.
+    pub batch_window: Duration,
 }
 
 /// How a shard consumer ended: the one message a shard task sends its coordinator.
@@ -46,6 +48,10 @@ pub enum ShardExit {
     Stopped,
     /// A failure that retrying in place cannot fix.
     Failed(String),
+    /// Records failed for good and there is nowhere to put them: the shard
+    /// stays leased (so nobody else reads past them) but is not read until
+    /// an operator acts.
+    Halted(String),
 }
 
 /// Reads one shard under a lease.
@@ -97,10 +103,20 @@ impl ShardConsumer {
         for processor in self.dispatcher.processors() {
             processor.shard_started(&self.stream_arn, &self.shard_id);
         }
+        let lanes = self.dispatcher.settings().parallelization_factor.max(1);
+        // Enough records for every lane to get a full batch.
+        let target_records = (self.settings.batch_size as usize).saturating_mul(lanes);
+        let target_bytes = self
+            .dispatcher
+            .settings()
+            .max_bytes
+            .saturating_mul(lanes as u64);
         let mut announced = false;
         let mut iterator: Option<String> = None;
         let mut backoff = Backoff::for_aws_calls();
-        let limit = self.settings.batch_size.min(MAX_RECORDS_PER_READ);
+        let mut gathered: Vec<Arc<StreamRecord>> = Vec::new();
+        let mut gathered_bytes = 0u64;
+        let mut window_closes: Option<Instant> = None;
         loop {
             if shutdown.is_cancelled() {
                 return ShardExit::Stopped;
@@ -111,6 +127,11 @@ impl ShardConsumer {
             let current = match iterator.take() {
                 Some(current) => current,
                 None => {
+                    // A fresh iterator starts after the last checkpoint:
+                    // anything gathered since is read again.
+                    gathered.clear();
+                    gathered_bytes = 0;
+                    window_closes = None;
                     let answer = tokio::select! {
                         _ = shutdown.cancelled() => return ShardExit::Stopped,
                         _ = self.lease.lost().cancelled() => return ShardExit::LeaseLost,
@@ -136,6 +157,9 @@ impl ShardConsumer {
                     }
                 }
             };
+            let limit = target_records
+                .saturating_sub(gathered.len())
+                .clamp(1, MAX_RECORDS_PER_READ as usize) as u32;
             let answer = tokio::select! {
                 _ = shutdown.cancelled() => return ShardExit::Stopped,
                 _ = self.lease.lost().cancelled() => return ShardExit::LeaseLost,
@@ -162,18 +186,25 @@ impl ShardConsumer {
                 }
             };
             let was_empty = page.records.is_empty();
-            if !was_empty {
-                let batch = Batch {
-                    stream_arn: Arc::clone(&self.stream_arn),
-                    shard_id: Arc::clone(&self.shard_id),
-                    records: page.records.into_iter().map(Arc::new).collect(),
-                };
+            for record in page.records {
+                gathered_bytes += record.dynamodb.size_bytes.max(0) as u64;
+                gathered.push(Arc::new(record));
+            }
+            if !gathered.is_empty() && window_closes.is_none() {
+                window_closes = Some(Instant::now() + self.settings.batch_window);
+            }
+            let shard_closed = page.next_iterator.is_none();
+            let full = gathered.len() >= target_records || gathered_bytes >= target_bytes;
+            let window_over = window_closes.is_some_and(|at| Instant::now() >= at);
+            if !gathered.is_empty() && (full || window_over || shard_closed) {
+                let batch = std::mem::take(&mut gathered);
+                gathered_bytes = 0;
+                window_closes = None;
                 let last = batch
-                    .last_sequence_number()
-                    .cloned()
+                    .last()
+                    .map(|r| r.sequence_number().clone())
                     .expect("a non-empty batch has a last record");
-                if let Step::Exit(exit) =
-                    self.process_and_checkpoint(&batch, &last, &shutdown).await
+                if let Step::Exit(exit) = self.process_and_checkpoint(batch, &last, &shutdown).await
                 {
                     return exit;
                 }
@@ -184,10 +215,16 @@ impl ShardConsumer {
                 Some(next) => iterator = Some(next),
             }
             if was_empty {
+                // Nothing new: wait the poll interval, or less if a
+                // gathered batch's window closes sooner.
+                let mut pause = self.settings.poll_interval;
+                if let Some(at) = window_closes {
+                    pause = pause.min(at.saturating_duration_since(Instant::now()));
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => return ShardExit::Stopped,
                     _ = self.lease.lost().cancelled() => return ShardExit::LeaseLost,
-                    _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
             }
         }
@@ -246,7 +283,7 @@ impl ShardConsumer {
 
     async fn process_and_checkpoint(
         &self,
-        batch: &Batch,
+        batch: Vec<Arc<StreamRecord>>,
         last: &SequenceNumber,
         shutdown: &CancellationToken,
     ) -> Step {
@@ -262,17 +299,32 @@ impl ShardConsumer {
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         }
-        match self
+        let count = batch.len();
+        let outcome = self
             .dispatcher
-            .deliver(batch, self.lease.lost(), shutdown)
-            .await
-        {
-            Ok(()) => {}
+            .dispatch(
+                &self.stream_arn,
+                &self.shard_id,
+                batch,
+                self.lease.lost(),
+                shutdown,
+            )
+            .await;
+        let report = match outcome {
+            Ok(report) => report,
             Err(Undelivered::LeaseLost) => return Step::Exit(ShardExit::LeaseLost),
             Err(Undelivered::ShuttingDown) => return Step::Exit(ShardExit::Stopped),
-        }
+            Err(Undelivered::Halted(reason)) => return Step::Exit(ShardExit::Halted(reason)),
+        };
         if self.checkpoint(&Checkpoint::Sequence(last.clone())).await {
-            tracing::debug!(records = batch.len(), checkpoint = %last, "batch processed and checkpointed");
+            tracing::debug!(
+                records = count,
+                processed = report.processed,
+                filtered = report.filtered,
+                sent_to_destination = report.sent_to_destination,
+                checkpoint = %last,
+                "batch done and checkpointed"
+            );
             Step::Continue
         } else {
             Step::Exit(ShardExit::LeaseLost)

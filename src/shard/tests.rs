@@ -235,6 +235,7 @@ impl Fixture {
             ShardSettings {
                 batch_size,
                 poll_interval: Duration::from_millis(200),
+                batch_window: Duration::ZERO,
             },
         )
     }

@@ -427,3 +427,47 @@ pub async fn shard_and_sequence_numbers(stream_arn: &str) -> (String, Vec<String
 pub async fn lease_store(table: &str) -> dynastream::lease::dynamo::DynamoLeaseStore {
     dynastream::lease::dynamo::DynamoLeaseStore::new(dynamodb().await, table)
 }
+
+/// This test binary's local SQS server (moto), started on first use through
+/// `scripts/sqs-local` and stopped by a watchdog when the test process ends.
+pub fn sqs_local() -> &'static str {
+    static INSTANCE: OnceLock<(String, Mutex<Child>)> = OnceLock::new();
+    let (endpoint, _) = INSTANCE.get_or_init(|| {
+        let script = repo_root().join("scripts/sqs-local");
+        let output = Command::new(&script)
+            .args(["start", "--port", "auto"])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/sqs-local");
+        assert!(output.status.success(), "scripts/sqs-local start failed");
+        let endpoint = String::from_utf8(output.stdout).expect("endpoint is text").trim().to_owned();
+        let port = endpoint.rsplit(':').next().expect("endpoint has a port").to_owned();
+        let watchdog = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; '{script}' stop --port {port} >/dev/null 2>&1",
+            pid = std::process::id(),
+            script = script.display(),
+        );
+        let watchdog = Command::new("sh")
+            .args(["-c", &watchdog])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the SQS watchdog");
+        (endpoint, Mutex::new(watchdog))
+    });
+    endpoint
+}
+
+/// An SDK client for the local SQS server.
+pub async fn sqs() -> aws_sdk_sqs::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(sqs_local())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "local", "local", None, None, "tests",
+        ))
+        .load()
+        .await;
+    aws_sdk_sqs::Client::new(&config)
+}
