@@ -62,15 +62,13 @@ impl Processor for Scripted {
             .map(|r| r.sequence_number().clone())
             .collect();
         self.calls.lock().unwrap().push(sequences.clone());
-        if let Some(key) = batch
+        if let Some(crate::record::AttributeValue::S(key)) = batch
             .records
             .first()
             .and_then(|r| r.dynamodb.keys.get("pk"))
         {
-            if let crate::record::AttributeValue::S(key) = key {
-                if let Some(delay) = self.delays.get(key) {
-                    tokio::time::sleep(*delay).await;
-                }
+            if let Some(delay) = self.delays.get(key) {
+                tokio::time::sleep(*delay).await;
             }
         }
         if self
