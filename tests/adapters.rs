@@ -195,7 +195,7 @@ async fn a_handler_sees_insert_modify_remove(language: Language) {
     // stdin: only the process-group kill at shutdown stops it.
     let sleeper_file = dir.path().join("sleeper.pid");
     let command = format!(
-        "sleep 300 & echo $! > '{}'; {}",
+        "sleep 300 >/dev/null 2>&1 & echo $! > '{}'; {}",
         sleeper_file.display(),
         language.command(dir.path(), spec)
     );
