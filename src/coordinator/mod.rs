@@ -87,6 +87,11 @@ struct Held {
     /// shard is not restarted until the worker is.
     #[allow(dead_code)] // reported by the status endpoint (issue 5)
     halted: Option<String>,
+    /// Stops this shard's consumer at its next batch boundary.
+    stop: CancellationToken,
+    /// Set when another worker asked for the lease: the consumer is stopping
+    /// at a batch boundary, and the lease goes to that worker when it has.
+    handing_off: bool,
 }
 
 /// What the coordinator last saw of an item, to judge expiry on its own
@@ -115,6 +120,7 @@ pub struct Coordinator {
     presence: Option<Arc<HeldLease>>,
     leader: Option<Arc<HeldLease>>,
     next_full_sync: Option<Instant>,
+    handoff_requests: HashMap<String, Instant>,
     last_orphan_sync: Option<Instant>,
     sync_requests: mpsc::UnboundedSender<SyncRequest>,
     sync_results: mpsc::UnboundedReceiver<Listing>,
@@ -152,6 +158,7 @@ impl Coordinator {
             presence: None,
             leader: None,
             next_full_sync: None,
+            handoff_requests: HashMap::new(),
             last_orphan_sync: None,
             sync_requests,
             sync_results,
@@ -469,6 +476,7 @@ impl Coordinator {
                 self.request_sync_of_streams_without_leases();
             }
         }
+        self.reconcile_held().await;
         let steal_quiet_period = self.settings.lease_duration * 2;
         let states: Vec<balance::LeaseState> = self
             .leases
@@ -501,9 +509,100 @@ impl Coordinator {
             self.take(&key, false).await;
         }
         for key in plan.steal {
-            self.take(&key, true).await;
+            self.ask_for(&key).await;
         }
         self.start_ready_shards();
+    }
+
+    /// Compares what this worker holds with what the lease table just said:
+    /// a lease that moved on is dropped at once (rather than at the next
+    /// write), and a lease another worker asked for is handed over at the
+    /// consumer's next batch boundary.
+    async fn reconcile_held(&mut self) {
+        let me = self.settings.worker_id.clone();
+        let keys: Vec<String> = self.held.keys().cloned().collect();
+        for key in keys {
+            let table = self.leases.get(&key).cloned();
+            let Some(held) = self.held.get_mut(&key) else {
+                continue;
+            };
+            match table {
+                Some(lease) if lease.is_owned_by(&me) => {
+                    let asked = lease.pending_owner.as_deref().filter(|p| *p != me);
+                    if let (Some(requester), false) = (asked, held.handing_off) {
+                        tracing::info!(shard = %lease.shard_id, to = %requester, "another worker asked for this lease; handing it over after the batch in flight");
+                        held.handing_off = true;
+                        held.stop.cancel();
+                        if !held.running {
+                            self.hand_over(&key).await;
+                        }
+                    }
+                }
+                _ => {
+                    if !held.lease.is_lost() {
+                        tracing::warn!(lease = %key, "the lease table shows this lease owned by another worker; stopping it");
+                        held.lease.abandon();
+                    }
+                    if !held.running {
+                        self.held.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives a lease to the worker that asked for it (after its consumer
+    /// stopped and checkpointed).
+    async fn hand_over(&mut self, key: &str) {
+        let Some(held) = self.held.remove(key) else {
+            return;
+        };
+        let Some(table) = self.leases.get(key).cloned() else {
+            return;
+        };
+        match held.lease.hand_off(&table).await {
+            Ok(()) => {
+                tracing::info!(shard = %table.shard_id, to = ?table.pending_owner, "handed a lease over")
+            }
+            Err(err) => {
+                tracing::warn!(shard = %table.shard_id, error = %err, "could not hand a lease over; it will be taken when it expires")
+            }
+        }
+    }
+
+    /// Asks the owner of a lease to hand it over at its next batch boundary,
+    /// so rebalancing processes nothing twice; takes it outright only when a
+    /// request has gone unanswered for two lease durations (an owner that
+    /// does not hand over, such as an older version).
+    async fn ask_for(&mut self, key: &str) {
+        let Some(lease) = self.leases.get(key).cloned() else {
+            return;
+        };
+        let me = self.settings.worker_id.clone();
+        let patience = self.settings.lease_duration * 2;
+        if let Some(asked_at) = self.handoff_requests.get(key) {
+            if lease.pending_owner.as_deref() == Some(me.as_str()) && asked_at.elapsed() < patience
+            {
+                return;
+            }
+            if lease.pending_owner.as_deref() == Some(me.as_str()) {
+                tracing::warn!(shard = %lease.shard_id, owner = ?lease.owner, "the owner did not hand the lease over; taking it");
+                self.handoff_requests.remove(key);
+                self.take(key, true).await;
+                return;
+            }
+        }
+        match self.store.request_handoff(&lease, &me).await {
+            Ok(updated) => {
+                tracing::info!(shard = %lease.shard_id, owner = ?lease.owner, "asked for a lease to balance the fleet");
+                self.handoff_requests.insert(key.to_owned(), Instant::now());
+                self.leases.insert(key.to_owned(), updated);
+            }
+            Err(LeaseError::Conflict { .. }) => {}
+            Err(err) => {
+                tracing::debug!(shard = %lease.shard_id, error = %err, "could not ask for a lease")
+            }
+        }
     }
 
     async fn take(&mut self, key: &str, steal: bool) {
@@ -523,6 +622,7 @@ impl Coordinator {
             .await
         {
             Ok(taken) => {
+                self.handoff_requests.remove(key);
                 if steal {
                     tracing::info!(shard = %taken.shard_id, from = ?lease.owner, "stole a lease to balance the fleet");
                     if let Some(seen) = self.observed.get_mut(key) {
@@ -545,6 +645,8 @@ impl Coordinator {
                         stream_arn,
                         running: false,
                         halted: None,
+                        stop: self.stop_consumers.child_token(),
+                        handing_off: false,
                     },
                 );
             }
@@ -566,14 +668,15 @@ impl Coordinator {
         let ready: Vec<String> = self
             .held
             .iter()
-            .filter(|(_, held)| !held.running && !held.lease.is_lost())
+            .filter(|(_, held)| !held.running && !held.lease.is_lost() && !held.handing_off)
             .filter(|(key, held)| {
                 self.leases.get(*key).is_some_and(|lease| {
-                    graph::parents_done(
-                        lease,
-                        |parent| self.lease_of(&held.stream_arn, parent),
-                        &listed,
-                    )
+                    lease.is_owned_by(&self.settings.worker_id)
+                        && graph::parents_done(
+                            lease,
+                            |parent| self.lease_of(&held.stream_arn, parent),
+                            &listed,
+                        )
                 })
             })
             .map(|(key, _)| key.clone())
@@ -597,7 +700,7 @@ impl Coordinator {
                 self.settings.shard.clone(),
             );
             let span = tracing::info_span!("shard", stream = %held.stream_arn, shard = %shard_id);
-            let stop = self.stop_consumers.child_token();
+            let stop = held.stop.clone();
             let exits = self.exits_tx.clone();
             self.tasks.spawn(
                 async move {
@@ -673,6 +776,10 @@ impl Coordinator {
                     processor.lease_lost(&held.stream_arn, &shard_id);
                 }
             }
+            ShardExit::Stopped if held.handing_off => {
+                self.held.insert(key.clone(), held);
+                self.hand_over(&key).await;
+            }
             ShardExit::Stopped => {}
             ShardExit::Halted(reason) => {
                 tracing::error!(
@@ -746,7 +853,24 @@ impl Coordinator {
             (key, result)
         });
         let mut released = 0usize;
-        for (key, result) in futures::future::join_all(releases).await {
+        let mut results = futures::future::join_all(releases).await;
+        // Leases handed to this worker since its last look at the table are
+        // its own too: release them as well, or they would wait to expire.
+        if self.refresh_leases().await {
+            let me = self.settings.worker_id.clone();
+            let unheld: Vec<Lease> = self
+                .leases
+                .values()
+                .filter(|lease| lease.kind() == ItemKind::Shard && lease.is_owned_by(&me))
+                .filter(|lease| !self.held.contains_key(&lease.key))
+                .cloned()
+                .collect();
+            for lease in unheld {
+                let result = self.store.release_lease(&lease).await.map(drop);
+                results.push((lease.key.clone(), result));
+            }
+        }
+        for (key, result) in results {
             match result {
                 Ok(()) => released += 1,
                 Err(err) => {

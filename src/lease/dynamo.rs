@@ -31,6 +31,7 @@ const PARENT_SHARD_ID: &str = "parentShardId";
 const STREAM_ARN: &str = "streamArn";
 const SHARD_ID: &str = "shardId";
 const UPDATED_AT: &str = "updatedAtMillis";
+const PENDING_OWNER: &str = "pendingOwner";
 
 fn now_millis() -> AttributeValue {
     let millis = std::time::SystemTime::now()
@@ -194,6 +195,7 @@ pub fn lease_from_item(item: &HashMap<String, AttributeValue>) -> Result<Lease, 
     };
     Ok(Lease {
         shard_id: read_string(SHARD_ID)?.unwrap_or_else(|| key.clone()),
+        pending_owner: read_string(PENDING_OWNER)?,
         updated_at_millis: match item.get(UPDATED_AT) {
             Some(AttributeValue::N(n)) => n.parse().ok(),
             _ => None,
@@ -218,6 +220,9 @@ pub fn lease_to_item(lease: &Lease) -> HashMap<String, AttributeValue> {
     }
     if let Some(arn) = &lease.stream_arn {
         item.insert(STREAM_ARN.into(), AttributeValue::S(arn.clone()));
+    }
+    if let Some(pending) = &lease.pending_owner {
+        item.insert(PENDING_OWNER.into(), AttributeValue::S(pending.clone()));
     }
     if lease.shard_id != lease.key {
         item.insert(SHARD_ID.into(), AttributeValue::S(lease.shard_id.clone()));
@@ -358,8 +363,9 @@ impl LeaseStore for DynamoLeaseStore {
         values.insert(":switch".into(), number(u64::from(switched)));
         let mut names = HashMap::new();
         names.insert("#switches".into(), OWNER_SWITCHES.into());
+        names.insert("#pending".into(), PENDING_OWNER.into());
         let update = "SET #counter = #counter + :one, #owner = :new_owner, \
-                      #switches = if_not_exists(#switches, :zero) + :switch"
+                      #switches = if_not_exists(#switches, :zero) + :switch REMOVE #pending"
             .to_owned();
         self.conditional_update("TakeLease", lease, update, values, names)
             .await
@@ -410,6 +416,46 @@ impl LeaseStore for DynamoLeaseStore {
             "SET #counter = #counter + :one REMOVE #owner".into(),
             values,
             HashMap::new(),
+        )
+        .await
+    }
+
+    async fn request_handoff(&self, lease: &Lease, requester: &str) -> Result<Lease, LeaseError> {
+        let mut values = HashMap::new();
+        values.insert(":requester".into(), AttributeValue::S(requester.to_owned()));
+        let mut names = HashMap::new();
+        names.insert("#pending".into(), PENDING_OWNER.into());
+        self.conditional_update(
+            "RequestHandoff",
+            lease,
+            "SET #pending = :requester".into(),
+            values,
+            names,
+        )
+        .await
+    }
+
+    async fn hand_off_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
+        let Some(next) = lease.pending_owner.clone() else {
+            return Err(LeaseError::Conflict {
+                key: lease.key.clone(),
+            });
+        };
+        let mut values = HashMap::new();
+        values.insert(":one".into(), number(1));
+        values.insert(":zero".into(), number(0));
+        values.insert(":next".into(), AttributeValue::S(next));
+        let mut names = HashMap::new();
+        names.insert("#pending".into(), PENDING_OWNER.into());
+        names.insert("#switches".into(), OWNER_SWITCHES.into());
+        self.conditional_update(
+            "HandOffLease",
+            lease,
+            "SET #counter = #counter + :one, #owner = :next, \
+             #switches = if_not_exists(#switches, :zero) + :one REMOVE #pending"
+                .into(),
+            values,
+            names,
         )
         .await
     }

@@ -123,6 +123,27 @@ impl HeldLease {
             .map(drop)
     }
 
+    /// Hands the lease to the worker that asked for it (its `pendingOwner`),
+    /// after the caller has checkpointed. The handle is lost afterwards.
+    pub async fn hand_off(&self, pending: &Lease) -> Result<(), LeaseError> {
+        let next = pending.pending_owner.clone();
+        let result = self
+            .write(|store, mut lease| async move {
+                lease.pending_owner = next;
+                store.hand_off_lease(&lease).await
+            })
+            .await
+            .map(drop);
+        self.lost.cancel();
+        result
+    }
+
+    /// Marks the lease lost without writing: another worker owns it now, as
+    /// a read of the lease table showed. The shard consumer stops at once.
+    pub fn abandon(&self) {
+        self.lost.cancel();
+    }
+
     /// Gives the lease up so another worker can take it without waiting for
     /// it to expire. The handle is lost afterwards whatever the outcome.
     pub async fn release(&self) -> Result<(), LeaseError> {

@@ -105,6 +105,7 @@ impl LeaseStore for MemoryLeaseStore {
         self.update(lease, |stored| {
             stored.owner = Some(new_owner.to_owned());
             stored.owner_switches_since_checkpoint += u64::from(switched);
+            stored.pending_owner = None;
         })
     }
 
@@ -126,6 +127,33 @@ impl LeaseStore for MemoryLeaseStore {
 
     async fn release_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
         self.update(lease, |stored| stored.owner = None)
+    }
+
+    async fn request_handoff(&self, lease: &Lease, requester: &str) -> Result<Lease, LeaseError> {
+        let mut state = self.lock();
+        let stored = state
+            .leases
+            .get_mut(&lease.key)
+            .filter(|stored| stored.counter == lease.counter && stored.owner == lease.owner)
+            .ok_or_else(|| LeaseError::Conflict {
+                key: lease.key.clone(),
+            })?;
+        stored.pending_owner = Some(requester.to_owned());
+        Ok(stored.clone())
+    }
+
+    async fn hand_off_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
+        let next = lease
+            .pending_owner
+            .clone()
+            .ok_or_else(|| LeaseError::Conflict {
+                key: lease.key.clone(),
+            })?;
+        self.update(lease, |stored| {
+            stored.owner = Some(next);
+            stored.owner_switches_since_checkpoint += 1;
+            stored.pending_owner = None;
+        })
     }
 
     async fn delete_lease(&self, lease: &Lease) -> Result<(), LeaseError> {

@@ -121,6 +121,10 @@ pub struct Lease {
     /// operators only (`dynastream status`). Expiry is never judged by it,
     /// since hosts' clocks differ.
     pub updated_at_millis: Option<u64>,
+    /// A worker that asked for this lease to balance the fleet: the owner
+    /// hands it over at its next batch boundary, after checkpointing, so a
+    /// rebalance processes nothing twice.
+    pub pending_owner: Option<String>,
 }
 
 impl Lease {
@@ -142,6 +146,7 @@ impl Lease {
             owner_switches_since_checkpoint: 0,
             parent_shard_ids: parent.map(|p| vec![p.to_owned()]).unwrap_or_default(),
             updated_at_millis: None,
+            pending_owner: None,
         }
     }
 
@@ -274,6 +279,14 @@ pub trait LeaseStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Clears the owner so any worker can take the lease at once.
     async fn release_lease(&self, lease: &Lease) -> Result<Lease, LeaseError>;
+
+    /// Asks the owner to hand the lease to `requester`: sets `pendingOwner`
+    /// without bumping the counter, so the owner's own writes still succeed.
+    async fn request_handoff(&self, lease: &Lease, requester: &str) -> Result<Lease, LeaseError>;
+
+    /// The owner's side of a handoff: makes the pending owner the owner and
+    /// bumps the counter.
+    async fn hand_off_lease(&self, lease: &Lease) -> Result<Lease, LeaseError>;
 
     /// Removes the lease item.
     async fn delete_lease(&self, lease: &Lease) -> Result<(), LeaseError>;

@@ -84,6 +84,12 @@ impl LeaseStore for RecordingStore {
     async fn release_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
         self.inner.release_lease(lease).await
     }
+    async fn request_handoff(&self, lease: &Lease, requester: &str) -> Result<Lease, LeaseError> {
+        self.inner.request_handoff(lease, requester).await
+    }
+    async fn hand_off_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
+        self.inner.hand_off_lease(lease).await
+    }
     async fn delete_lease(&self, lease: &Lease) -> Result<(), LeaseError> {
         self.inner.delete_lease(lease).await
     }
