@@ -308,3 +308,111 @@ async fn a_filter_passes_only_matching_records_and_still_checkpoints_the_rest() 
     let (_, records, _) = again.terminate().await;
     assert_eq!(keys_of(&records), ["item-9"]);
 }
+
+/// A Lambda-like HTTP endpoint: records every batch's keys and answers
+/// Lambda's partial-failure response for `fail_once` the first time it sees it.
+async fn partial_failure_endpoint(
+    fail_once: &'static str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<String>>>>) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use hyper_util::rt::TokioIo;
+    use std::sync::{Arc, Mutex};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/invoke", listener.local_addr().unwrap());
+    let seen: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+    let failed_already = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let log = Arc::clone(&log);
+            let failed_already = Arc::clone(&failed_already);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let log = Arc::clone(&log);
+                        let failed_already = Arc::clone(&failed_already);
+                        async move {
+                            let body = request.into_body().collect().await.unwrap().to_bytes();
+                            let event: Value = serde_json::from_slice(&body).unwrap();
+                            let records = event["Records"].as_array().unwrap();
+                            let keys: Vec<String> = records
+                                .iter()
+                                .map(|r| {
+                                    r["dynamodb"]["Keys"]["pk"]["S"]
+                                        .as_str()
+                                        .unwrap()
+                                        .to_owned()
+                                })
+                                .collect();
+                            log.lock().unwrap().push(keys.clone());
+                            let failing = records
+                                .iter()
+                                .find(|r| r["dynamodb"]["Keys"]["pk"]["S"] == fail_once);
+                            let answer = match failing {
+                                Some(record)
+                                    if !failed_already
+                                        .swap(true, std::sync::atomic::Ordering::SeqCst) =>
+                                {
+                                    serde_json::json!({"batchItemFailures": [{"itemIdentifier": record["dynamodb"]["SequenceNumber"]}]})
+                                }
+                                _ => serde_json::json!({"batchItemFailures": []}),
+                            };
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from(answer.to_string()),
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(socket), service)
+                    .await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_a_partial_failure_retries_only_the_failed_record_and_those_after_it() {
+    let client = dynamodb().await;
+    let table = unique_name("http-partial");
+    create_table(&client, &table).await;
+    let (url, seen) = partial_failure_endpoint("item-2").await;
+    let worker = Worker::start(&worker_env(&[
+        ("DYNASTREAM_TABLES", &table),
+        ("DYNASTREAM_APPLICATION", &unique_name("http-app")),
+        ("DYNASTREAM_STARTING_POSITION", "TRIM_HORIZON"),
+        ("DYNASTREAM_PROCESSOR", "http"),
+        ("DYNASTREAM_HTTP_URL", &url),
+        ("DYNASTREAM_BATCH_WINDOW_MS", "2000"),
+        ("DYNASTREAM_BATCH_SIZE", "10"),
+    ]));
+    for i in 0..5 {
+        put(&client, &table, &format!("item-{i}"), i).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.lock().unwrap().len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no retry: {:?}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, _, _) = worker.terminate().await;
+    assert!(status.success());
+    let calls = seen.lock().unwrap().clone();
+    assert_eq!(calls[0], ["item-0", "item-1", "item-2", "item-3", "item-4"]);
+    assert_eq!(
+        calls[1],
+        ["item-2", "item-3", "item-4"],
+        "only the failed record and those after it"
+    );
+    assert_eq!(calls.len(), 2, "{calls:?}");
+}

@@ -704,3 +704,52 @@ async fn a_shard_whose_lease_was_stolen_is_not_reported_ended() {
     );
     assert!(!recorder.events().contains(&format!("ended {SHARD}")));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_window_gathers_records_from_several_reads_into_one_batch() {
+    let fixture = Fixture::new(Checkpoint::TrimHorizon).await;
+    let recorder = Recorder::new();
+    let dispatcher = Dispatcher::new(vec![recorder.clone()]);
+    let consumer = ShardConsumer::new(
+        &fixture.arn,
+        SHARD,
+        Arc::new(fixture.streams.clone()),
+        Arc::clone(&fixture.lease),
+        Arc::new(dispatcher),
+        ShardSettings {
+            batch_size: 100,
+            poll_interval: Duration::from_millis(200),
+            batch_window: Duration::from_secs(2),
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(shutdown.clone()));
+    // Five records, 300 ms apart: each read returns one, and the window
+    // (opened by the first) keeps them together.
+    let mut written = Vec::new();
+    for _ in 0..5 {
+        written.extend(fixture.put(1));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    fixture
+        .wait_for_checkpoint(&Checkpoint::Sequence(written[4].clone()))
+        .await;
+    assert_eq!(
+        recorder.attempts(),
+        vec![written.clone()],
+        "one batch of five"
+    );
+    // After the window closes, a lone record waits at most the window.
+    let started = Instant::now();
+    let late = fixture.put(1);
+    fixture
+        .wait_for_checkpoint(&Checkpoint::Sequence(late[0].clone()))
+        .await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited <= Duration::from_millis(2_400),
+        "a lone record is handed over when the window closes: {waited:?}"
+    );
+    shutdown.cancel();
+    assert_eq!(running.await.unwrap(), ShardExit::Stopped);
+}
