@@ -227,6 +227,14 @@ pub struct Config {
     #[arg(long, env = "DYNASTREAM_EXEC_TIMEOUT_MS", default_value_t = 60_000, value_parser = whole_number::<100, 900_000>)]
     pub exec_timeout_ms: u64,
 
+    /// Address of the /metrics, /healthz, /readyz and /status endpoints (host:port; port 0 picks a free one).
+    #[arg(long, env = "DYNASTREAM_METRICS_ADDR", default_value = "0.0.0.0:9464", value_parser = socket_address)]
+    pub metrics_addr: std::net::SocketAddr,
+
+    /// Also export per-shard series (shard ids as labels; removed when a shard leaves the worker).
+    #[arg(long, env = "DYNASTREAM_METRICS_SHARD_LABELS", default_value_t = false, action = clap::ArgAction::Set, value_parser = boolean)]
+    pub metrics_shard_labels: bool,
+
     /// Log filter, in RUST_LOG syntax (e.g. `info,dynastream=debug`).
     #[arg(long, env = "DYNASTREAM_LOG", default_value = "info")]
     pub log: String,
@@ -473,6 +481,14 @@ fn record_age(value: &str) -> Result<i64, String> {
         Ok(n) if n == -1 || (60..=604_800).contains(&n) => Ok(n),
         _ => Err(expected()),
     }
+}
+
+/// Parses `host:port`.
+fn socket_address(value: &str) -> Result<std::net::SocketAddr, String> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| "expected host:port, e.g. 0.0.0.0:9464 or 127.0.0.1:0".to_owned())
 }
 
 /// Parses a boolean the way operators write one in an environment file.

@@ -22,6 +22,9 @@ use crate::shard::ShardSettings;
 use crate::streams::rate_limit::DescribeRateLimit;
 use crate::streams::sdk::SdkStreams;
 use crate::streams::StreamsApi;
+use crate::telemetry;
+use crate::telemetry::instrument::{MeteredLeases, MeteredStreams};
+use crate::telemetry::server::Health;
 
 /// A dynastream worker, ready to run.
 ///
@@ -30,6 +33,8 @@ use crate::streams::StreamsApi;
 /// [`Engine::with_parts`] to plug in your own processor or fakes.
 pub struct Engine {
     settings: CoordinatorSettings,
+    metrics_addr: Option<std::net::SocketAddr>,
+    shard_labels: bool,
     dispatch: DispatchSettings,
     filter: Option<FilterSet>,
     destination: Option<Arc<dyn Destination>>,
@@ -72,14 +77,16 @@ impl Engine {
     /// processors the configuration names.
     pub async fn connect(config: &Config) -> Result<Engine, Error> {
         let sdk = load_checked_sdk_config().await?;
+        // The rate limit wraps the meter, so waiting for a slot is not
+        // counted as the call's duration.
         let streams: Arc<dyn StreamsApi> = Arc::new(DescribeRateLimit::new(
-            SdkStreams::from_conf(&sdk),
+            MeteredStreams(SdkStreams::from_conf(&sdk)),
             config.describe_stream_rps,
         ));
-        let leases: Arc<dyn LeaseStore> = Arc::new(DynamoLeaseStore::new(
+        let leases: Arc<dyn LeaseStore> = Arc::new(MeteredLeases(DynamoLeaseStore::new(
             aws_sdk_dynamodb::Client::new(&sdk),
             config.lease_table_name(),
-        ));
+        )));
         let mut processors: Vec<Arc<dyn Processor>> = Vec::new();
         for kind in &config.processor {
             processors.push(match kind {
@@ -157,6 +164,8 @@ impl Engine {
         };
         Ok(Engine {
             settings,
+            metrics_addr: Some(config.metrics_addr),
+            shard_labels: config.metrics_shard_labels,
             dispatch,
             filter,
             destination: None,
@@ -179,6 +188,12 @@ impl Engine {
         self
     }
 
+    /// Serves the metrics and health endpoints elsewhere, or (`None`) not at all.
+    pub fn with_metrics_addr(mut self, addr: Option<std::net::SocketAddr>) -> Engine {
+        self.metrics_addr = addr;
+        self
+    }
+
     /// This worker's id in the lease table.
     pub fn worker_id(&self) -> &str {
         &self.settings.worker_id
@@ -187,6 +202,27 @@ impl Engine {
     /// Runs until `shutdown` is cancelled, then finishes in-flight batches,
     /// checkpoints and releases its leases before returning.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let handle = telemetry::metrics::install(self.shard_labels);
+        let health = Health::new();
+        let server_stop = CancellationToken::new();
+        let server = match self.metrics_addr {
+            Some(addr) => {
+                let listener = telemetry::server::bind(addr).await.map_err(|err| {
+                    Error::Config(format!(
+                        "DYNASTREAM_METRICS_ADDR {addr}: cannot listen there: {err}"
+                    ))
+                })?;
+                let bound = telemetry::server::local_addr(&listener).unwrap_or(addr);
+                tracing::info!(addr = %bound, "metrics and health endpoints listening");
+                Some(tokio::spawn(telemetry::server::serve(
+                    listener,
+                    handle,
+                    Arc::clone(&health),
+                    server_stop.clone(),
+                )))
+            }
+            None => None,
+        };
         let mut dispatcher = Dispatcher::new(self.processors).with_settings(self.dispatch);
         if let Some(filter) = self.filter {
             dispatcher = dispatcher.with_filter(filter);
@@ -195,8 +231,14 @@ impl Engine {
             dispatcher = dispatcher.with_destination(destination);
         }
         let dispatcher = Arc::new(dispatcher);
-        Coordinator::new(self.settings, self.streams, self.leases, dispatcher)
+        let outcome = Coordinator::new(self.settings, self.streams, self.leases, dispatcher)
+            .with_health(health)
             .run(shutdown)
-            .await
+            .await;
+        server_stop.cancel();
+        if let Some(server) = server {
+            let _ = server.await;
+        }
+        outcome
     }
 }

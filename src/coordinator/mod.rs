@@ -43,6 +43,8 @@ use crate::lease::held::HeldLease;
 use crate::lease::{ItemKind, Lease, LeaseError, LeaseStore};
 use crate::shard::{ShardConsumer, ShardExit, ShardSettings};
 use crate::streams::{newest_stream, ShardInfo, StreamsApi, StreamsError};
+use crate::telemetry::metrics::{self, LeaseEvent};
+use crate::telemetry::server::Health;
 
 /// Where the coordinator's streams come from and how it keeps leases.
 #[derive(Debug, Clone)]
@@ -85,7 +87,6 @@ struct Held {
     /// Set when the shard halted on records it could neither process nor
     /// store: the lease is kept (so no other worker reads past them) and the
     /// shard is not restarted until the worker is.
-    #[allow(dead_code)] // reported by the status endpoint (issue 5)
     halted: Option<String>,
     /// Stops this shard's consumer at its next batch boundary.
     stop: CancellationToken,
@@ -125,6 +126,7 @@ pub struct Coordinator {
     sync_requests: mpsc::UnboundedSender<SyncRequest>,
     sync_results: mpsc::UnboundedReceiver<Listing>,
     syncer: Option<ShardSyncer>,
+    health: Arc<Health>,
     tasks: TaskTracker,
     stop_consumers: CancellationToken,
     exits_tx: mpsc::UnboundedSender<(String, ShardExit)>,
@@ -163,11 +165,18 @@ impl Coordinator {
             sync_requests,
             sync_results,
             syncer: Some(syncer),
+            health: Health::new(),
             tasks: TaskTracker::new(),
             stop_consumers: CancellationToken::new(),
             exits_tx,
             exits_rx,
         }
+    }
+
+    /// Reports readiness and status through `health` (the HTTP endpoints).
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        self.health = health;
+        self
     }
 
     /// Runs until `shutdown` fires, then drains and releases its leases.
@@ -193,6 +202,7 @@ impl Coordinator {
             streams = self.streams.len(),
             "coordinator running"
         );
+        self.health.set_ready(true);
         let mut renew = tokio::time::interval(self.settings.renew_interval);
         renew.set_missed_tick_behavior(MissedTickBehavior::Delay);
         renew.reset();
@@ -512,6 +522,68 @@ impl Coordinator {
             self.ask_for(&key).await;
         }
         self.start_ready_shards();
+        self.publish();
+    }
+
+    /// Publishes what this worker holds and sees: gauges and `/status`.
+    fn publish(&self) {
+        let me = self.settings.worker_id.as_str();
+        let mut view = metrics::FleetView {
+            workers: self.live_workers().len().max(1) as u64,
+            ..metrics::FleetView::default()
+        };
+        let mut shards = Vec::new();
+        for stream in &self.streams {
+            let label = metrics::stream_label(stream);
+            view.leases_held.insert(label.clone(), 0);
+            view.unowned.insert(label, 0);
+        }
+        for lease in self.leases.values().filter(|l| l.kind() == ItemKind::Shard) {
+            let Some(stream) = self.stream_of(lease) else {
+                continue;
+            };
+            let label = metrics::stream_label(&stream);
+            let free = lease.owner.is_none() || self.is_expired(lease);
+            if free && !lease.checkpoint.is_shard_end() {
+                *view.unowned.entry(label.clone()).or_default() += 1;
+            }
+            let Some(held) = self.held.get(&lease.key) else {
+                continue;
+            };
+            *view.leases_held.entry(label).or_default() += 1;
+            let state = if held.halted.is_some() {
+                "halted"
+            } else if lease.checkpoint.is_shard_end() {
+                "ended"
+            } else if held.running {
+                "active"
+            } else {
+                "waiting_for_parent"
+            };
+            *view.shards.entry(state).or_default() += 1;
+            // Our own last write is newer than the table read.
+            let lease = held.lease.try_snapshot().unwrap_or_else(|| lease.clone());
+            shards.push(serde_json::json!({
+                "stream": stream,
+                "shard": lease.shard_id,
+                "leaseKey": lease.key,
+                "state": state,
+                "checkpoint": lease.checkpoint.as_stored(),
+                "leaseCounter": lease.counter,
+                "parents": lease.parent_shard_ids,
+                "halted": held.halted,
+                "handingOff": held.handing_off,
+            }));
+        }
+        metrics::fleet(&view);
+        self.health.set_status(serde_json::json!({
+            "worker": me,
+            "ready": self.health.is_ready(),
+            "leader": self.leader.as_ref().is_some_and(|l| !l.is_lost()),
+            "liveWorkers": view.workers,
+            "streams": self.streams,
+            "shards": shards,
+        }));
     }
 
     /// Compares what this worker holds with what the lease table just said:
@@ -540,6 +612,7 @@ impl Coordinator {
                 }
                 _ => {
                     if !held.lease.is_lost() {
+                        metrics::lease_event(LeaseEvent::Lost);
                         tracing::warn!(lease = %key, "the lease table shows this lease owned by another worker; stopping it");
                         held.lease.abandon();
                     }
@@ -594,6 +667,7 @@ impl Coordinator {
         }
         match self.store.request_handoff(&lease, &me).await {
             Ok(updated) => {
+                metrics::lease_event(LeaseEvent::Requested);
                 tracing::info!(shard = %lease.shard_id, owner = ?lease.owner, "asked for a lease to balance the fleet");
                 self.handoff_requests.insert(key.to_owned(), Instant::now());
                 self.leases.insert(key.to_owned(), updated);
@@ -623,6 +697,11 @@ impl Coordinator {
         {
             Ok(taken) => {
                 self.handoff_requests.remove(key);
+                metrics::lease_event(if steal {
+                    LeaseEvent::Stolen
+                } else {
+                    LeaseEvent::Taken
+                });
                 if steal {
                     tracing::info!(shard = %taken.shard_id, from = ?lease.owner, "stole a lease to balance the fleet");
                     if let Some(seen) = self.observed.get_mut(key) {
@@ -739,12 +818,14 @@ impl Coordinator {
             match result {
                 Ok(()) => {}
                 Err(LeaseError::Conflict { .. }) => {
+                    metrics::lease_event(LeaseEvent::Lost);
                     tracing::warn!(lease = %key, "lease lost: another worker owns it now");
                     if self.held.get(&key).is_some_and(|held| !held.running) {
                         self.held.remove(&key);
                     }
                 }
                 Err(err) => {
+                    metrics::lease_event(LeaseEvent::RenewFailed);
                     tracing::warn!(lease = %key, error = %err, "lease renewal failed; will retry")
                 }
             }
@@ -760,8 +841,12 @@ impl Coordinator {
             .get(&key)
             .map(|l| l.shard_id.clone())
             .unwrap_or_else(|| key.clone());
+        if !matches!(exit, ShardExit::Halted(_)) {
+            metrics::shard_left(&metrics::stream_label(&held.stream_arn), &shard_id);
+        }
         match exit {
             ShardExit::Ended => {
+                metrics::lease_event(LeaseEvent::Released);
                 if let Err(err) = held.lease.release().await {
                     tracing::warn!(shard = %shard_id, error = %err, "could not release an ended shard's lease");
                 }
@@ -807,6 +892,7 @@ impl Coordinator {
     }
 
     async fn drain_and_release(mut self) {
+        self.health.set_ready(false);
         tracing::info!(
             shards = self.held.len(),
             "shutting down: finishing in-flight batches"
@@ -872,7 +958,10 @@ impl Coordinator {
         }
         for (key, result) in results {
             match result {
-                Ok(()) => released += 1,
+                Ok(()) => {
+                    metrics::lease_event(LeaseEvent::Released);
+                    released += 1
+                }
                 Err(err) => {
                     tracing::warn!(lease = %key, error = %err, "could not release a lease; it will expire instead")
                 }

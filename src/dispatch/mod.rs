@@ -37,6 +37,8 @@ use crate::record::{SequenceNumber, StreamRecord};
 use destination::{FailedBatch, FailureDestination, FailureReason};
 use filter::FilterSet;
 
+use crate::telemetry::metrics::{self, BatchOutcomeLabel};
+
 /// Why a dispatch ended without every record processed or stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Undelivered {
@@ -186,6 +188,12 @@ impl Dispatcher {
                     .filter(|record| filter.matches_record(record))
                     .collect();
                 report.filtered = before - kept.len();
+                if report.filtered > 0 {
+                    metrics::records_filtered(
+                        &metrics::stream_label(stream_arn),
+                        report.filtered as u64,
+                    );
+                }
                 kept
             }
             None => records,
@@ -253,6 +261,7 @@ impl Dispatcher {
                 })
                 .collect();
         let mut backoff = Backoff::new(self.settings.retry_base, self.settings.retry_max);
+        let stream = metrics::stream_label(stream_arn);
         while let Some(mut chunk) = queue.pop_front() {
             if let Some(too_old) = self.split_off_too_old(&mut chunk) {
                 report.sent_to_destination += too_old.records.len();
@@ -276,6 +285,8 @@ impl Dispatcher {
             };
             let error = match self.attempt(&batch).await {
                 Ok(()) => {
+                    metrics::batch(&stream, BatchOutcomeLabel::Success);
+                    count_processed(&stream, &chunk.records);
                     report.processed += chunk.records.len();
                     backoff.reset();
                     continue;
@@ -286,11 +297,16 @@ impl Dispatcher {
                 }) => {
                     // Lambda's contract: the records before the earliest
                     // failure succeeded; retry from it on.
+                    metrics::batch(&stream, BatchOutcomeLabel::PartialFailure);
+                    count_processed(&stream, &chunk.records[..first_failed]);
                     report.processed += first_failed;
                     chunk.records.drain(..first_failed);
                     error
                 }
-                Err(AttemptError::Whole(error)) => error,
+                Err(AttemptError::Whole(error)) => {
+                    metrics::batch(&stream, BatchOutcomeLabel::Failure);
+                    error
+                }
             };
             chunk.last_error = Some(error.message.clone());
             if self.settings.bisect_on_error && chunk.records.len() > 1 {
@@ -427,6 +443,11 @@ impl Dispatcher {
         loop {
             match destination.send(&failed).await {
                 Ok(()) => {
+                    metrics::batch(
+                        &metrics::stream_label(stream_arn),
+                        BatchOutcomeLabel::SentToDestination,
+                    );
+                    metrics::records_failed(destination.kind(), failed.record_count as u64);
                     tracing::warn!(
                         destination = destination.kind(),
                         records = failed.record_count,
@@ -451,7 +472,10 @@ impl Dispatcher {
         let mut first_failed: Option<usize> = None;
         let mut partial_error = None;
         for processor in &self.processors {
-            match processor.process(batch).await {
+            let started = tokio::time::Instant::now();
+            let outcome = processor.process(batch).await;
+            metrics::processor_duration(processor.name(), started.elapsed());
+            match outcome {
                 Ok(BatchOutcome::Success) => {}
                 Ok(BatchOutcome::PartialFailure(failed)) if failed.is_empty() => {}
                 Ok(BatchOutcome::PartialFailure(failed)) => {
@@ -503,6 +527,31 @@ fn earliest_index(records: &[Arc<StreamRecord>], failed: &[SequenceNumber]) -> O
         earliest = earliest.min(index);
     }
     Some(earliest)
+}
+
+/// Counts records every processor succeeded with, and their lag.
+fn count_processed(stream: &str, records: &[Arc<StreamRecord>]) {
+    let mut by_event = [0u64; 3];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    for record in records {
+        let index = match record.event_name {
+            crate::record::EventName::Insert => 0,
+            crate::record::EventName::Modify => 1,
+            crate::record::EventName::Remove => 2,
+        };
+        by_event[index] += 1;
+        if let Some(created) = record.dynamodb.approximate_creation_date_time {
+            metrics::processing_lag(now - created as f64);
+        }
+    }
+    for (index, name) in ["INSERT", "MODIFY", "REMOVE"].into_iter().enumerate() {
+        if by_event[index] > 0 {
+            metrics::records_processed(stream, name, by_event[index]);
+        }
+    }
 }
 
 fn first_sequence(records: &[Arc<StreamRecord>]) -> String {

@@ -72,6 +72,12 @@ impl HeldLease {
         last.elapsed()
     }
 
+    /// A copy of the lease as last written, unless a write is in progress
+    /// right now (then `None`): for status reports that must not wait.
+    pub fn try_snapshot(&self) -> Option<Lease> {
+        self.current.try_lock().ok().map(|lease| lease.clone())
+    }
+
     /// A copy of the lease as last written.
     pub async fn snapshot(&self) -> Lease {
         self.current.lock().await.clone()

@@ -23,6 +23,7 @@ use crate::lease::held::HeldLease;
 use crate::lease::{Checkpoint, LeaseError};
 use crate::record::{SequenceNumber, StreamRecord};
 use crate::streams::{IteratorPosition, StreamsApi, StreamsError, MAX_RECORDS_PER_READ};
+use crate::telemetry::metrics;
 
 /// How a shard consumer reads.
 #[derive(Debug, Clone)]
@@ -57,11 +58,24 @@ pub enum ShardExit {
 /// Reads one shard under a lease.
 pub struct ShardConsumer {
     stream_arn: Arc<str>,
+    stream_label: String,
     shard_id: Arc<str>,
     api: Arc<dyn StreamsApi>,
     lease: Arc<HeldLease>,
     dispatcher: Arc<Dispatcher>,
     settings: ShardSettings,
+}
+
+/// Seconds since a record's creation; 0 for an empty read (caught up).
+fn age_of(created_epoch_secs: Option<i64>) -> f64 {
+    let Some(created) = created_epoch_secs else {
+        return 0.0;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    (now - created as f64).max(0.0)
 }
 
 enum Step {
@@ -81,6 +95,7 @@ impl ShardConsumer {
     ) -> Self {
         ShardConsumer {
             stream_arn: Arc::from(stream_arn),
+            stream_label: metrics::stream_label(stream_arn),
             shard_id: Arc::from(shard_id),
             api,
             lease,
@@ -186,6 +201,11 @@ impl ShardConsumer {
                 }
             };
             let was_empty = page.records.is_empty();
+            let newest = page
+                .records
+                .last()
+                .and_then(|r| r.dynamodb.approximate_creation_date_time);
+            metrics::iterator_age(&self.stream_label, &self.shard_id, age_of(newest));
             for record in page.records {
                 gathered_bytes += record.dynamodb.size_bytes.max(0) as u64;
                 gathered.push(Arc::new(record));
@@ -252,6 +272,7 @@ impl ShardConsumer {
                 Step::Continue
             }
             StreamsError::TrimmedData(message) => {
+                metrics::trimmed_data(&self.stream_label);
                 tracing::error!(
                     %message,
                     position = ?position,

@@ -1,8 +1,12 @@
-//! Telemetry: logs (and, later, metrics and the HTTP endpoints).
+//! Telemetry: logs, metrics ([`metrics`]) and the HTTP endpoints ([`server`]).
 //!
 //! Logs go to standard error so that standard output carries only what
 //! processors write. Lines about a shard carry its stream and shard id as
 //! fields (from the shard task's span), never record contents.
+
+pub mod instrument;
+pub mod metrics;
+pub mod server;
 
 use std::io::IsTerminal;
 

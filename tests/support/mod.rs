@@ -193,6 +193,8 @@ pub struct Worker {
 pub fn worker_env(settings: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut env = aws_env();
     env.push(("DYNASTREAM_LOG_FORMAT".into(), "json".into()));
+    // Many workers share this host: each serves its endpoints on a free port.
+    env.push(("DYNASTREAM_METRICS_ADDR".into(), "127.0.0.1:0".into()));
     env.push(("DYNASTREAM_LOG".into(), "info".into()));
     env.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     env
@@ -288,6 +290,24 @@ impl Worker {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The base URL of the worker's metrics and health endpoints, from its
+    /// start-up log line.
+    pub async fn endpoints(&self) -> String {
+        self.wait_for_log(
+            "metrics and health endpoints listening",
+            1,
+            Duration::from_secs(30),
+        )
+        .await;
+        let line = self
+            .logs()
+            .into_iter()
+            .find(|l| l.contains("metrics and health endpoints listening"))
+            .expect("the line was just seen");
+        let value: Value = serde_json::from_str(&line).expect("JSON log line");
+        format!("http://{}", value["addr"].as_str().expect("addr field"))
     }
 
     /// The process id.

@@ -1,0 +1,182 @@
+//! Metered decorators for the two AWS seams: every call to DynamoDB Streams
+//! and to the lease table is counted and timed, by API and outcome, without
+//! the SDK adapters knowing about metrics.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use super::metrics::{self, CallOutcome};
+use crate::aws::FailureKind;
+use crate::lease::{Checkpoint, Lease, LeaseError, LeaseScan, LeaseStore};
+use crate::streams::{
+    IteratorPosition, RecordsPage, StreamPage, StreamSummary, StreamsApi, StreamsError,
+};
+
+fn streams_outcome<T>(result: &Result<T, StreamsError>) -> CallOutcome {
+    match result {
+        Ok(_) => CallOutcome::Ok,
+        Err(err) if err.is_throttle() => CallOutcome::Throttled,
+        Err(_) => CallOutcome::Error,
+    }
+}
+
+fn lease_outcome<T>(result: &Result<T, LeaseError>) -> CallOutcome {
+    match result {
+        Ok(_) => CallOutcome::Ok,
+        Err(LeaseError::Conflict { .. }) => CallOutcome::Conflict,
+        Err(LeaseError::Transient {
+            kind: FailureKind::Throttled,
+            ..
+        }) => CallOutcome::Throttled,
+        Err(_) => CallOutcome::Error,
+    }
+}
+
+fn record<T, E>(
+    api: &'static str,
+    started: Instant,
+    result: &Result<T, E>,
+    outcome: fn(&Result<T, E>) -> CallOutcome,
+) {
+    let took: Duration = started.elapsed();
+    metrics::api_call(api, outcome(result), took);
+}
+
+/// [`StreamsApi`] with every call counted and timed.
+#[derive(Debug)]
+pub struct MeteredStreams<S>(pub S);
+
+#[async_trait]
+impl<S: StreamsApi> StreamsApi for MeteredStreams<S> {
+    async fn list_streams(&self, table_name: &str) -> Result<Vec<StreamSummary>, StreamsError> {
+        let started = Instant::now();
+        let result = self.0.list_streams(table_name).await;
+        record("ListStreams", started, &result, streams_outcome);
+        result
+    }
+
+    async fn describe_stream(
+        &self,
+        stream_arn: &str,
+        exclusive_start_shard_id: Option<&str>,
+        children_of: Option<&str>,
+    ) -> Result<StreamPage, StreamsError> {
+        let started = Instant::now();
+        let result = self
+            .0
+            .describe_stream(stream_arn, exclusive_start_shard_id, children_of)
+            .await;
+        record("DescribeStream", started, &result, streams_outcome);
+        result
+    }
+
+    async fn get_shard_iterator(
+        &self,
+        stream_arn: &str,
+        shard_id: &str,
+        position: &IteratorPosition,
+    ) -> Result<Option<String>, StreamsError> {
+        let started = Instant::now();
+        let result = self
+            .0
+            .get_shard_iterator(stream_arn, shard_id, position)
+            .await;
+        record("GetShardIterator", started, &result, streams_outcome);
+        result
+    }
+
+    async fn get_records(
+        &self,
+        stream_arn: &str,
+        iterator: &str,
+        limit: u32,
+    ) -> Result<RecordsPage, StreamsError> {
+        let started = Instant::now();
+        let result = self.0.get_records(stream_arn, iterator, limit).await;
+        record("GetRecords", started, &result, streams_outcome);
+        result
+    }
+}
+
+/// [`LeaseStore`] with every call counted and timed, by the DynamoDB API it uses.
+#[derive(Debug)]
+pub struct MeteredLeases<S>(pub S);
+
+#[async_trait]
+impl<S: LeaseStore> LeaseStore for MeteredLeases<S> {
+    async fn ensure_table(&self) -> Result<(), LeaseError> {
+        let started = Instant::now();
+        let result = self.0.ensure_table().await;
+        record("CreateTable", started, &result, lease_outcome);
+        result
+    }
+
+    async fn list_leases(&self) -> Result<LeaseScan, LeaseError> {
+        let started = Instant::now();
+        let result = self.0.list_leases().await;
+        record("Scan", started, &result, lease_outcome);
+        result
+    }
+
+    async fn create_lease_if_absent(&self, lease: &Lease) -> Result<bool, LeaseError> {
+        let started = Instant::now();
+        let result = self.0.create_lease_if_absent(lease).await;
+        record("PutItem", started, &result, lease_outcome);
+        result
+    }
+
+    async fn take_lease(&self, lease: &Lease, new_owner: &str) -> Result<Lease, LeaseError> {
+        let started = Instant::now();
+        let result = self.0.take_lease(lease, new_owner).await;
+        record("UpdateItem", started, &result, lease_outcome);
+        result
+    }
+
+    async fn renew_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
+        let started = Instant::now();
+        let result = self.0.renew_lease(lease).await;
+        record("UpdateItem", started, &result, lease_outcome);
+        result
+    }
+
+    async fn update_checkpoint(
+        &self,
+        lease: &Lease,
+        checkpoint: &Checkpoint,
+    ) -> Result<Lease, LeaseError> {
+        let started = Instant::now();
+        let result = self.0.update_checkpoint(lease, checkpoint).await;
+        record("UpdateItem", started, &result, lease_outcome);
+        result
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
+        let started = Instant::now();
+        let result = self.0.release_lease(lease).await;
+        record("UpdateItem", started, &result, lease_outcome);
+        result
+    }
+
+    async fn request_handoff(&self, lease: &Lease, requester: &str) -> Result<Lease, LeaseError> {
+        let started = Instant::now();
+        let result = self.0.request_handoff(lease, requester).await;
+        record("UpdateItem", started, &result, lease_outcome);
+        result
+    }
+
+    async fn hand_off_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
+        let started = Instant::now();
+        let result = self.0.hand_off_lease(lease).await;
+        record("UpdateItem", started, &result, lease_outcome);
+        result
+    }
+
+    async fn delete_lease(&self, lease: &Lease) -> Result<(), LeaseError> {
+        let started = Instant::now();
+        let result = self.0.delete_lease(lease).await;
+        record("DeleteItem", started, &result, lease_outcome);
+        result
+    }
+}

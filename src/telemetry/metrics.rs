@@ -1,0 +1,391 @@
+//! The metrics contract: every metric dynastream exports, in one place.
+//!
+//! Names follow Prometheus conventions (`dynastream_<name>_<unit>[_total]`,
+//! base units); label values come from small fixed sets or from the stream
+//! (its table name), never from shard ids unless
+//! `DYNASTREAM_METRICS_SHARD_LABELS=true`, and per-shard series are removed
+//! when the shard leaves the worker. The dashboard in `dashboards/` and the
+//! alert rules in `deploy/prometheus/` rely on these names; a test evaluates
+//! every one of their queries against a real Prometheus.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Records counted for the stream, by event name, once processed.
+pub const RECORDS: &str = "dynastream_records_total";
+/// Records no filter pattern matched.
+pub const RECORDS_FILTERED: &str = "dynastream_records_filtered_total";
+/// Age of the newest record read, the maximum over this worker's shards of a stream.
+pub const ITERATOR_AGE: &str = "dynastream_iterator_age_seconds";
+/// Per-shard iterator age, only with shard labels on.
+pub const SHARD_ITERATOR_AGE: &str = "dynastream_shard_iterator_age_seconds";
+/// Time from a record's creation to every processor's success with it.
+pub const PROCESSING_LAG: &str = "dynastream_processing_lag_seconds";
+/// Processor calls by outcome.
+pub const BATCHES: &str = "dynastream_batches_total";
+/// Time a processor took with a batch.
+pub const PROCESSOR_DURATION: &str = "dynastream_processor_duration_seconds";
+/// AWS calls by API and outcome.
+pub const API_CALLS: &str = "dynastream_api_calls_total";
+/// Time an AWS call took.
+pub const API_CALL_DURATION: &str = "dynastream_api_call_duration_seconds";
+/// Shard leases this worker holds.
+pub const LEASES_HELD: &str = "dynastream_leases_held";
+/// Lease events by kind.
+pub const LEASE_EVENTS: &str = "dynastream_lease_events_total";
+/// Live workers seen in the lease table.
+pub const WORKERS: &str = "dynastream_workers";
+/// This worker's shards by state.
+pub const SHARDS: &str = "dynastream_shards";
+/// Shard leases of a stream that no live worker holds, as this worker sees them.
+pub const SHARDS_UNOWNED: &str = "dynastream_shards_unowned";
+/// Records sent to the failure destination.
+pub const RECORDS_FAILED: &str = "dynastream_records_failed_total";
+/// Times a shard position fell behind the stream's retention.
+pub const TRIMMED_DATA: &str = "dynastream_trimmed_data_total";
+/// Always 1, labelled with the version.
+pub const BUILD_INFO: &str = "dynastream_build_info";
+
+/// Every metric name, for checks that dashboards and alerts use only these.
+pub const ALL: &[&str] = &[
+    RECORDS,
+    RECORDS_FILTERED,
+    ITERATOR_AGE,
+    SHARD_ITERATOR_AGE,
+    PROCESSING_LAG,
+    BATCHES,
+    PROCESSOR_DURATION,
+    API_CALLS,
+    API_CALL_DURATION,
+    LEASES_HELD,
+    LEASE_EVENTS,
+    WORKERS,
+    SHARDS,
+    SHARDS_UNOWNED,
+    RECORDS_FAILED,
+    TRIMMED_DATA,
+    BUILD_INFO,
+];
+
+/// How an AWS call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// Answered with success.
+    Ok,
+    /// Refused with a throttling error.
+    Throttled,
+    /// A conditional write refused because the item moved on (leases).
+    Conflict,
+    /// Any other failure.
+    Error,
+}
+
+impl CallOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            CallOutcome::Ok => "ok",
+            CallOutcome::Throttled => "throttled",
+            CallOutcome::Conflict => "conflict",
+            CallOutcome::Error => "error",
+        }
+    }
+}
+
+/// How a processor call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOutcomeLabel {
+    /// Every processor succeeded.
+    Success,
+    /// Some records failed and will be retried.
+    PartialFailure,
+    /// The call failed and will be retried.
+    Failure,
+    /// The records went to the failure destination.
+    SentToDestination,
+}
+
+impl BatchOutcomeLabel {
+    fn label(self) -> &'static str {
+        match self {
+            BatchOutcomeLabel::Success => "success",
+            BatchOutcomeLabel::PartialFailure => "partial_failure",
+            BatchOutcomeLabel::Failure => "failure",
+            BatchOutcomeLabel::SentToDestination => "sent_to_destination",
+        }
+    }
+}
+
+/// A change in lease ownership, as counted in `dynastream_lease_events_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// A free or expired lease was taken.
+    Taken,
+    /// A lease was taken from a live worker that did not hand it over.
+    Stolen,
+    /// A lease this worker held went to another worker.
+    Lost,
+    /// A lease was released (shutdown, shard ended).
+    Released,
+    /// A renewal failed for a reason other than losing the lease.
+    RenewFailed,
+    /// A lease was handed to a worker that asked for it.
+    HandedOver,
+    /// This worker asked another for a lease.
+    Requested,
+}
+
+impl LeaseEvent {
+    fn label(self) -> &'static str {
+        match self {
+            LeaseEvent::Taken => "taken",
+            LeaseEvent::Stolen => "stolen",
+            LeaseEvent::Lost => "lost",
+            LeaseEvent::Released => "released",
+            LeaseEvent::RenewFailed => "renew_failed",
+            LeaseEvent::HandedOver => "handed_over",
+            LeaseEvent::Requested => "requested",
+        }
+    }
+}
+
+/// The stream label: its table's name, short and stable enough for dashboards.
+pub fn stream_label(stream_arn: &str) -> String {
+    stream_arn
+        .split(":table/")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or(stream_arn)
+        .to_owned()
+}
+
+static SHARD_LABELS: OnceLock<bool> = OnceLock::new();
+static AGES: OnceLock<Mutex<HashMap<String, HashMap<String, f64>>>> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process) and returns the handle
+/// that renders `/metrics`.
+pub fn install(shard_labels: bool) -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    let _ = SHARD_LABELS.set(shard_labels);
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ];
+            let lag = [
+                0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+            ];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(PROCESSING_LAG.into()), &lag)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &seconds)
+                });
+            let handle = match builder.map(|b| b.install_recorder()) {
+                Ok(Ok(handle)) => handle,
+                Ok(Err(err)) | Err(err) => {
+                    // Another recorder is installed (a host program's): metrics
+                    // go there, and /metrics renders an empty local recorder.
+                    tracing::warn!(error = %err, "could not install the Prometheus recorder");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            };
+            describe();
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(RECORDS, "Records processed, by stream and event name.");
+    describe_counter!(
+        RECORDS_FILTERED,
+        "Records no filter pattern matched (not processed, still checkpointed)."
+    );
+    describe_gauge!(ITERATOR_AGE, "Age of the newest record read, the maximum over this worker's shards of the stream; 0 when caught up.");
+    describe_gauge!(SHARD_ITERATOR_AGE, "Age of the newest record read from one shard (only with DYNASTREAM_METRICS_SHARD_LABELS=true).");
+    describe_histogram!(
+        PROCESSING_LAG,
+        "Seconds from a record's creation to every processor's success with it."
+    );
+    describe_counter!(BATCHES, "Processor calls by outcome.");
+    describe_histogram!(
+        PROCESSOR_DURATION,
+        "Seconds a processor took with one batch."
+    );
+    describe_counter!(
+        API_CALLS,
+        "AWS calls by API and outcome (ok, throttled, conflict, error)."
+    );
+    describe_histogram!(API_CALL_DURATION, "Seconds an AWS call took.");
+    describe_gauge!(LEASES_HELD, "Shard leases this worker holds.");
+    describe_counter!(
+        LEASE_EVENTS,
+        "Lease events: taken, stolen, lost, released, renew_failed, handed_over, requested."
+    );
+    describe_gauge!(WORKERS, "Live workers seen in the lease table.");
+    describe_gauge!(
+        SHARDS,
+        "This worker's shards by state: active, waiting_for_parent, ended, halted."
+    );
+    describe_gauge!(
+        SHARDS_UNOWNED,
+        "Shard leases of the stream that no live worker holds, as this worker sees them."
+    );
+    describe_counter!(RECORDS_FAILED, "Records sent to the failure destination.");
+    describe_counter!(TRIMMED_DATA, "Times a shard position fell behind the stream's 24-hour retention: records were lost before they could be read.");
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label says which build runs."
+    );
+}
+
+fn shard_labels() -> bool {
+    SHARD_LABELS.get().copied().unwrap_or(false)
+}
+
+/// Counts an AWS call.
+pub fn api_call(api: &'static str, outcome: CallOutcome, took: Duration) {
+    counter!(API_CALLS, "api" => api, "outcome" => outcome.label()).increment(1);
+    histogram!(API_CALL_DURATION, "api" => api).record(took.as_secs_f64());
+}
+
+/// Counts processed records of one event name.
+pub fn records_processed(stream: &str, event_name: &'static str, count: u64) {
+    counter!(RECORDS, "stream" => stream.to_owned(), "event_name" => event_name).increment(count);
+}
+
+/// Counts records no filter matched.
+pub fn records_filtered(stream: &str, count: u64) {
+    counter!(RECORDS_FILTERED, "stream" => stream.to_owned()).increment(count);
+}
+
+/// Records the lag of one processed record.
+pub fn processing_lag(seconds: f64) {
+    histogram!(PROCESSING_LAG).record(seconds.max(0.0));
+}
+
+/// Counts a processor call's outcome.
+pub fn batch(stream: &str, outcome: BatchOutcomeLabel) {
+    counter!(BATCHES, "stream" => stream.to_owned(), "outcome" => outcome.label()).increment(1);
+}
+
+/// Records how long a processor took.
+pub fn processor_duration(processor: &str, took: Duration) {
+    histogram!(PROCESSOR_DURATION, "processor" => processor.to_owned()).record(took.as_secs_f64());
+}
+
+/// Counts records sent to the failure destination.
+pub fn records_failed(destination: &'static str, count: u64) {
+    counter!(RECORDS_FAILED, "destination" => destination).increment(count);
+}
+
+/// Counts a fall behind the stream's retention.
+pub fn trimmed_data(stream: &str) {
+    counter!(TRIMMED_DATA, "stream" => stream.to_owned()).increment(1);
+}
+
+/// Counts a lease event.
+pub fn lease_event(event: LeaseEvent) {
+    counter!(LEASE_EVENTS, "event" => event.label()).increment(1);
+}
+
+/// Sets a shard's iterator age and its stream's maximum.
+pub fn iterator_age(stream: &str, shard: &str, age_seconds: f64) {
+    let ages = AGES.get_or_init(Mutex::default);
+    let mut ages = ages.lock().unwrap_or_else(|p| p.into_inner());
+    let of_stream = ages.entry(stream.to_owned()).or_default();
+    of_stream.insert(shard.to_owned(), age_seconds.max(0.0));
+    let max = of_stream.values().copied().fold(0.0, f64::max);
+    gauge!(ITERATOR_AGE, "stream" => stream.to_owned()).set(max);
+    if shard_labels() {
+        gauge!(SHARD_ITERATOR_AGE, "stream" => stream.to_owned(), "shard" => shard.to_owned())
+            .set(age_seconds.max(0.0));
+    }
+}
+
+/// Forgets a shard that left this worker: its age no longer counts in the
+/// stream's maximum and its per-shard series goes.
+pub fn shard_left(stream: &str, shard: &str) {
+    let ages = AGES.get_or_init(Mutex::default);
+    let mut ages = ages.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(of_stream) = ages.get_mut(stream) {
+        of_stream.remove(shard);
+        let max = of_stream.values().copied().fold(0.0, f64::max);
+        gauge!(ITERATOR_AGE, "stream" => stream.to_owned()).set(max);
+    }
+    if shard_labels() {
+        // Zero, then gone from the next scrape's point of view: the exporter
+        // keeps no idle series past its idle timeout, and a zero age is true.
+        gauge!(SHARD_ITERATOR_AGE, "stream" => stream.to_owned(), "shard" => shard.to_owned())
+            .set(0.0);
+    }
+}
+
+/// The coordinator's view after a look at the lease table.
+#[derive(Debug, Default, Clone)]
+pub struct FleetView {
+    /// Leases held, by stream label.
+    pub leases_held: HashMap<String, u64>,
+    /// Live workers.
+    pub workers: u64,
+    /// This worker's shards by state.
+    pub shards: HashMap<&'static str, u64>,
+    /// Unowned shard leases, by stream label.
+    pub unowned: HashMap<String, u64>,
+}
+
+/// Publishes the coordinator's view as gauges.
+pub fn fleet(view: &FleetView) {
+    for (stream, count) in &view.leases_held {
+        gauge!(LEASES_HELD, "stream" => stream.clone()).set(*count as f64);
+    }
+    gauge!(WORKERS).set(view.workers as f64);
+    for state in ["active", "waiting_for_parent", "ended", "halted"] {
+        gauge!(SHARDS, "state" => state).set(view.shards.get(state).copied().unwrap_or(0) as f64);
+    }
+    for (stream, count) in &view.unowned {
+        gauge!(SHARDS_UNOWNED, "stream" => stream.clone()).set(*count as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stream_label_is_the_table_name() {
+        assert_eq!(
+            stream_label(
+                "arn:aws:dynamodb:us-east-1:1:table/orders/stream/2026-01-01T00:00:00.000"
+            ),
+            "orders"
+        );
+        assert_eq!(stream_label("weird"), "weird");
+    }
+
+    #[test]
+    fn every_name_follows_the_conventions() {
+        for name in ALL {
+            assert!(name.starts_with("dynastream_"), "{name}");
+            assert!(
+                name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{name}"
+            );
+        }
+        for counter in [
+            RECORDS,
+            RECORDS_FILTERED,
+            BATCHES,
+            API_CALLS,
+            LEASE_EVENTS,
+            RECORDS_FAILED,
+            TRIMMED_DATA,
+        ] {
+            assert!(counter.ends_with("_total"), "{counter}");
+        }
+    }
+}
