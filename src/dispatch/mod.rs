@@ -151,6 +151,7 @@ impl Dispatcher {
 
     /// Sends records whose retries or age run out to `destination`.
     pub fn with_destination(mut self, destination: Arc<dyn FailureDestination>) -> Self {
+        metrics::records_failed_seen(destination.kind());
         self.destination = Some(destination);
         self
     }

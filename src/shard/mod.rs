@@ -93,9 +93,13 @@ impl ShardConsumer {
         dispatcher: Arc<Dispatcher>,
         settings: ShardSettings,
     ) -> Self {
+        let stream_label = metrics::stream_label(stream_arn);
+        // The data-loss counter exists from the start, at 0, so that
+        // increase() sees its first event.
+        metrics::trimmed_data_seen(&stream_label);
         ShardConsumer {
             stream_arn: Arc::from(stream_arn),
-            stream_label: metrics::stream_label(stream_arn),
+            stream_label,
             shard_id: Arc::from(shard_id),
             api,
             lease,

@@ -273,7 +273,8 @@ pub fn convert_value(value: SdkValue) -> AttributeValue {
         SdkValue::Null(b) => AttributeValue::Null(b),
         SdkValue::Bool(b) => AttributeValue::Bool(b),
         other => {
-            tracing::error!(value = ?other, "attribute type unknown to this SDK version");
+            tracing::error!("attribute type unknown to this SDK version; passed on as NULL");
+            tracing::debug!(value = ?other, "the unknown attribute value");
             AttributeValue::Null(true)
         }
     }

@@ -288,6 +288,16 @@ pub fn trimmed_data(stream: &str) {
     counter!(TRIMMED_DATA, "stream" => stream.to_owned()).increment(1);
 }
 
+/// Makes the trimmed-data series of a stream exist, at 0.
+pub fn trimmed_data_seen(stream: &str) {
+    counter!(TRIMMED_DATA, "stream" => stream.to_owned()).increment(0);
+}
+
+/// Makes the failed-records series of a destination exist, at 0.
+pub fn records_failed_seen(destination: &'static str) {
+    counter!(RECORDS_FAILED, "destination" => destination).increment(0);
+}
+
 /// Counts a lease event.
 pub fn lease_event(event: LeaseEvent) {
     counter!(LEASE_EVENTS, "event" => event.label()).increment(1);
