@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 
 /// Records counted for the stream, by event name, once processed.
 pub const RECORDS: &str = "dynastream_records_total";
@@ -178,7 +179,11 @@ pub fn install(shard_labels: bool) -> PrometheusHandle {
             let lag = [
                 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
             ];
+            // Gauges not set for a minute disappear: that is how per-shard
+            // series go once their shard has left this worker. Every other
+            // gauge is set again at least twice per renewal interval.
             let builder = PrometheusBuilder::new()
+                .idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(60)))
                 .set_buckets_for_metric(Matcher::Full(PROCESSING_LAG.into()), &lag)
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &seconds)
@@ -354,6 +359,7 @@ pub fn fleet(view: &FleetView) {
         gauge!(LEASES_HELD, "stream" => stream.clone()).set(*count as f64);
     }
     gauge!(WORKERS).set(view.workers as f64);
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     for state in ["active", "waiting_for_parent", "ended", "halted"] {
         gauge!(SHARDS, "state" => state).set(view.shards.get(state).copied().unwrap_or(0) as f64);
     }
