@@ -24,6 +24,20 @@ pub enum StartingPosition {
     TrimHorizon,
 }
 
+/// What a shard does when its position fell behind the stream's retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum OnTrimmed {
+    /// Log an error, count `dynastream_trimmed_data_total`, and continue from
+    /// the oldest record the shard still holds.
+    #[default]
+    #[value(name = "skip")]
+    Skip,
+    /// Stop that shard (its lease is kept) and fail readiness until an
+    /// operator acts.
+    #[value(name = "stop")]
+    Stop,
+}
+
 /// A built-in processor that `DYNASTREAM_PROCESSOR` can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProcessorKind {
@@ -226,6 +240,15 @@ pub struct Config {
     /// How long the exec processor waits for the child's answer to a batch, in ms (100..=900000).
     #[arg(long, env = "DYNASTREAM_EXEC_TIMEOUT_MS", default_value_t = 60_000, value_parser = whole_number::<100, 900_000>)]
     pub exec_timeout_ms: u64,
+
+    /// What a shard does when its position fell behind the stream's 24-hour retention (records were lost).
+    #[arg(
+        long,
+        env = "DYNASTREAM_ON_TRIMMED",
+        default_value = "skip",
+        ignore_case = true
+    )]
+    pub on_trimmed: OnTrimmed,
 
     /// Address of the /metrics, /healthz, /readyz and /status endpoints (host:port; port 0 picks a free one).
     #[arg(long, env = "DYNASTREAM_METRICS_ADDR", default_value = "0.0.0.0:9464", value_parser = socket_address)]

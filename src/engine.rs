@@ -142,6 +142,7 @@ impl Engine {
                 batch_size: u32::try_from(config.batch_size).unwrap_or(u32::MAX),
                 poll_interval: config.poll_interval(),
                 batch_window: config.batch_window(),
+                on_trimmed: config.on_trimmed,
             },
         };
         let filter = match &config.filter {

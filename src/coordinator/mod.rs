@@ -576,6 +576,9 @@ impl Coordinator {
             }));
         }
         metrics::fleet(&view);
+        // A halted shard needs an operator: the worker stops counting as ready.
+        let halted = self.held.values().filter(|h| h.halted.is_some()).count();
+        self.health.set_ready(halted == 0);
         self.health.set_status(serde_json::json!({
             "worker": me,
             "ready": self.health.is_ready(),

@@ -56,6 +56,7 @@ fn settings(starting_position: StartingPosition) -> CoordinatorSettings {
             batch_size: 2,
             poll_interval: Duration::from_millis(200),
             batch_window: Duration::ZERO,
+            on_trimmed: crate::config::OnTrimmed::Skip,
         },
     }
 }

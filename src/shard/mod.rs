@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::config::OnTrimmed;
 use crate::dispatch::{Dispatcher, Undelivered};
 use crate::lease::held::HeldLease;
 use crate::lease::{Checkpoint, LeaseError};
@@ -34,6 +35,8 @@ pub struct ShardSettings {
     pub poll_interval: Duration,
     /// Longest wait to fill a batch; zero hands records on as soon as a read returns some.
     pub batch_window: Duration,
+    /// What to do when the position fell behind the stream's retention.
+    pub on_trimmed: OnTrimmed,
 }
 
 /// How a shard consumer ended: the one message a shard task sends its coordinator.
@@ -277,6 +280,15 @@ impl ShardConsumer {
             }
             StreamsError::TrimmedData(message) => {
                 metrics::trimmed_data(&self.stream_label);
+                if self.settings.on_trimmed == OnTrimmed::Stop {
+                    let reason = format!(
+                        "the shard position {position:?} fell behind the stream's 24-hour retention \
+                         (records were lost before they could be read) and DYNASTREAM_ON_TRIMMED=stop: \
+                         the shard stops here until an operator acts ({message})"
+                    );
+                    tracing::error!(%reason, "shard stopped on trimmed data");
+                    return Step::Exit(ShardExit::Halted(reason));
+                }
                 tracing::error!(
                     %message,
                     position = ?position,

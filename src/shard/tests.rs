@@ -242,6 +242,7 @@ impl Fixture {
                 batch_size,
                 poll_interval: Duration::from_millis(200),
                 batch_window: Duration::ZERO,
+                on_trimmed: crate::config::OnTrimmed::Skip,
             },
         )
     }
@@ -720,6 +721,7 @@ async fn a_batch_window_gathers_records_from_several_reads_into_one_batch() {
             batch_size: 100,
             poll_interval: Duration::from_millis(200),
             batch_window: Duration::from_secs(2),
+            on_trimmed: crate::config::OnTrimmed::Skip,
         },
     );
     let shutdown = CancellationToken::new();
@@ -752,4 +754,38 @@ async fn a_batch_window_gathers_records_from_several_reads_into_one_batch() {
     );
     shutdown.cancel();
     assert_eq!(running.await.unwrap(), ShardExit::Stopped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_on_trimmed_stop_a_trimmed_position_halts_the_shard() {
+    let (fixture, seqs) =
+        Fixture::with_records(3, |seqs| Checkpoint::Sequence(seqs[0].clone())).await;
+    fixture.streams.fail_next(
+        crate::streams::memory::Operation::GetShardIterator,
+        StreamsError::TrimmedData("position is before the trim horizon".into()),
+    );
+    let recorder = Recorder::new();
+    let consumer = ShardConsumer::new(
+        &fixture.arn,
+        SHARD,
+        Arc::new(fixture.streams.clone()),
+        Arc::clone(&fixture.lease),
+        Arc::new(Dispatcher::new(vec![recorder.clone()])),
+        ShardSettings {
+            batch_size: 10,
+            poll_interval: Duration::from_millis(200),
+            batch_window: Duration::ZERO,
+            on_trimmed: crate::config::OnTrimmed::Stop,
+        },
+    );
+    let exit = run_to_exit(consumer, CancellationToken::new()).await;
+    assert!(
+        matches!(&exit, ShardExit::Halted(reason) if reason.contains("DYNASTREAM_ON_TRIMMED=stop")),
+        "{exit:?}"
+    );
+    assert!(recorder.attempts().is_empty(), "nothing read past the gap");
+    assert_eq!(
+        fixture.stored().checkpoint,
+        Checkpoint::Sequence(seqs[0].clone())
+    );
 }
