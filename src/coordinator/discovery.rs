@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{graph, Coordinator};
+use crate::config::StartingPosition;
 use crate::lease::{Checkpoint, ItemKind, Lease};
 use crate::streams::{list_all_shards, ShardInfo, StreamsApi};
 
@@ -218,8 +219,12 @@ impl Coordinator {
             if self.lease_of(stream_arn, &shard.shard_id).is_some() {
                 continue;
             }
-            let checkpoint =
-                graph::initial_checkpoint(shard, first_sight, self.settings.starting_position);
+            let starting_position = if self.successor_streams.contains(stream_arn) {
+                StartingPosition::TrimHorizon
+            } else {
+                self.settings.starting_position
+            };
+            let checkpoint = graph::initial_checkpoint(shard, first_sight, starting_position);
             let mut lease = Lease::new(
                 stream_arn,
                 &shard.shard_id,

@@ -122,6 +122,13 @@ pub struct Coordinator {
     leader: Option<Arc<HeldLease>>,
     next_full_sync: Option<Instant>,
     handoff_requests: HashMap<String, Instant>,
+    /// The current stream of each configured table, to notice a stream
+    /// disabled and re-enabled (a new ARN).
+    table_streams: HashMap<String, String>,
+    /// Streams that replaced a table's disabled stream: read from their
+    /// start whatever the starting position, since they continue the table.
+    successor_streams: HashSet<String>,
+    next_table_check: Instant,
     last_orphan_sync: Option<Instant>,
     sync_requests: mpsc::UnboundedSender<SyncRequest>,
     sync_results: mpsc::UnboundedReceiver<Listing>,
@@ -161,6 +168,9 @@ impl Coordinator {
             leader: None,
             next_full_sync: None,
             handoff_requests: HashMap::new(),
+            table_streams: HashMap::new(),
+            successor_streams: HashSet::new(),
+            next_table_check: Instant::now(),
             last_orphan_sync: None,
             sync_requests,
             sync_results,
@@ -220,6 +230,7 @@ impl Coordinator {
                 // rather than up to a scan interval later.
                 _ = sleep_until_opt(next_expiry) => self.balance().await,
                 _ = sleep_until_opt(full_sync_due) => self.request_full_sync(),
+                _ = tokio::time::sleep_until(self.next_table_check) => self.follow_tables().await,
                 Some(listing) = self.sync_results.recv() => {
                     self.on_listing(listing).await;
                     self.balance().await;
@@ -254,6 +265,8 @@ impl Coordinator {
                 Some(stream) => {
                     tracing::info!(%table, stream = %stream.stream_arn, "resolved the table's stream");
                     streams.push(stream.stream_arn.clone());
+                    self.table_streams
+                        .insert(table.clone(), stream.stream_arn.clone());
                 }
                 None if shutdown.is_cancelled() => return Ok(()),
                 None => return Err(Error::NoStream { table }),
@@ -268,6 +281,7 @@ impl Coordinator {
             self.tasks
                 .spawn(syncer.run(self.stop_consumers.child_token()));
         }
+        self.next_table_check = Instant::now() + self.settings.shard_sync_interval;
         self.announce().await;
         self.refresh_leases().await;
         self.elect_leader().await;
@@ -276,6 +290,42 @@ impl Coordinator {
         // within balance() when it is not the leader.
         self.balance().await;
         Ok(())
+    }
+
+    /// Looks up each configured table's current stream again. A table whose
+    /// stream was disabled and re-enabled has a new stream: it is followed
+    /// from its start, while the old stream's remaining records are drained.
+    async fn follow_tables(&mut self) {
+        self.next_table_check = Instant::now() + self.settings.shard_sync_interval;
+        for (table, current) in self.table_streams.clone() {
+            let found = match self.api.list_streams(&table).await {
+                Ok(found) => found,
+                Err(err) => {
+                    tracing::debug!(%table, error = %err, "could not list the table's streams");
+                    continue;
+                }
+            };
+            let Some(newest) = newest_stream(&found) else {
+                continue;
+            };
+            if newest.stream_arn == current {
+                continue;
+            }
+            tracing::warn!(
+                %table,
+                old = %current,
+                new = %newest.stream_arn,
+                "the table has a new stream (its stream was disabled and enabled again); \
+                 following it from its start, after the old one's remaining records"
+            );
+            self.table_streams
+                .insert(table.clone(), newest.stream_arn.clone());
+            self.successor_streams.insert(newest.stream_arn.clone());
+            self.streams.push(newest.stream_arn.clone());
+            self.streams.sort();
+            self.streams.dedup();
+            self.request_sync(SyncRequest::Stream(newest.stream_arn.clone()));
+        }
     }
 
     /// Writes this worker's presence item, so others count it in their fair
