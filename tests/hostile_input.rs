@@ -1,0 +1,166 @@
+//! Items at DynamoDB's limits reach processors intact: an item near the
+//! 400 KB maximum, attribute names and values in any Unicode, maps and lists
+//! nested 30 levels deep, sets and binary at their edges. And a lease table
+//! holding an item that is not a lease: a clear error naming it, and the rest
+//! keeps working.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde_json::{json, Value};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn nested(depth: usize) -> (AttributeValue, Value) {
+    let mut sdk = AttributeValue::S("bottom".into());
+    let mut expected = json!({"S": "bottom"});
+    for level in 0..depth {
+        if level % 2 == 0 {
+            sdk = AttributeValue::M(HashMap::from([(format!("level{level}"), sdk)]));
+            expected = json!({"M": {format!("level{level}"): expected}});
+        } else {
+            sdk = AttributeValue::L(vec![sdk]);
+            expected = json!({"L": [expected]});
+        }
+    }
+    (sdk, expected)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_at_dynamodbs_limits_arrive_intact() {
+    let client = dynamodb().await;
+    let table = unique_name("limits");
+    create_table(&client, &table).await;
+    let worker = Worker::start(&worker_env(&[
+        ("DYNASTREAM_TABLES", &table),
+        ("DYNASTREAM_APPLICATION", &unique_name("limits-app")),
+    ]));
+    worker.wait_for_log("shard consumer started", 1, WAIT).await;
+
+    // Near the 400 KB item limit (the name and key count too).
+    let big = "x".repeat(395 * 1024);
+    let unicode_name = "名前 ✓ émoji 🦀 \u{200b}zero-width";
+    let unicode_value = "Ωμέγα — \"quotes\" \\ backslash \n newline \t tab 🦀";
+    let (deep, deep_expected) = nested(30);
+    let items = [
+        HashMap::from([
+            ("pk".to_string(), AttributeValue::S("big".into())),
+            ("payload".to_string(), AttributeValue::S(big.clone())),
+        ]),
+        HashMap::from([
+            ("pk".to_string(), AttributeValue::S("ключ-🔑".into())),
+            (
+                unicode_name.to_string(),
+                AttributeValue::S(unicode_value.into()),
+            ),
+            ("empty".to_string(), AttributeValue::S(String::new())),
+        ]),
+        HashMap::from([
+            ("pk".to_string(), AttributeValue::S("deep".into())),
+            ("tree".to_string(), deep),
+        ]),
+        HashMap::from([
+            ("pk".to_string(), AttributeValue::S("edges".into())),
+            (
+                "n".to_string(),
+                AttributeValue::N("-0.0000000000000000000000000000000000001".into()),
+            ),
+            (
+                "big_n".to_string(),
+                AttributeValue::N("9.9999999999999999999999999999999999999E+125".into()),
+            ),
+            (
+                "bin".to_string(),
+                AttributeValue::B(Blob::new((0..=255u8).collect::<Vec<_>>())),
+            ),
+            (
+                "empty_bin".to_string(),
+                AttributeValue::B(Blob::new(Vec::new())),
+            ),
+            (
+                "ns".to_string(),
+                AttributeValue::Ns((0..100).map(|i| i.to_string()).collect()),
+            ),
+        ]),
+    ];
+    for item in items {
+        put_item(&client, &table, item).await;
+    }
+    let records = worker.wait_for_records(4, WAIT).await;
+    let (status, _, _) = worker.terminate().await;
+    assert!(status.success());
+
+    let image = |i: usize| records[i]["dynamodb"]["NewImage"].clone();
+    assert_eq!(
+        image(0)["payload"]["S"].as_str().map(str::len),
+        Some(big.len())
+    );
+    assert!(records[0]["dynamodb"]["SizeBytes"].as_i64().unwrap() > 395 * 1024);
+    assert_eq!(image(1)[unicode_name], json!({"S": unicode_value}));
+    assert_eq!(image(1)["empty"], json!({"S": ""}));
+    assert_eq!(records[1]["dynamodb"]["Keys"]["pk"]["S"], "ключ-🔑");
+    assert_eq!(image(2)["tree"], deep_expected);
+    let edges = image(3);
+    assert_eq!(
+        edges["n"]["N"].as_str().unwrap().parse::<f64>().unwrap(),
+        -1e-37
+    );
+    assert_eq!(
+        edges["bin"]["B"],
+        base64_of(&(0..=255u8).collect::<Vec<_>>())
+    );
+    assert_eq!(edges["empty_bin"], json!({"B": ""}));
+    assert_eq!(edges["ns"]["NS"].as_array().unwrap().len(), 100);
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_lease_item_is_named_and_the_rest_keeps_working() {
+    let client = dynamodb().await;
+    let table = unique_name("malformed");
+    create_table(&client, &table).await;
+    let application = unique_name("malformed-app");
+    let worker = Worker::start(&worker_env(&[
+        ("DYNASTREAM_TABLES", &table),
+        ("DYNASTREAM_APPLICATION", &application),
+    ]));
+    worker.wait_for_log("shard consumer started", 1, WAIT).await;
+    client
+        .put_item()
+        .table_name(format!("{application}-leases"))
+        .item("leaseKey", AttributeValue::S("shardId-not-a-lease".into()))
+        .item("leaseCounter", AttributeValue::S("seven".into()))
+        .send()
+        .await
+        .unwrap();
+    worker.wait_for_log("shardId-not-a-lease", 1, WAIT).await;
+    put(&client, &table, "after", 1).await;
+    worker.wait_for_records(1, WAIT).await;
+    let (status, _, logs) = worker.terminate().await;
+    assert!(status.success());
+    let line = logs
+        .iter()
+        .find(|l| l.contains("shardId-not-a-lease"))
+        .unwrap();
+    assert!(
+        line.contains("leaseCounter"),
+        "the error says what is wrong: {line}"
+    );
+    assert_eq!(
+        logs.iter()
+            .filter(|l| l.contains("shardId-not-a-lease"))
+            .count(),
+        1,
+        "reported once, not at every look at the table"
+    );
+    assert!(!logs.iter().any(|l| l.contains("panicked")));
+}
