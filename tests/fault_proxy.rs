@@ -517,3 +517,84 @@ async fn dynastream_delivers_every_record_through_throttled_reads() {
     assert!(injected(&stats, api, "throttle") > 0, "{stats}");
     assert!(stats[api]["forwarded"].as_u64().unwrap() > 0, "{stats}");
 }
+
+/// A worker cut off from DynamoDB (a black hole in front of it) loses its
+/// shard to another worker within a lease duration plus a renewal interval,
+/// and when it comes back it neither checkpoints nor hands on any record of
+/// that shard: the records written meanwhile are delivered once, by the
+/// other worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_loses_its_shard_and_delivers_nothing_more_of_it() {
+    let proxy = Proxy::start();
+    let client = dynamodb().await;
+    let table = unique_name("cut-off");
+    create_table(&client, &table).await;
+    let application = unique_name("cut-off-app");
+    let settings = |id: &'static str| {
+        vec![
+            ("DYNASTREAM_TABLES", table.clone()),
+            ("DYNASTREAM_APPLICATION", application.clone()),
+            ("DYNASTREAM_WORKER_ID", id.to_owned()),
+            ("DYNASTREAM_STARTING_POSITION", "TRIM_HORIZON".to_owned()),
+            ("DYNASTREAM_LEASE_DURATION_MS", "3000".to_owned()),
+        ]
+    };
+    let as_env = |pairs: &Vec<(&str, String)>| -> Vec<(String, String)> {
+        let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        worker_env(&borrowed)
+    };
+    let mut cut_env = as_env(&settings("cut-off"));
+    cut_env.push(("AWS_ENDPOINT_URL".into(), proxy.url.clone()));
+    let cut_off = Worker::start(&cut_env);
+    cut_off
+        .wait_for_log("shard consumer started", 1, WAIT)
+        .await;
+    let other = Worker::start(&as_env(&settings("other")));
+    for i in 0..3 {
+        put(&client, &table, &format!("before-{i}"), i).await;
+    }
+    cut_off.wait_for_records(3, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let blackhole = proxy.rule(json!({"api": "*", "fault": "blackhole"})).await;
+    let cut_at = tokio::time::Instant::now();
+    for i in 0..5 {
+        put(&client, &table, &format!("during-{i}"), i).await;
+    }
+    other.wait_for_records(5, WAIT).await;
+    let takeover = cut_at.elapsed();
+    proxy.remove(blackhole).await;
+    // Back on the network: it must learn it lost the lease and stay quiet.
+    cut_off.wait_for_log("lease", 1, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for i in 5..7 {
+        put(&client, &table, &format!("during-{i}"), i).await;
+    }
+    other.wait_for_records(7, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (cut_status, cut_records, cut_logs) = cut_off.terminate().await;
+    let (other_status, other_records, _) = other.terminate().await;
+    assert!(cut_status.success() && other_status.success());
+    eprintln!("faults: shard taken over {takeover:.2?} after the worker was cut off (lease 3 s, renewal 1 s)");
+    assert_eq!(
+        keys_of(&cut_records),
+        ["before-0", "before-1", "before-2"],
+        "nothing after the cut"
+    );
+    let during: Vec<String> = (0..7).map(|i| format!("during-{i}")).collect();
+    assert_eq!(
+        keys_of(&other_records),
+        during,
+        "the other worker delivered the rest, once each"
+    );
+    assert!(
+        cut_logs
+            .iter()
+            .any(|l| l.contains("lease lost") || l.contains("owned by another worker")),
+        "the cut-off worker noticed it lost the lease"
+    );
+    assert!(
+        takeover < Duration::from_secs(6),
+        "takeover and delivery took {takeover:?} (lease 3 s + renewal 1 s + reading)"
+    );
+}
