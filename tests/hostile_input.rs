@@ -164,3 +164,107 @@ async fn a_malformed_lease_item_is_named_and_the_rest_keeps_working() {
     );
     assert!(!logs.iter().any(|l| l.contains("panicked")));
 }
+
+fn http_status(url: &str) -> u16 {
+    let output = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-m",
+            "2",
+            "-w",
+            "%{http_code}",
+            url,
+        ])
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+async fn wait_for_http(url: &str, expected: u16) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while http_status(url) != expected {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} never answered {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_lease_table_stops_processing_loudly_until_it_is_back() {
+    let client = dynamodb().await;
+    let table = unique_name("no-lease-table");
+    create_table(&client, &table).await;
+    let application = unique_name("no-lease-app");
+    let lease_table = format!("{application}-leases");
+    let worker = Worker::start(&worker_env(&[
+        ("DYNASTREAM_TABLES", &table),
+        ("DYNASTREAM_APPLICATION", &application),
+        ("DYNASTREAM_LEASE_DURATION_MS", "3000"),
+    ]));
+    let base = worker.endpoints().await;
+    worker.wait_for_log("shard consumer started", 1, WAIT).await;
+    wait_for_http(&format!("{base}/readyz"), 200).await;
+
+    client
+        .delete_table()
+        .table_name(&lease_table)
+        .send()
+        .await
+        .unwrap();
+    worker
+        .wait_for_log("the lease table no longer exists", 1, WAIT)
+        .await;
+    wait_for_http(&format!("{base}/readyz"), 503).await;
+    assert_eq!(
+        http_status(&format!("{base}/healthz")),
+        200,
+        "alive, just not ready"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reported = worker
+        .logs()
+        .iter()
+        .filter(|l| l.contains("the lease table no longer exists"))
+        .count();
+    assert_eq!(reported, 1, "said once, clearly, not at every look");
+
+    // An operator recreates it: the worker picks up again.
+    client
+        .create_table()
+        .table_name(&lease_table)
+        .attribute_definitions(
+            aws_sdk_dynamodb::types::AttributeDefinition::builder()
+                .attribute_name("leaseKey")
+                .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            aws_sdk_dynamodb::types::KeySchemaElement::builder()
+                .attribute_name("leaseKey")
+                .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+    worker
+        .wait_for_log("the lease table is back", 1, WAIT)
+        .await;
+    wait_for_http(&format!("{base}/readyz"), 200).await;
+    worker.wait_for_log("shard consumer started", 2, WAIT).await;
+    put(&client, &table, "after", 1).await;
+    worker.wait_for_records(1, WAIT).await;
+    let (status, _, logs) = worker.terminate().await;
+    assert!(status.success());
+    assert!(!logs.iter().any(|l| l.contains("panicked")));
+}

@@ -122,6 +122,8 @@ pub struct Coordinator {
     leader: Option<Arc<HeldLease>>,
     next_full_sync: Option<Instant>,
     handoff_requests: HashMap<String, Instant>,
+    /// Set while the lease table cannot be found (deleted under us).
+    lease_table_missing: bool,
     /// The current stream of each configured table, to notice a stream
     /// disabled and re-enabled (a new ARN).
     table_streams: HashMap<String, String>,
@@ -168,6 +170,7 @@ impl Coordinator {
             leader: None,
             next_full_sync: None,
             handoff_requests: HashMap::new(),
+            lease_table_missing: false,
             table_streams: HashMap::new(),
             successor_streams: HashSet::new(),
             next_table_check: Instant::now(),
@@ -363,11 +366,30 @@ impl Coordinator {
     async fn refresh_leases(&mut self) -> bool {
         let scan = match self.store.list_leases().await {
             Ok(scan) => scan,
+            Err(LeaseError::TableNotFound { table }) => {
+                if !self.lease_table_missing {
+                    // Recreating it would restart every shard from the
+                    // starting position: lost or repeated records. An
+                    // operator decides (restore it, or recreate it knowingly).
+                    tracing::error!(
+                        %table,
+                        "the lease table no longer exists: no checkpoint can be written, so this \
+                         worker stops handing records on and reports not ready until the table is back"
+                    );
+                }
+                self.lease_table_missing = true;
+                self.health.set_ready(false);
+                return false;
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "could not read the lease table; will retry");
                 return false;
             }
         };
+        if self.lease_table_missing {
+            tracing::info!("the lease table is back");
+            self.lease_table_missing = false;
+        }
         for malformed in scan.malformed {
             let text = malformed.to_string();
             if self.reported_malformed.insert(text.clone()) {
@@ -628,7 +650,8 @@ impl Coordinator {
         metrics::fleet(&view);
         // A halted shard needs an operator: the worker stops counting as ready.
         let halted = self.held.values().filter(|h| h.halted.is_some()).count();
-        self.health.set_ready(halted == 0);
+        self.health
+            .set_ready(halted == 0 && !self.lease_table_missing);
         self.health.set_status(serde_json::json!({
             "worker": me,
             "ready": self.health.is_ready(),
