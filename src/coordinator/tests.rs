@@ -654,3 +654,60 @@ async fn with_latest_a_split_found_later_is_read_from_its_beginning() {
     assert_eq!(recorder.processed(), expected);
     assert_eq!(checkpoint_of(&store, PARENT), Some(Checkpoint::ShardEnd));
 }
+
+/// Expiry is judged on this worker's monotonic clock by whether the counter
+/// moved, never by the wall-clock stamp another host wrote: a live worker
+/// whose clock is an hour behind keeps its lease, and a dead one whose clock
+/// was an hour ahead loses it after one lease duration.
+#[tokio::test(start_paused = true)]
+async fn clock_skew_between_hosts_cannot_make_two_workers_own_a_shard() {
+    let streams = MemoryStreams::new();
+    let arn = streams.create_stream(TABLE, "shardId-skewed");
+    let store = MemoryLeaseStore::new();
+    let mut lease = Lease::new(&arn, "shardId-skewed", None, Checkpoint::TrimHorizon);
+    lease.owner = Some(OTHER.into());
+    lease.counter = 1;
+    let an_hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 3_600_000;
+    lease.updated_at_millis = Some(an_hour_ago);
+    store.put(lease);
+    let recorder = Recorder::new(&store);
+    let running = Running::start(
+        settings(StartingPosition::TrimHorizon),
+        &streams,
+        Arc::new(store.clone()),
+        &recorder,
+    );
+    // The other worker keeps renewing, with a wall clock an hour behind.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut current = store.get("shardId-skewed").unwrap();
+        current.counter += 1;
+        current.updated_at_millis = Some(an_hour_ago);
+        store.put(current);
+    }
+    assert_eq!(
+        owner_of(&store, "shardId-skewed").as_deref(),
+        Some(OTHER),
+        "a renewing owner keeps its lease"
+    );
+
+    // Now it stops renewing, its last stamp an hour in the future.
+    let mut last = store.get("shardId-skewed").unwrap();
+    last.updated_at_millis = Some(an_hour_ago + 7_200_000);
+    store.put(last);
+    let stopped_at = Instant::now();
+    wait_until("the silent lease is taken", || {
+        owner_of(&store, "shardId-skewed").as_deref() == Some(ME)
+    })
+    .await;
+    assert!(
+        stopped_at.elapsed() >= Duration::from_secs(6),
+        "taken only after a whole lease duration of silence: {:?}",
+        stopped_at.elapsed()
+    );
+    running.stop().await;
+}
