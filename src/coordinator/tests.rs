@@ -711,3 +711,35 @@ async fn clock_skew_between_hosts_cannot_make_two_workers_own_a_shard() {
     );
     running.stop().await;
 }
+
+/// The leader deletes the lease of a shard that ended, whose child has
+/// started, once the stream no longer lists it (past the 24-hour
+/// retention); the child's lease stays.
+#[tokio::test(start_paused = true)]
+async fn the_lease_of_an_ended_shard_past_retention_is_deleted_once_its_child_started() {
+    let streams = MemoryStreams::new();
+    let (arn, _parent, child) = split_stream(&streams);
+    let store = MemoryLeaseStore::new();
+    let recorder = Recorder::new(&store);
+    let running = Running::start(
+        settings(StartingPosition::TrimHorizon),
+        &streams,
+        Arc::new(store.clone()),
+        &recorder,
+    );
+    wait_until("the child has started", || {
+        checkpoint_of(&store, CHILD) == Some(Checkpoint::Sequence(child.last().unwrap().clone()))
+    })
+    .await;
+    // Still listed: kept, whatever its state.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(checkpoint_of(&store, PARENT), Some(Checkpoint::ShardEnd));
+
+    streams.trim_shard(&arn, PARENT);
+    wait_until("the parent's lease is deleted", || {
+        store.get(PARENT).is_none()
+    })
+    .await;
+    assert!(store.get(CHILD).is_some(), "the child's lease stays");
+    running.stop().await;
+}

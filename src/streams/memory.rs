@@ -191,6 +191,14 @@ impl MemoryStreams {
         }
     }
 
+    /// Removes a shard from the stream, as DynamoDB does 24 hours after it closed.
+    pub fn trim_shard(&self, stream_arn: &str, shard_id: &str) {
+        let mut state = self.lock();
+        if let Some(stream) = state.streams.get_mut(stream_arn) {
+            stream.shards.retain(|s| s.id != shard_id);
+        }
+    }
+
     /// Makes the next call of `operation` fail with `error` (queued in order).
     pub fn fail_next(&self, operation: Operation, error: StreamsError) {
         self.lock().failures.push_back((operation, error));
