@@ -279,3 +279,67 @@ pub fn convert_value(value: SdkValue) -> AttributeValue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_smithy_types::Blob;
+    use base64::Engine;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    /// What Lambda would show for an SDK value, written independently of
+    /// the conversion under test.
+    fn lambda_json(value: &SdkValue) -> Value {
+        let b64 = |b: &Blob| base64::engine::general_purpose::STANDARD.encode(b.as_ref());
+        match value {
+            SdkValue::S(s) => json!({"S": s}),
+            SdkValue::N(n) => json!({"N": n}),
+            SdkValue::B(b) => json!({"B": b64(b)}),
+            SdkValue::Ss(v) => json!({"SS": v}),
+            SdkValue::Ns(v) => json!({"NS": v}),
+            SdkValue::Bs(v) => json!({"BS": v.iter().map(b64).collect::<Vec<_>>()}),
+            SdkValue::M(m) => {
+                json!({"M": m.iter().map(|(k, v)| (k.clone(), lambda_json(v))).collect::<serde_json::Map<_, _>>()})
+            }
+            SdkValue::L(l) => json!({"L": l.iter().map(lambda_json).collect::<Vec<_>>()}),
+            SdkValue::Null(b) => json!({"NULL": b}),
+            SdkValue::Bool(b) => json!({"BOOL": b}),
+            _ => Value::Null,
+        }
+    }
+
+    fn sdk_value() -> impl Strategy<Value = SdkValue> {
+        let number = "-?[0-9]{1,38}(\\.[0-9]{1,10})?(E[+-]?[0-9]{1,3})?";
+        let leaf = prop_oneof![
+            any::<String>().prop_map(SdkValue::S),
+            number.prop_map(SdkValue::N),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(|b| SdkValue::B(Blob::new(b))),
+            proptest::collection::vec(any::<String>(), 1..4).prop_map(SdkValue::Ss),
+            proptest::collection::vec(number, 1..4).prop_map(SdkValue::Ns),
+            proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..8), 1..4)
+                .prop_map(|v| SdkValue::Bs(v.into_iter().map(Blob::new).collect())),
+            Just(SdkValue::Null(true)),
+            any::<bool>().prop_map(SdkValue::Bool),
+        ];
+        leaf.prop_recursive(6, 64, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(SdkValue::L),
+                proptest::collection::hash_map(any::<String>(), inner, 0..5).prop_map(SdkValue::M),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any value the SDK can hand us comes out exactly as Lambda shows
+        /// it: same types, numbers as their text, binary as base64.
+        #[test]
+        fn every_sdk_value_converts_to_lambdas_json(value in sdk_value()) {
+            let expected = lambda_json(&value);
+            let converted = serde_json::to_value(convert_value(value)).unwrap();
+            prop_assert_eq!(converted, expected);
+        }
+    }
+}
