@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod fault_proxy;
 pub mod scripted_streams;
 
 use std::collections::HashMap;
