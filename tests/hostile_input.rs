@@ -236,27 +236,7 @@ async fn a_deleted_lease_table_stops_processing_loudly_until_it_is_back() {
     assert_eq!(reported, 1, "said once, clearly, not at every look");
 
     // An operator recreates it: the worker picks up again.
-    client
-        .create_table()
-        .table_name(&lease_table)
-        .attribute_definitions(
-            aws_sdk_dynamodb::types::AttributeDefinition::builder()
-                .attribute_name("leaseKey")
-                .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            aws_sdk_dynamodb::types::KeySchemaElement::builder()
-                .attribute_name("leaseKey")
-                .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
-        .send()
-        .await
-        .unwrap();
+    create_plain_table(&client, &lease_table, "leaseKey").await;
     worker
         .wait_for_log("the lease table is back", 1, WAIT)
         .await;

@@ -301,27 +301,7 @@ async fn one_worker_reads_two_tables_and_a_stream_given_by_arn() {
 async fn a_table_without_a_stream_is_a_clear_error() {
     let client = dynamodb().await;
     let table = unique_name("nostream");
-    client
-        .create_table()
-        .table_name(&table)
-        .attribute_definitions(
-            aws_sdk_dynamodb::types::AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            aws_sdk_dynamodb::types::KeySchemaElement::builder()
-                .attribute_name("pk")
-                .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
-        .send()
-        .await
-        .unwrap();
+    create_plain_table(&client, &table, "pk").await;
     let mut worker = Worker::start(&worker_env(&[
         ("DYNASTREAM_TABLES", &table),
         ("DYNASTREAM_APPLICATION", &unique_name("app")),

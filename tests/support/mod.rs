@@ -40,39 +40,47 @@ fn repo_root() -> PathBuf {
 pub fn dynamodb_local() -> &'static DynamoDbLocal {
     static INSTANCE: OnceLock<DynamoDbLocal> = OnceLock::new();
     INSTANCE.get_or_init(|| {
-        let script = repo_root().join("scripts/dynamodb-local");
-        let output = Command::new(&script)
-            .args(["start", "--port", "auto"])
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/dynamodb-local");
-        assert!(
-            output.status.success(),
-            "scripts/dynamodb-local start failed"
-        );
-        let endpoint = String::from_utf8(output.stdout)
-            .expect("endpoint is text")
-            .trim()
-            .to_owned();
-        let port = endpoint.rsplit(':').next().expect("endpoint has a port").to_owned();
-        // Stop the instance when this test process ends, however it ends.
-        let watchdog = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; '{script}' stop --port {port} >/dev/null 2>&1",
-            pid = std::process::id(),
-            script = script.display(),
-        );
-        let watchdog = Command::new("sh")
-            .args(["-c", &watchdog])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the DynamoDB Local watchdog");
+        let (endpoint, watchdog) = start_local_service("dynamodb-local");
         DynamoDbLocal {
             endpoint,
             _watchdog: Mutex::new(watchdog),
         }
     })
+}
+
+/// Starts a local service through `scripts/<script> start --port auto` and
+/// a watchdog that stops it when this test process ends, however it ends.
+/// Returns the service's endpoint and the watchdog.
+fn start_local_service(script: &str) -> (String, Child) {
+    let script = repo_root().join("scripts").join(script);
+    let output = Command::new(&script)
+        .args(["start", "--port", "auto"])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+    assert!(output.status.success(), "{} start failed", script.display());
+    let endpoint = String::from_utf8(output.stdout)
+        .expect("endpoint is text")
+        .trim()
+        .to_owned();
+    let port = endpoint
+        .rsplit(':')
+        .next()
+        .expect("endpoint has a port")
+        .to_owned();
+    let watchdog = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; '{script}' stop --port {port} >/dev/null 2>&1",
+        pid = std::process::id(),
+        script = script.display(),
+    );
+    let watchdog = Command::new("sh")
+        .args(["-c", &watchdog])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the watchdog");
+    (endpoint, watchdog)
 }
 
 /// A table name no other test uses.
@@ -142,6 +150,31 @@ pub async fn create_table(client: &aws_sdk_dynamodb::Client, name: &str) -> Stri
         .and_then(|t| t.latest_stream_arn())
         .expect("the table has a stream")
         .to_owned()
+}
+
+/// Creates a table without a stream, keyed by the string attribute `key`.
+pub async fn create_plain_table(client: &aws_sdk_dynamodb::Client, name: &str, key: &str) {
+    client
+        .create_table()
+        .table_name(name)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(key)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(key)
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("create table");
 }
 
 /// Puts an item `{pk: key, n: value}`.
@@ -454,27 +487,7 @@ pub async fn lease_store(table: &str) -> dynastream::lease::dynamo::DynamoLeaseS
 pub fn sqs_local() -> &'static str {
     static INSTANCE: OnceLock<(String, Mutex<Child>)> = OnceLock::new();
     let (endpoint, _) = INSTANCE.get_or_init(|| {
-        let script = repo_root().join("scripts/sqs-local");
-        let output = Command::new(&script)
-            .args(["start", "--port", "auto"])
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/sqs-local");
-        assert!(output.status.success(), "scripts/sqs-local start failed");
-        let endpoint = String::from_utf8(output.stdout).expect("endpoint is text").trim().to_owned();
-        let port = endpoint.rsplit(':').next().expect("endpoint has a port").to_owned();
-        let watchdog = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; '{script}' stop --port {port} >/dev/null 2>&1",
-            pid = std::process::id(),
-            script = script.display(),
-        );
-        let watchdog = Command::new("sh")
-            .args(["-c", &watchdog])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the SQS watchdog");
+        let (endpoint, watchdog) = start_local_service("sqs-local");
         (endpoint, Mutex::new(watchdog))
     });
     endpoint
