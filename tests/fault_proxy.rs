@@ -514,3 +514,72 @@ async fn a_worker_cut_off_loses_its_shard_and_delivers_nothing_more_of_it() {
         "takeover and delivery took {takeover:?} (lease 3 s + renewal 1 s + reading)"
     );
 }
+
+fn http_get(url: &str) -> (u16, String) {
+    let output = std::process::Command::new("curl")
+        .args(["-s", "-m", "2", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// Trimmed data, injected on a real worker's reads: with the default `skip`
+/// it is counted in the data-loss metric and reading goes on; with `stop`
+/// the shard stops and the worker reports not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimmed_data_is_counted_and_skipped_or_stops_the_shard() {
+    for mode in ["skip", "stop"] {
+        let proxy = Proxy::start();
+        let client = dynamodb().await;
+        let table = unique_name("trimmed");
+        create_table(&client, &table).await;
+        let mut env = worker_env(&[
+            ("DYNASTREAM_TABLES", &table),
+            ("DYNASTREAM_APPLICATION", &unique_name("trimmed-app")),
+            ("DYNASTREAM_ON_TRIMMED", mode),
+        ]);
+        env.push(("AWS_ENDPOINT_URL".into(), proxy.url.clone()));
+        let worker = Worker::start(&env);
+        let base = worker.endpoints().await;
+        worker.wait_for_log("shard consumer started", 1, WAIT).await;
+        put(&client, &table, "first", 1).await;
+        worker.wait_for_records(1, WAIT).await;
+
+        proxy
+            .rule(json!({"api": "DynamoDBStreams_20120810.GetRecords", "fault": "rewrite", "code": "TrimmedDataAccessException", "count": 1}))
+            .await;
+        let deadline = Instant::now() + WAIT;
+        let stream = format!("dynastream_trimmed_data_total{{stream=\"{table}\"}} 1");
+        while !http_get(&format!("{base}/metrics")).1.contains(&stream) {
+            assert!(
+                Instant::now() < deadline,
+                "{mode}: the trimmed-data counter never reached 1"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        put(&client, &table, "second", 2).await;
+        if mode == "skip" {
+            worker.wait_for_records(2, WAIT).await;
+            assert_eq!(http_get(&format!("{base}/readyz")).0, 200);
+        } else {
+            worker
+                .wait_for_log("shard stopped on trimmed data", 1, WAIT)
+                .await;
+            let deadline = Instant::now() + WAIT;
+            while http_get(&format!("{base}/readyz")).0 != 503 {
+                assert!(Instant::now() < deadline, "readiness never failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_eq!(
+                keys_of(&worker.records()),
+                ["first"],
+                "nothing read past the gap"
+            );
+        }
+        let (status, _, _) = worker.terminate().await;
+        assert!(status.success(), "{mode}: clean exit");
+    }
+}
