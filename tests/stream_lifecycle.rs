@@ -42,7 +42,21 @@ async fn a_re_enabled_stream_is_followed_from_its_start_after_the_old_one_drains
     model.put(&new, "shard-new", EventName::Insert, "new-2");
 
     worker.wait_for_records(5, WAIT).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Once drained, the disabled stream is no longer listed.
+    worker.wait_for_log("no longer following it", 1, WAIT).await;
+    // (A listing already queued when it was dropped may still go out.)
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.clear_calls();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let old_listings = server
+        .requests(dynastream::streams::memory::Operation::DescribeStream)
+        .into_iter()
+        .filter(|r| r["StreamArn"] == old.as_str())
+        .count();
+    assert_eq!(
+        old_listings, 0,
+        "the drained, disabled stream is not listed any more"
+    );
     let (status, records, logs) = worker.terminate().await;
     assert!(status.success(), "{}", logs.join("\n"));
     let of_stream = |arn: &str| -> Vec<String> {

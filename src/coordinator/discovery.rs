@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::{graph, Coordinator};
 use crate::config::StartingPosition;
 use crate::lease::{Checkpoint, ItemKind, Lease};
-use crate::streams::{list_all_shards, ShardInfo, StreamsApi};
+use crate::streams::{list_all_shards, ShardInfo, StreamStatus, StreamsApi};
 
 /// How often a listing that looks mid-split is read again before it is used anyway.
 const INCONSISTENT_LISTING_RETRIES: u32 = 3;
@@ -43,6 +43,8 @@ pub(super) enum SyncRequest {
 #[derive(Debug, Clone)]
 pub(super) struct Listing {
     pub stream_arn: String,
+    /// The stream's status, for whole-stream listings.
+    pub status: Option<StreamStatus>,
     pub shards: Vec<ShardInfo>,
     /// `true` for a whole-stream listing, `false` for children only.
     pub complete: bool,
@@ -123,6 +125,7 @@ impl ShardSyncer {
                 }
                 Some(Listing {
                     stream_arn,
+                    status: None,
                     shards: children,
                     complete: false,
                 })
@@ -134,7 +137,7 @@ impl ShardSyncer {
         let mut attempt = 0;
         loop {
             match list_all_shards(self.api.as_ref(), &stream_arn).await {
-                Ok((_status, shards)) => {
+                Ok((status, shards)) => {
                     if graph::is_inconsistent(&shards) && attempt < INCONSISTENT_LISTING_RETRIES {
                         attempt += 1;
                         tracing::info!(stream = %stream_arn, attempt, "the listing shows a parent open beside its child; reading it again");
@@ -143,6 +146,7 @@ impl ShardSyncer {
                     }
                     return Some(Listing {
                         stream_arn,
+                        status: Some(status),
                         shards,
                         complete: true,
                     });
@@ -205,9 +209,26 @@ impl Coordinator {
         self.refresh_leases().await;
         self.create_missing_leases(&stream_arn, &listing.shards)
             .await;
+        if listing.status == Some(StreamStatus::Disabled)
+            && self.drained(&stream_arn, &listing.shards)
+        {
+            // Nothing more will ever be written to it: stop listing it.
+            tracing::info!(stream = %stream_arn, "the stream is disabled and every record it held was read; no longer following it");
+            self.streams.retain(|s| s != &stream_arn);
+            self.listings.remove(&stream_arn);
+            return;
+        }
         if listing.complete && self.leader.as_ref().is_some_and(|l| !l.is_lost()) {
             self.clean_up().await;
         }
+    }
+
+    /// Whether every shard of a listing has been read to its end.
+    fn drained(&self, stream_arn: &str, shards: &[ShardInfo]) -> bool {
+        shards.iter().all(|shard| {
+            self.lease_of(stream_arn, &shard.shard_id)
+                .is_some_and(|lease| lease.checkpoint.is_shard_end())
+        })
     }
 
     pub(super) async fn create_missing_leases(&mut self, stream_arn: &str, shards: &[ShardInfo]) {
