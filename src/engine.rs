@@ -213,7 +213,7 @@ impl Engine {
                         "DYNASTREAM_METRICS_ADDR {addr}: cannot listen there: {err}"
                     ))
                 })?;
-                let bound = telemetry::server::local_addr(&listener).unwrap_or(addr);
+                let bound = listener.local_addr().unwrap_or(addr);
                 tracing::info!(addr = %bound, "metrics and health endpoints listening");
                 Some(tokio::spawn(telemetry::server::serve(
                     listener,

@@ -224,25 +224,6 @@ impl Dispatcher {
         }
     }
 
-    /// Delivers one batch as a single chunk, retrying until every processor
-    /// succeeds (the policy of [`Dispatcher::new`] plus these settings).
-    pub async fn deliver(
-        &self,
-        batch: &Batch,
-        lease_lost: &CancellationToken,
-        shutdown: &CancellationToken,
-    ) -> Result<(), Undelivered> {
-        self.dispatch(
-            &batch.stream_arn,
-            &batch.shard_id,
-            batch.records.clone(),
-            lease_lost,
-            shutdown,
-        )
-        .await
-        .map(drop)
-    }
-
     async fn run_lane(
         &self,
         stream_arn: &Arc<str>,

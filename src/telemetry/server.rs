@@ -155,8 +155,3 @@ pub async fn serve(
     connections.close();
     connections.wait().await;
 }
-
-/// The address a listener is bound to, for the start-up log line.
-pub fn local_addr(listener: &TcpListener) -> Option<SocketAddr> {
-    listener.local_addr().ok()
-}

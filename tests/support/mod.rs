@@ -100,17 +100,23 @@ pub fn aws_env() -> Vec<(String, String)> {
     ]
 }
 
-/// An SDK client for DynamoDB Local.
-pub async fn dynamodb() -> aws_sdk_dynamodb::Client {
-    let local = dynamodb_local();
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&local.endpoint)
+/// SDK configuration for a local service: its endpoint, us-east-1 and
+/// static test credentials, nothing read from the environment.
+async fn local_sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
             "local", "local", None, None, "tests",
         ))
         .load()
-        .await;
+        .await
+}
+
+/// An SDK client for DynamoDB Local.
+pub async fn dynamodb() -> aws_sdk_dynamodb::Client {
+    let local = dynamodb_local();
+    let config = local_sdk_config(&local.endpoint).await;
     aws_sdk_dynamodb::Client::new(&config)
 }
 
@@ -417,14 +423,7 @@ pub fn keys_of(records: &[Value]) -> Vec<String> {
 /// An SDK client for DynamoDB Local's streams.
 pub async fn dynamodb_streams() -> aws_sdk_dynamodbstreams::Client {
     let local = dynamodb_local();
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&local.endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-            "local", "local", None, None, "tests",
-        ))
-        .load()
-        .await;
+    let config = local_sdk_config(&local.endpoint).await;
     aws_sdk_dynamodbstreams::Client::new(&config)
 }
 
@@ -495,13 +494,5 @@ pub fn sqs_local() -> &'static str {
 
 /// An SDK client for the local SQS server.
 pub async fn sqs() -> aws_sdk_sqs::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(sqs_local())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-            "local", "local", None, None, "tests",
-        ))
-        .load()
-        .await;
-    aws_sdk_sqs::Client::new(&config)
+    aws_sdk_sqs::Client::new(&local_sdk_config(sqs_local()).await)
 }
