@@ -50,6 +50,9 @@ pub enum ProcessorKind {
     /// One line of Lambda's event per batch to a long-running child process.
     #[value(name = "exec")]
     Exec,
+    /// Count records and keep nothing: measures the read path alone.
+    #[value(name = "count")]
+    Count,
 }
 
 /// Where records go when their retries or age run out.
@@ -164,7 +167,7 @@ pub struct Config {
     #[arg(long, env = "DYNASTREAM_POLL_INTERVAL_MS", default_value_t = 250, value_parser = whole_number::<200, 60_000>)]
     pub poll_interval_ms: u64,
 
-    /// Processors each batch goes to (comma-separated): stdout.
+    /// Processors each batch goes to (comma-separated): stdout, http, exec, count.
     #[arg(
         long,
         env = "DYNASTREAM_PROCESSOR",
@@ -363,7 +366,8 @@ impl Config {
         }
         if self.processor.is_empty() {
             return Err(ConfigError(
-                "DYNASTREAM_PROCESSOR is empty: name at least one of: stdout, http, exec".into(),
+                "DYNASTREAM_PROCESSOR is empty: name at least one of: stdout, http, exec, count"
+                    .into(),
             ));
         }
         if self.processor.contains(&ProcessorKind::Http) {

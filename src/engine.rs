@@ -14,6 +14,7 @@ use crate::dispatch::{DispatchSettings, Dispatcher};
 use crate::error::Error;
 use crate::lease::dynamo::DynamoLeaseStore;
 use crate::lease::LeaseStore;
+use crate::processor::count::CountProcessor;
 use crate::processor::exec::ExecProcessor;
 use crate::processor::http::HttpProcessor;
 use crate::processor::stdout::StdoutProcessor;
@@ -91,6 +92,7 @@ impl Engine {
         for kind in &config.processor {
             processors.push(match kind {
                 ProcessorKind::Stdout => Arc::new(StdoutProcessor::new()),
+                ProcessorKind::Count => Arc::new(CountProcessor::new()),
                 ProcessorKind::Http => Arc::new(
                     HttpProcessor::new(
                         config.http_url.as_deref().unwrap_or_default(),

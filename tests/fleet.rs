@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dynastream::lease::dynamo::DynamoLeaseStore;
-use dynastream::lease::{ItemKind, LeaseStore};
 use serde_json::Value;
 use support::*;
 use tokio::time::Instant;
@@ -20,21 +19,6 @@ use tokio::time::Instant;
 const LEASE_DURATION: Duration = Duration::from_millis(3_000);
 const RENEW_INTERVAL: Duration = Duration::from_millis(1_000);
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Owner of each shard lease, by lease key.
-async fn owners(store: &DynamoLeaseStore) -> BTreeMap<String, Option<String>> {
-    let scan = match store.list_leases().await {
-        Ok(scan) => scan,
-        // The workers create the table; until then nobody owns anything.
-        Err(dynastream::lease::LeaseError::TableNotFound { .. }) => return BTreeMap::new(),
-        Err(err) => panic!("scan the lease table: {err}"),
-    };
-    scan.leases
-        .into_iter()
-        .filter(|l| l.kind() == ItemKind::Shard)
-        .map(|l| (l.key, l.owner))
-        .collect()
-}
 
 fn count_by_owner(owners: &BTreeMap<String, Option<String>>) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -52,7 +36,7 @@ async fn wait_for_leases(
 ) -> Duration {
     let start = Instant::now();
     loop {
-        let current = owners(store).await;
+        let current = lease_owners(store).await;
         if done(&current) {
             return start.elapsed();
         }
@@ -128,7 +112,7 @@ async fn a_fleet_spreads_leases_and_survives_sigkill_and_sigterm() {
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let before_kill = owners(&store).await;
+    let before_kill = lease_owners(&store).await;
     let victims: Vec<String> = before_kill
         .iter()
         .filter(|(_, o)| o.as_deref() == Some("worker-killed"))
@@ -147,7 +131,7 @@ async fn a_fleet_spreads_leases_and_survives_sigkill_and_sigterm() {
     );
 
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let handed_over: Vec<String> = owners(&store)
+    let handed_over: Vec<String> = lease_owners(&store)
         .await
         .iter()
         .filter(|(_, o)| o.as_deref() == Some("worker-stopped"))

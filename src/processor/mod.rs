@@ -8,6 +8,7 @@
 //! Lambda's JSON asks the batch for it ([`Batch::to_lambda_json`]), so a Rust
 //! processor pays nothing for serialization it does not use.
 
+pub mod count;
 pub mod exec;
 pub mod http;
 pub mod stdout;

@@ -225,6 +225,7 @@ pub async fn delete(client: &aws_sdk_dynamodb::Client, table: &str, key: &str) {
 pub struct Worker {
     child: Child,
     records: Arc<Mutex<Vec<Value>>>,
+    arrivals: Arc<Mutex<Vec<tokio::time::Instant>>>,
     logs: Arc<Mutex<Vec<String>>>,
     readers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -255,16 +256,22 @@ impl Worker {
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("start dynastream");
         let records = Arc::new(Mutex::new(Vec::new()));
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().expect("stdout piped");
         let stderr = child.stderr.take().expect("stderr piped");
         let out_records = Arc::clone(&records);
+        let out_arrivals = Arc::clone(&arrivals);
         let out_logs = Arc::clone(&logs);
         let readers = vec![
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                     let value: Value = serde_json::from_str(&line)
                         .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                    out_arrivals
+                        .lock()
+                        .unwrap()
+                        .push(tokio::time::Instant::now());
                     out_records.lock().unwrap().push(value);
                 }
             }),
@@ -280,6 +287,7 @@ impl Worker {
         Worker {
             child,
             records,
+            arrivals,
             logs,
             readers,
         }
@@ -288,6 +296,12 @@ impl Worker {
     /// The records received so far.
     pub fn records(&self) -> Vec<Value> {
         self.records.lock().unwrap().clone()
+    }
+
+    /// When each record of [`Worker::records`] was read from the worker's
+    /// stdout, in the same order.
+    pub fn arrival_times(&self) -> Vec<tokio::time::Instant> {
+        self.arrivals.lock().unwrap().clone()
     }
 
     /// The log lines so far.
@@ -474,6 +488,24 @@ pub async fn shard_and_sequence_numbers(stream_arn: &str) -> (String, Vec<String
         iterator = page.next_shard_iterator;
     }
     (shard_id, sequence_numbers)
+}
+
+/// The owner of each shard lease in `store`, by lease key; empty until a
+/// worker has created the lease table.
+pub async fn lease_owners(
+    store: &dynastream::lease::dynamo::DynamoLeaseStore,
+) -> std::collections::BTreeMap<String, Option<String>> {
+    use dynastream::lease::{ItemKind, LeaseError, LeaseStore};
+    let scan = match store.list_leases().await {
+        Ok(scan) => scan,
+        Err(LeaseError::TableNotFound { .. }) => return Default::default(),
+        Err(err) => panic!("scan the lease table: {err}"),
+    };
+    scan.leases
+        .into_iter()
+        .filter(|l| l.kind() == ItemKind::Shard)
+        .map(|l| (l.key, l.owner))
+        .collect()
 }
 
 /// A lease store over `table` in DynamoDB Local.
