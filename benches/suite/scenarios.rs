@@ -1,0 +1,33 @@
+//! The scenarios of the benchmark list, each run in its own process.
+
+mod drain;
+mod failover;
+mod idle;
+mod latency;
+mod startup;
+
+/// Every scenario, in the order the suite runs them.
+pub const ALL: &[&str] = &["drain", "latency", "idle", "failover", "startup"];
+
+/// Runs one scenario, printing its figures on standard output.
+pub async fn run(name: &str) {
+    match name {
+        "drain" => drain::run().await,
+        "latency" => latency::run().await,
+        "idle" => idle::run().await,
+        "failover" => failover::run().await,
+        "startup" => startup::run().await,
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+/// A whole number from the environment, or `default`: how a run is scaled
+/// down for a quick look (`DYNASTREAM_BENCH_ITEMS=10000 ./scripts/bench drain`).
+pub fn setting(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(text) => text
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={text:?} is not a whole number")),
+        Err(_) => default,
+    }
+}

@@ -1,0 +1,67 @@
+//! Start-up: from process start to the first record processed, on a stream
+//! that already holds records (dynastream with the `stdout` processor, its
+//! first line timed as it arrives; the raw loop's process printing when its
+//! first record arrives). Each side is started several times; medians.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::setting;
+use crate::ceiling::CeilingProcess;
+use crate::measure::{median, proc_stats};
+use crate::report::Figure;
+use crate::support::{aws_env, create_table, dynamodb, put, worker_env, Worker};
+
+pub async fn run() {
+    let runs = setting("DYNASTREAM_BENCH_STARTUP_RUNS", 5);
+    let client = dynamodb().await;
+    let table = "bench-startup";
+    let arn = create_table(&client, table).await;
+    for i in 0..100 {
+        put(&client, table, &format!("k{i}"), i).await;
+    }
+    let mut ours = Vec::new();
+    let mut raw = Vec::new();
+    let mut our_rss = Vec::new();
+    let mut raw_rss = Vec::new();
+    for run in 0..runs {
+        let mut ceiling = CeilingProcess::start(
+            &aws_env(),
+            std::slice::from_ref(&arn),
+            Some(1),
+            Duration::from_millis(250),
+        );
+        raw.push(ceiling.wait_until_done().await.as_secs_f64() * 1000.0);
+        raw_rss.push(proc_stats(ceiling.pid()).map_or(0.0, |s| s.peak_rss_bytes as f64 / 1e6));
+        ceiling.stop().await;
+
+        let started = Instant::now();
+        let worker = Worker::start(&worker_env(&[
+            ("DYNASTREAM_TABLES", table),
+            ("DYNASTREAM_APPLICATION", &format!("bench-startup-{run}")),
+            ("DYNASTREAM_STARTING_POSITION", "TRIM_HORIZON"),
+        ]));
+        worker.wait_for_records(1, Duration::from_secs(60)).await;
+        let first = worker.arrival_times()[0];
+        ours.push((first - started).as_secs_f64() * 1000.0);
+        our_rss.push(proc_stats(worker.pid()).map_or(0.0, |s| s.peak_rss_bytes as f64 / 1e6));
+        let (status, _, _) = worker.terminate().await;
+        assert!(status.success());
+    }
+    eprintln!("startup: dynastream {ours:.0?} ms, raw loop {raw:.0?} ms");
+    Figure::new(
+        "startup",
+        &format!("ms from process start to first record (median of {runs})"),
+        median(&ours),
+    )
+    .ceiling(median(&raw))
+    .emit();
+    Figure::new(
+        "startup",
+        "peak RSS at the first record, MB",
+        median(&our_rss),
+    )
+    .ceiling(median(&raw_rss))
+    .emit();
+}
