@@ -167,6 +167,14 @@ pub struct Config {
     #[arg(long, env = "DYNASTREAM_POLL_INTERVAL_MS", default_value_t = 250, value_parser = whole_number::<200, 60_000>)]
     pub poll_interval_ms: u64,
 
+    /// Wait after an empty GetRecords on a shard that has returned nothing for DYNASTREAM_IDLE_AFTER_MS, in ms (200..=60000, at least DYNASTREAM_POLL_INTERVAL_MS; equal to it turns slowing down off).
+    #[arg(long, env = "DYNASTREAM_IDLE_POLL_INTERVAL_MS", default_value_t = 2_000, value_parser = whole_number::<200, 60_000>)]
+    pub idle_poll_interval_ms: u64,
+
+    /// How long a shard must return nothing before it is polled at DYNASTREAM_IDLE_POLL_INTERVAL_MS, in ms (1000..=3600000).
+    #[arg(long, env = "DYNASTREAM_IDLE_AFTER_MS", default_value_t = 30_000, value_parser = whole_number::<1_000, 3_600_000>)]
+    pub idle_after_ms: u64,
+
     /// Processors each batch goes to (comma-separated): stdout, http, exec, count.
     #[arg(
         long,
@@ -364,6 +372,13 @@ impl Config {
                 self.lease_table_name()
             )));
         }
+        if self.idle_poll_interval_ms < self.poll_interval_ms {
+            return Err(ConfigError(format!(
+                "DYNASTREAM_IDLE_POLL_INTERVAL_MS ({}) is below DYNASTREAM_POLL_INTERVAL_MS ({}): \
+                 an idle shard is never polled faster than a busy one",
+                self.idle_poll_interval_ms, self.poll_interval_ms
+            )));
+        }
         if self.processor.is_empty() {
             return Err(ConfigError(
                 "DYNASTREAM_PROCESSOR is empty: name at least one of: stdout, http, exec, count"
@@ -438,6 +453,16 @@ impl Config {
     /// The wait after an empty read.
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
+    }
+
+    /// The wait after an empty read on a shard idle for [`Config::idle_after`].
+    pub fn idle_poll_interval(&self) -> Duration {
+        Duration::from_millis(self.idle_poll_interval_ms)
+    }
+
+    /// How long a shard must return nothing to count as idle.
+    pub fn idle_after(&self) -> Duration {
+        Duration::from_millis(self.idle_after_ms)
     }
 
     /// How long a lease lives without renewal.

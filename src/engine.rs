@@ -143,6 +143,8 @@ impl Engine {
             shard: ShardSettings {
                 batch_size: u32::try_from(config.batch_size).unwrap_or(u32::MAX),
                 poll_interval: config.poll_interval(),
+                idle_poll_interval: config.idle_poll_interval(),
+                idle_after: config.idle_after(),
                 batch_window: config.batch_window(),
                 on_trimmed: config.on_trimmed,
             },

@@ -154,3 +154,34 @@ fn help_lists_every_variable_with_its_default() {
         }
     }
 }
+
+#[test]
+fn an_idle_poll_interval_below_the_poll_interval_is_refused() {
+    assert_config_error(
+        &[
+            ("DYNASTREAM_TABLES", "orders"),
+            ("DYNASTREAM_POLL_INTERVAL_MS", "1000"),
+            ("DYNASTREAM_IDLE_POLL_INTERVAL_MS", "500"),
+        ],
+        &[
+            "DYNASTREAM_IDLE_POLL_INTERVAL_MS (500)",
+            "DYNASTREAM_POLL_INTERVAL_MS (1000)",
+        ],
+    );
+    for bad in ["199", "60001", "x"] {
+        assert_config_error(
+            &[
+                ("DYNASTREAM_TABLES", "orders"),
+                ("DYNASTREAM_IDLE_POLL_INTERVAL_MS", bad),
+            ],
+            &["DYNASTREAM_IDLE_POLL_INTERVAL_MS"],
+        );
+    }
+    assert_config_error(
+        &[
+            ("DYNASTREAM_TABLES", "orders"),
+            ("DYNASTREAM_IDLE_AFTER_MS", "999"),
+        ],
+        &["DYNASTREAM_IDLE_AFTER_MS"],
+    );
+}

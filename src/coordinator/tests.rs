@@ -57,6 +57,7 @@ fn settings(starting_position: StartingPosition) -> CoordinatorSettings {
             poll_interval: Duration::from_millis(200),
             batch_window: Duration::ZERO,
             on_trimmed: crate::config::OnTrimmed::Skip,
+            ..ShardSettings::default()
         },
     }
 }

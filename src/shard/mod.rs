@@ -37,10 +37,30 @@ pub struct ShardSettings {
     pub batch_size: u32,
     /// Wait after an empty read.
     pub poll_interval: Duration,
+    /// Wait after an empty read once the shard has been idle for `idle_after`:
+    /// a quiet shard costs a call every couple of seconds instead of four a
+    /// second, and the first record after the silence waits at most this long.
+    pub idle_poll_interval: Duration,
+    /// How long a shard must return nothing to be polled at `idle_poll_interval`.
+    pub idle_after: Duration,
     /// Longest wait to fill a batch; zero hands records on as soon as a read returns some.
     pub batch_window: Duration,
     /// What to do when the position fell behind the stream's retention.
     pub on_trimmed: OnTrimmed,
+}
+
+impl Default for ShardSettings {
+    /// The configuration's defaults.
+    fn default() -> Self {
+        ShardSettings {
+            batch_size: 100,
+            poll_interval: Duration::from_millis(250),
+            idle_poll_interval: Duration::from_secs(2),
+            idle_after: Duration::from_secs(30),
+            batch_window: Duration::ZERO,
+            on_trimmed: OnTrimmed::Skip,
+        }
+    }
 }
 
 /// How a shard consumer ended: the one message a shard task sends its coordinator.
@@ -144,6 +164,7 @@ impl ShardConsumer {
         let mut gathered_bytes = 0u64;
         let mut window_closes: Option<Instant> = None;
         let mut read_ahead: Option<(String, Result<RecordsPage, StreamsError>)> = None;
+        let mut last_records_at = Instant::now();
         loop {
             if shutdown.is_cancelled() {
                 return ShardExit::Stopped;
@@ -220,6 +241,9 @@ impl ShardConsumer {
                 }
             };
             let was_empty = page.records.is_empty();
+            if !was_empty {
+                last_records_at = Instant::now();
+            }
             let newest = page
                 .records
                 .last()
@@ -271,7 +295,11 @@ impl ShardConsumer {
             if was_empty {
                 // Nothing new: wait the poll interval, or less if a
                 // gathered batch's window closes sooner.
-                let mut pause = self.settings.poll_interval;
+                let mut pause = if last_records_at.elapsed() >= self.settings.idle_after {
+                    self.settings.idle_poll_interval
+                } else {
+                    self.settings.poll_interval
+                };
                 if let Some(at) = window_closes {
                     pause = pause.min(at.saturating_duration_since(Instant::now()));
                 }

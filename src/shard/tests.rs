@@ -231,6 +231,10 @@ impl Fixture {
     }
 
     fn consumer(&self, processor: Arc<Recorder>, batch_size: u32) -> ShardConsumer {
+        self.consumer_with(processor, batch_size)
+    }
+
+    fn consumer_with(&self, processor: Arc<dyn Processor>, batch_size: u32) -> ShardConsumer {
         let dispatcher = Dispatcher::new(vec![processor]);
         ShardConsumer::new(
             &self.arn,
@@ -243,6 +247,7 @@ impl Fixture {
                 poll_interval: Duration::from_millis(200),
                 batch_window: Duration::ZERO,
                 on_trimmed: crate::config::OnTrimmed::Skip,
+                ..ShardSettings::default()
             },
         )
     }
@@ -722,6 +727,7 @@ async fn a_batch_window_gathers_records_from_several_reads_into_one_batch() {
             poll_interval: Duration::from_millis(200),
             batch_window: Duration::from_secs(2),
             on_trimmed: crate::config::OnTrimmed::Skip,
+            ..ShardSettings::default()
         },
     );
     let shutdown = CancellationToken::new();
@@ -776,6 +782,7 @@ async fn with_on_trimmed_stop_a_trimmed_position_halts_the_shard() {
             poll_interval: Duration::from_millis(200),
             batch_window: Duration::ZERO,
             on_trimmed: crate::config::OnTrimmed::Stop,
+            ..ShardSettings::default()
         },
     );
     let exit = run_to_exit(consumer, CancellationToken::new()).await;
@@ -788,4 +795,107 @@ async fn with_on_trimmed_stop_a_trimmed_position_halts_the_shard() {
         fixture.stored().checkpoint,
         Checkpoint::Sequence(seqs[0].clone())
     );
+}
+
+/// A processor that takes a second with each batch and notes, per batch, how
+/// many checkpoints were written when it began and how many GetRecords calls
+/// had been made when it finished.
+struct Slow {
+    streams: MemoryStreams,
+    writes: Arc<Mutex<Vec<Write>>>,
+    seen: Mutex<Vec<(usize, u64)>>,
+}
+
+#[async_trait]
+impl Processor for Slow {
+    fn name(&self) -> &str {
+        "slow"
+    }
+
+    async fn process(&self, _batch: &Batch) -> Result<BatchOutcome, ProcessorError> {
+        let checkpoints = lock(&self.writes).len();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        lock(&self.seen).push((checkpoints, self.streams.calls("GetRecords")));
+        Ok(BatchOutcome::Success)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_page_is_read_during_a_batch_but_dispatched_only_after_its_checkpoint() {
+    let fixture = Fixture::new(Checkpoint::TrimHorizon).await;
+    let seqs = fixture.put(6);
+    fixture.close();
+    let slow = Arc::new(Slow {
+        streams: fixture.streams.clone(),
+        writes: Arc::clone(&fixture.store.writes),
+        seen: Mutex::new(Vec::new()),
+    });
+
+    let exit = run_to_exit(
+        fixture.consumer_with(slow.clone(), 2),
+        CancellationToken::new(),
+    )
+    .await;
+
+    assert_eq!(exit, ShardExit::Ended);
+    assert_eq!(
+        lock(&slow.seen).clone(),
+        vec![(0, 2), (1, 3), (2, 3)],
+        "each batch starts after the previous one's checkpoint, and while it is \
+         processed the next page has already been read (the last page of the \
+         closed shard has no next page)"
+    );
+    assert_eq!(
+        fixture.writes(),
+        vec![
+            accepted(&seqs[1]),
+            accepted(&seqs[3]),
+            accepted(&seqs[5]),
+            shard_end_accepted()
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shard_quiet_for_idle_after_is_polled_slowly_until_records_arrive() {
+    let fixture = Fixture::new(Checkpoint::TrimHorizon).await;
+    let recorder = Recorder::new();
+    let shutdown = CancellationToken::new();
+    let settings = ShardSettings::default();
+    let consumer = fixture.consumer(recorder.clone(), 10);
+    let task = tokio::spawn(consumer.run(shutdown.clone()));
+    let calls = || fixture.streams.calls("GetRecords");
+
+    tokio::time::sleep(settings.idle_after).await;
+    let while_fresh = calls();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let while_idle = calls() - while_fresh;
+    // 200 ms polls for the first 30 s; 2 s polls for the next 20 s.
+    assert!(
+        (140..=151).contains(&while_fresh),
+        "{while_fresh} reads in the first 30 s"
+    );
+    assert!(
+        (9..=11).contains(&while_idle),
+        "{while_idle} reads in 20 s of idleness"
+    );
+
+    let written_at = Instant::now();
+    fixture.put(1);
+    while recorder.attempts().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        written_at.elapsed() <= settings.idle_poll_interval,
+        "the first record after the silence waited {:?}",
+        written_at.elapsed()
+    );
+    let before = calls();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        calls() - before >= 9,
+        "after records the shard is polled every 200 ms again"
+    );
+    shutdown.cancel();
+    assert_eq!(task.await.unwrap(), ShardExit::Stopped);
 }
