@@ -169,6 +169,9 @@ async fn dynastream_usage(
         "idle: dynastream holds {shards} leases {:.1} s after start",
         started.elapsed().as_secs_f64()
     );
+    // The shards read last become idle (DYNASTREAM_IDLE_AFTER_MS, 30 s by
+    // default) only this long after they started.
+    tokio::time::sleep(IDLE_AFTER).await;
     let get_records = |page: &str| metric_sum(page, API_CALLS, &["api=\"GetRecords\""]);
     let calls_before = get_records(&http_get(&metrics).await.unwrap_or_default());
     let measured_from = Instant::now();
