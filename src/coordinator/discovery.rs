@@ -193,8 +193,12 @@ impl Coordinator {
     }
 
     /// Acts on a listing: creates missing leases and, for the leader after a
-    /// whole-stream listing, deletes the ones no longer needed.
-    pub(super) async fn on_listing(&mut self, listing: Listing) {
+    /// whole-stream listing, deletes the ones no longer needed. Returns
+    /// whether the lease table may have changed, so that the caller reads it
+    /// again only then: a worker following hundreds of quiet streams gets a
+    /// listing every half second, and reading the whole lease table twice
+    /// for each was most of its idle cost.
+    pub(super) async fn on_listing(&mut self, listing: Listing) -> bool {
         let stream_arn = listing.stream_arn.clone();
         if listing.complete {
             self.listings
@@ -206,9 +210,20 @@ impl Coordinator {
                 }
             }
         }
-        self.refresh_leases().await;
-        self.create_missing_leases(&stream_arn, &listing.shards)
-            .await;
+        let unknown = listing
+            .shards
+            .iter()
+            .any(|shard| self.lease_of(&stream_arn, &shard.shard_id).is_none());
+        // A lookup of an ended shard's children is rare and its children
+        // should start at once: always worth a fresh look.
+        let mut changed = !listing.complete;
+        if unknown {
+            // Another worker may have created them since the last read.
+            self.refresh_leases().await;
+            changed = self
+                .create_missing_leases(&stream_arn, &listing.shards)
+                .await;
+        }
         if listing.status == Some(StreamStatus::Disabled)
             && self.drained(&stream_arn, &listing.shards)
         {
@@ -216,11 +231,12 @@ impl Coordinator {
             tracing::info!(stream = %stream_arn, "the stream is disabled and every record it held was read; no longer following it");
             self.streams.retain(|s| s != &stream_arn);
             self.listings.remove(&stream_arn);
-            return;
+            return true;
         }
         if listing.complete && self.leader.as_ref().is_some_and(|l| !l.is_lost()) {
-            self.clean_up().await;
+            changed |= self.clean_up().await;
         }
+        changed
     }
 
     /// Whether every shard of a listing has been read to its end.
@@ -231,7 +247,14 @@ impl Coordinator {
         })
     }
 
-    pub(super) async fn create_missing_leases(&mut self, stream_arn: &str, shards: &[ShardInfo]) {
+    /// Creates a lease for each shard that has none; returns whether any
+    /// lease was created here or found created by another worker.
+    pub(super) async fn create_missing_leases(
+        &mut self,
+        stream_arn: &str,
+        shards: &[ShardInfo],
+    ) -> bool {
+        let mut changed = false;
         let first_sight = !self
             .shard_keys
             .keys()
@@ -265,19 +288,21 @@ impl Coordinator {
                         lease.key.clone(),
                     );
                     self.leases.insert(lease.key.clone(), lease);
+                    changed = true;
                 }
-                Ok(false) => {}
+                Ok(false) => changed = true,
                 Err(err) => {
                     tracing::warn!(shard = %shard.shard_id, error = %err, "could not create a lease; will retry");
                 }
             }
         }
+        changed
     }
 
     /// Deletes leases nobody needs any more: shards read to their end that
     /// the stream no longer lists (past the 24-hour retention) and whose
     /// children have started, and presence items of workers long gone.
-    async fn clean_up(&mut self) {
+    async fn clean_up(&mut self) -> bool {
         let long_gone = self.settings.lease_duration * 10;
         let mut doomed = Vec::new();
         for lease in self.leases.values() {
@@ -323,6 +348,7 @@ impl Coordinator {
                 }
             }
         }
+        let deleted = !doomed.is_empty();
         for lease in doomed {
             match self.store.delete_lease(&lease).await {
                 Ok(()) => {
@@ -335,5 +361,6 @@ impl Coordinator {
             }
         }
         self.index_shard_leases();
+        deleted
     }
 }

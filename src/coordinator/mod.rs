@@ -235,8 +235,13 @@ impl Coordinator {
                 _ = sleep_until_opt(full_sync_due) => self.request_full_sync(),
                 _ = tokio::time::sleep_until(self.next_table_check) => self.follow_tables().await,
                 Some(listing) = self.sync_results.recv() => {
-                    self.on_listing(listing).await;
-                    self.balance().await;
+                    let mut changed = self.on_listing(listing).await;
+                    while let Ok(listing) = self.sync_results.try_recv() {
+                        changed |= self.on_listing(listing).await;
+                    }
+                    if changed {
+                        self.balance().await;
+                    }
                 }
                 Some((key, exit)) = self.exits_rx.recv() => self.on_exit(key, exit).await,
             }

@@ -155,6 +155,8 @@ impl Processor for Recorder {
 struct GatedStore {
     inner: MemoryLeaseStore,
     refused: Arc<Mutex<HashSet<String>>>,
+    /// How many times the whole table was read.
+    scans: Arc<Mutex<usize>>,
 }
 
 impl GatedStore {
@@ -173,6 +175,7 @@ impl LeaseStore for GatedStore {
         self.inner.ensure_table().await
     }
     async fn list_leases(&self) -> Result<LeaseScan, LeaseError> {
+        *lock(&self.scans) += 1;
         self.inner.list_leases().await
     }
     async fn create_lease_if_absent(&self, lease: &Lease) -> Result<bool, LeaseError> {
@@ -742,5 +745,35 @@ async fn the_lease_of_an_ended_shard_past_retention_is_deleted_once_its_child_st
     })
     .await;
     assert!(store.get(CHILD).is_some(), "the child's lease stays");
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_listing_that_changes_nothing_does_not_read_the_lease_table_again() {
+    let streams = MemoryStreams::new();
+    streams.create_stream_with_shards(TABLE, &["shardId-a", "shardId-b"]);
+    let store = GatedStore::default();
+    let recorder = Recorder::new(&store.inner);
+    let settings = settings(StartingPosition::TrimHorizon);
+    let scan_interval = settings.renew_interval / 2;
+    let sync_interval = settings.shard_sync_interval;
+    let running = Running::start(settings, &streams, Arc::new(store.clone()), &recorder);
+    wait_until("both shards are leased", || {
+        owner_of(&store.inner, "shardId-a").is_some()
+            && owner_of(&store.inner, "shardId-b").is_some()
+    })
+    .await;
+
+    let before = *lock(&store.scans);
+    let window = Duration::from_secs(20);
+    tokio::time::sleep(window).await;
+    let scans = *lock(&store.scans) - before;
+    let periodic = (window.as_millis() / scan_interval.as_millis()) as usize;
+    let listings = (window.as_millis() / sync_interval.as_millis()) as usize;
+    assert!(
+        scans <= periodic + 2,
+        "{scans} reads of the lease table in {window:?}: the periodic {periodic}, and none \
+         for the {listings} listings that found nothing new"
+    );
     running.stop().await;
 }
