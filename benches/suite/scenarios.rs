@@ -31,3 +31,20 @@ pub fn setting(name: &str, default: u64) -> u64 {
         Err(_) => default,
     }
 }
+
+/// A worker's environment (see `support::worker_env`) plus the settings in
+/// `DYNASTREAM_BENCH_WORKER_SETTINGS` (`NAME=value` pairs separated by
+/// spaces), which override the scenario's own: how the cost of a setting is
+/// measured, e.g. `DYNASTREAM_BENCH_WORKER_SETTINGS="DYNASTREAM_IDLE_POLL_INTERVAL_MS=250"`.
+pub fn worker_env(settings: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = crate::support::worker_env(settings);
+    let extra = std::env::var("DYNASTREAM_BENCH_WORKER_SETTINGS").unwrap_or_default();
+    for pair in extra.split_whitespace() {
+        let (name, value) = pair.split_once('=').unwrap_or_else(|| {
+            panic!("DYNASTREAM_BENCH_WORKER_SETTINGS: {pair:?} is not NAME=value")
+        });
+        env.retain(|(existing, _)| existing != name);
+        env.push((name.to_owned(), value.to_owned()));
+    }
+    env
+}

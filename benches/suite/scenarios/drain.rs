@@ -8,23 +8,48 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::setting;
+use super::{setting, worker_env};
 use crate::ceiling::CeilingProcess;
 use crate::measure::{http_get, median, metric_sum, proc_stats, ProcStats};
 use crate::report::Figure;
-use crate::support::{aws_env, create_table, dynamodb, worker_env, Worker};
+use crate::support::{aws_env, create_table, dynamodb, Worker};
 
 /// One consumer's drain of the whole dataset.
 #[derive(Debug, Clone, Copy)]
 struct Drain {
     seconds: f64,
     stats: ProcStats,
+    /// CPU seconds DynamoDB Local spent meanwhile: it shares the machine's
+    /// two cores with the consumer, so work the consumer asks of it (the
+    /// checkpoint writes) slows the drain too.
+    server_cpu_seconds: f64,
+}
+
+/// The process id of this scenario's DynamoDB Local, from the pid file
+/// `scripts/dynamodb-local` keeps beside its log.
+fn dynamodb_local_pid() -> Option<u32> {
+    let endpoint = &crate::support::dynamodb_local().endpoint;
+    let port = endpoint.rsplit(':').next()?;
+    let dir =
+        std::env::var("DYNASTREAM_RUN_DIR").unwrap_or_else(|_| "/tmp/dynastream-ddb-local".into());
+    std::fs::read_to_string(format!("{dir}/{port}/pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// DynamoDB Local's CPU seconds so far (0 when its pid is unknown).
+fn server_cpu() -> f64 {
+    dynamodb_local_pid()
+        .and_then(proc_stats)
+        .map_or(0.0, |stats| stats.cpu_seconds)
 }
 
 pub async fn run() {
     let tables = setting("DYNASTREAM_BENCH_TABLES", 3);
     let items = setting("DYNASTREAM_BENCH_ITEMS", 150_000);
-    let rounds = setting("DYNASTREAM_BENCH_ROUNDS", 2);
+    let rounds = setting("DYNASTREAM_BENCH_ROUNDS", 3);
     let client = dynamodb().await;
     let mut names = Vec::new();
     let mut arns = Vec::new();
@@ -63,13 +88,8 @@ pub async fn run() {
             raw.push(drain_with_ceiling(&arns, total).await);
         }
         eprintln!(
-            "drain round {round}: dynastream {:.2} s, {:.2} CPU s, peak RSS {:.1} MB; raw loop {:.2} s, {:.2} CPU s, peak RSS {:.1} MB",
-            ours[round as usize].seconds,
-            ours[round as usize].stats.cpu_seconds,
-            ours[round as usize].stats.peak_rss_bytes as f64 / 1e6,
-            raw[round as usize].seconds,
-            raw[round as usize].stats.cpu_seconds,
-            raw[round as usize].stats.peak_rss_bytes as f64 / 1e6,
+            "drain round {round}: dynastream {}; raw loop {}",
+            ours[round as usize], raw[round as usize],
         );
     }
 
@@ -111,20 +131,39 @@ pub async fn run() {
         .ceiling(raw_cpu)
         .target("ratio <= 1.3", our_cpu <= 1.3 * raw_cpu)
         .emit();
+    let server = |runs: &[Drain]| {
+        median(
+            &runs
+                .iter()
+                .map(|r| r.server_cpu_seconds)
+                .collect::<Vec<_>>(),
+        ) / total as f64
+            * 100_000.0
+    };
+    Figure::new(
+        "drain",
+        "DynamoDB Local's CPU s per 100k records meanwhile",
+        server(&ours),
+    )
+    .ceiling(server(&raw))
+    .emit();
     Figure::new("drain", "peak RSS, MB", peak(&ours))
         .ceiling(peak(&raw))
         .emit();
 }
 
 async fn drain_with_ceiling(arns: &[String], total: u64) -> Drain {
+    let server_before = server_cpu();
     let mut ceiling =
         CeilingProcess::start(&aws_env(), arns, Some(total), Duration::from_millis(250));
     let elapsed = ceiling.wait_until_done().await;
     let stats = proc_stats(ceiling.pid()).expect("the ceiling is running");
+    let server_cpu_seconds = server_cpu() - server_before;
     ceiling.stop().await;
     Drain {
         seconds: elapsed.as_secs_f64(),
         stats,
+        server_cpu_seconds,
     }
 }
 
@@ -140,6 +179,7 @@ async fn drain_with_dynastream(
     round: u64,
     describe_stream_rps: &str,
 ) -> Drain {
+    let server_before = server_cpu();
     let started = Instant::now();
     let worker = Worker::start(&worker_env(&[
         ("DYNASTREAM_TABLES", &tables.join(",")),
@@ -166,6 +206,7 @@ async fn drain_with_dynastream(
     }
     let elapsed = started.elapsed();
     let stats = proc_stats(worker.pid()).expect("the worker is running");
+    let server_cpu_seconds = server_cpu() - server_before;
     if let Some(mut profiler) = profiler {
         let _ = std::process::Command::new("kill")
             .args(["-INT", &profiler.id().to_string()])
@@ -181,6 +222,7 @@ async fn drain_with_dynastream(
     Drain {
         seconds: elapsed.as_secs_f64(),
         stats,
+        server_cpu_seconds,
     }
 }
 
@@ -210,4 +252,17 @@ fn profile(pid: u32, round: u64) -> std::process::Child {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start perf (install linux-perf)")
+}
+
+impl std::fmt::Display for Drain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.2} s, {:.2} CPU s, peak RSS {:.1} MB, DynamoDB Local {:.2} CPU s",
+            self.seconds,
+            self.stats.cpu_seconds,
+            self.stats.peak_rss_bytes as f64 / 1e6,
+            self.server_cpu_seconds
+        )
+    }
 }

@@ -16,8 +16,9 @@ use dynastream::lease::dynamo::DynamoLeaseStore;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use super::worker_env;
 use crate::report::Figure;
-use crate::support::{create_table, dynamodb, lease_owners, put, worker_env, Worker};
+use crate::support::{create_table, dynamodb, lease_owners, put, Worker};
 
 /// DYNASTREAM_LEASE_DURATION_MS's default.
 const LEASE_DURATION: Duration = Duration::from_secs(10);

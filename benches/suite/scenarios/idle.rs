@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::setting;
+use super::{setting, worker_env};
 use crate::ceiling::CeilingProcess;
 use crate::measure::{http_get, metric_sum, proc_stats};
 use crate::report::Figure;
 use crate::support::scripted_streams::ScriptedStreams;
-use crate::support::{aws_env, create_table, dynamodb, worker_env, Worker};
+use crate::support::{aws_env, create_table, dynamodb, Worker};
 use dynastream::streams::memory::MemoryStreams;
 use dynastream::telemetry::metrics::{API_CALLS, LEASES_HELD};
 

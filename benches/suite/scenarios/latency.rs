@@ -17,11 +17,11 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::setting;
+use super::{setting, worker_env};
 use crate::ceiling;
 use crate::measure::{http_get, metric_sum, quantile};
 use crate::report::Figure;
-use crate::support::{create_table, dynamodb, worker_env, Worker};
+use crate::support::{create_table, dynamodb, Worker};
 
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const IDLE_WINDOW: Duration = Duration::from_secs(10);

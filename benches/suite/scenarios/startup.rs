@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::setting;
+use super::{setting, worker_env};
 use crate::ceiling::CeilingProcess;
 use crate::measure::{median, proc_stats};
 use crate::report::Figure;
-use crate::support::{aws_env, create_table, dynamodb, put, worker_env, Worker};
+use crate::support::{aws_env, create_table, dynamodb, put, Worker};
 
 pub async fn run() {
     let runs = setting("DYNASTREAM_BENCH_STARTUP_RUNS", 5);
