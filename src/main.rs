@@ -9,6 +9,13 @@ use tokio_util::sync::CancellationToken;
 
 const EXIT_CONFIG: u8 = 2;
 
+/// mimalloc rather than the system allocator: a worker allocates and frees
+/// the buffers of every AWS call and every record it reads, and glibc's
+/// malloc and free were about a quarter of its CPU time in the benchmark
+/// profiles (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let config = match Config::from_args(std::env::args_os()) {
         Ok(Invocation::Run(config)) => config,

@@ -26,6 +26,12 @@ use std::time::Duration;
 
 use report::{Figure, FIGURE_PREFIX};
 
+/// The allocator dynastream's binary uses, so that the ceiling (run from
+/// this binary) is measured with the same one: the comparison is of the
+/// code, not of allocators.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     // cargo passes `--bench` to a bench target without a harness.
     let args: Vec<String> = std::env::args()
