@@ -69,14 +69,17 @@
 //!
 //! Patterns are compiled once into a tree of nodes and matchers. Matching
 //! walks that tree and the record together, looks fields up in the record's
-//! maps and allocates nothing; [`FilterSet::matches_record`] converts the
-//! record to JSON once.
+//! maps and allocates nothing. [`FilterSet::matches_record`] converts to JSON
+//! only the parts of the record some pattern can reach (`eventName`, one
+//! attribute of `NewImage`, ...), not the whole record with its item images.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use serde::Serialize;
 use serde_json::{Map, Number, Value};
 
-use crate::record::StreamRecord;
+use crate::record::{ChangeData, Item, StreamRecord};
 
 /// Most patterns one filter may hold (Lambda's own limit is 5, or 10 with a
 /// quota increase).
@@ -96,6 +99,9 @@ const SHOWN_VALUE_CHARS: usize = 80;
 #[derive(Debug, Clone)]
 pub struct FilterSet {
     patterns: Box<[Node]>,
+    /// What of a record the patterns can reach, so that
+    /// [`FilterSet::matches_record`] converts only that.
+    projection: Projection,
 }
 
 impl FilterSet {
@@ -136,8 +142,12 @@ impl FilterSet {
                     ))),
                 }
             })
-            .collect::<Result<_, _>>()?;
-        Ok(FilterSet { patterns })
+            .collect::<Result<Box<[Node]>, _>>()?;
+        let projection = Projection::of_patterns(&patterns);
+        Ok(FilterSet {
+            patterns,
+            projection,
+        })
     }
 
     /// How many patterns the set holds.
@@ -158,15 +168,23 @@ impl FilterSet {
             .any(|pattern| pattern.matches(Some(record)))
     }
 
-    /// Whether `record` matches any pattern, judged on its Lambda-shaped JSON
-    /// (converted once, here).
+    /// Whether `record` matches any pattern, judged on its Lambda-shaped JSON.
+    ///
+    /// Only the fields the patterns can reach are converted: the answer is
+    /// the same as [`FilterSet::matches`] on the whole record's JSON, without
+    /// copying item images the patterns never look at.
     pub fn matches_record(&self, record: &StreamRecord) -> bool {
-        match serde_json::to_value(record) {
+        match self.projected(record) {
             Ok(value) => self.matches(&value),
             // A record always serializes (its maps have string keys); were it
             // ever not to, processing it beats silently dropping it.
             Err(_) => true,
         }
+    }
+
+    /// The record's Lambda-shaped JSON cut down to [`FilterSet::projection`].
+    fn projected(&self, record: &StreamRecord) -> Result<Value, serde_json::Error> {
+        project_record(record, &self.projection)
     }
 }
 
@@ -399,6 +417,196 @@ fn fold(text: &str) -> Box<str> {
 /// Whether `text` equals `folded` (already lower-cased) ignoring case.
 fn equals_folded(folded: &str, text: &str) -> bool {
     folded.chars().eq(text.chars().flat_map(char::to_lowercase))
+}
+
+/// The part of a value that patterns can reach.
+///
+/// Matching reads a field only when a pattern names it, so a record cut down
+/// to these fields matches exactly like the whole record; building only them
+/// avoids serializing item images of which a filter reads one attribute.
+#[derive(Debug, Clone)]
+enum Projection {
+    /// The value as it is: a leaf's matchers read all of it (its elements,
+    /// whether it is present, whether it is a leaf at all).
+    Whole,
+    /// Only these fields, of the value or of each object in it when it is an
+    /// array (a nested pattern is matched against each element).
+    Fields(BTreeMap<Box<str>, Projection>),
+}
+
+impl Projection {
+    /// What `patterns` can reach, together: a record passes on any of them.
+    fn of_patterns(patterns: &[Node]) -> Projection {
+        let mut projection = Projection::Fields(BTreeMap::new());
+        for pattern in patterns {
+            projection.add(pattern);
+        }
+        projection
+    }
+
+    /// Widens the projection to what `node` reaches at this level.
+    fn add(&mut self, node: &Node) {
+        // A whole value already holds whatever the node could read.
+        let Projection::Fields(fields) = self else {
+            return;
+        };
+        for (name, rule) in &node.fields {
+            let reach = fields
+                .entry(name.clone())
+                .or_insert_with(|| Projection::Fields(BTreeMap::new()));
+            match rule {
+                Rule::Leaf(_) => *reach = Projection::Whole,
+                Rule::Nested(inner) => reach.add(inner),
+            }
+        }
+        // `$or` alternatives are matched against the same object.
+        for alternative in &node.any_of {
+            self.add(alternative);
+        }
+    }
+
+    /// Cuts `value` down to the projection; arrays keep every element (cut
+    /// in turn) and scalars stay as they are, so that a nested pattern meets
+    /// the same shape as in the whole value.
+    fn apply(&self, value: Value) -> Value {
+        let Projection::Fields(fields) = self else {
+            return value;
+        };
+        match value {
+            Value::Object(mut object) => Value::Object(
+                fields
+                    .iter()
+                    .filter_map(|(name, reach)| {
+                        let field = object.remove(&**name)?;
+                        Some((name.to_string(), reach.apply(field)))
+                    })
+                    .collect(),
+            ),
+            Value::Array(items) => {
+                Value::Array(items.into_iter().map(|item| self.apply(item)).collect())
+            }
+            scalar => scalar,
+        }
+    }
+
+    /// Serializes `value` and cuts it down, for a field of the record that is
+    /// small, or that the projection takes whole anyway.
+    fn serialize<T: Serialize + ?Sized>(&self, value: &T) -> Result<Value, serde_json::Error> {
+        serde_json::to_value(value).map(|value| self.apply(value))
+    }
+}
+
+/// `record`'s Lambda-shaped JSON, holding only what `projection` reaches.
+///
+/// Each field is serialized on its own with the record's serde attributes,
+/// so it is exactly what `serde_json::to_value(record)` holds at that path,
+/// and a field skipped when `None` stays absent.
+fn project_record(
+    record: &StreamRecord,
+    projection: &Projection,
+) -> Result<Value, serde_json::Error> {
+    let Projection::Fields(fields) = projection else {
+        return serde_json::to_value(record);
+    };
+    let mut whole = None;
+    let mut projected = Map::new();
+    for (name, reach) in fields {
+        let value = match &**name {
+            "eventID" => Some(reach.serialize(&record.event_id)?),
+            "eventName" => Some(reach.serialize(&record.event_name)?),
+            "eventVersion" => Some(reach.serialize(&record.event_version)?),
+            "eventSource" => Some(reach.serialize(&record.event_source)?),
+            "awsRegion" => Some(reach.serialize(&record.aws_region)?),
+            "dynamodb" => Some(project_change(&record.dynamodb, reach)?),
+            "eventSourceARN" => Some(reach.serialize(&record.event_source_arn)?),
+            "userIdentity" => record
+                .user_identity
+                .as_ref()
+                .map(|identity| reach.serialize(identity))
+                .transpose()?,
+            _ => serialized_field(&mut whole, record, name)?.map(|value| reach.apply(value)),
+        };
+        if let Some(value) = value {
+            projected.insert(name.to_string(), value);
+        }
+    }
+    Ok(Value::Object(projected))
+}
+
+/// The record's `dynamodb` part, holding only what `projection` reaches.
+fn project_change(
+    change: &ChangeData,
+    projection: &Projection,
+) -> Result<Value, serde_json::Error> {
+    let Projection::Fields(fields) = projection else {
+        return serde_json::to_value(change);
+    };
+    let mut whole = None;
+    let mut projected = Map::new();
+    for (name, reach) in fields {
+        let value = match &**name {
+            "ApproximateCreationDateTime" => change
+                .approximate_creation_date_time
+                .map(|time| reach.serialize(&time))
+                .transpose()?,
+            "Keys" => Some(project_item(&change.keys, reach)?),
+            "NewImage" => change
+                .new_image
+                .as_ref()
+                .map(|image| project_item(image, reach))
+                .transpose()?,
+            "OldImage" => change
+                .old_image
+                .as_ref()
+                .map(|image| project_item(image, reach))
+                .transpose()?,
+            "SequenceNumber" => Some(reach.serialize(&change.sequence_number)?),
+            "SizeBytes" => Some(reach.serialize(&change.size_bytes)?),
+            "StreamViewType" => change
+                .stream_view_type
+                .as_ref()
+                .map(|view| reach.serialize(view))
+                .transpose()?,
+            _ => serialized_field(&mut whole, change, name)?.map(|value| reach.apply(value)),
+        };
+        if let Some(value) = value {
+            projected.insert(name.to_string(), value);
+        }
+    }
+    Ok(Value::Object(projected))
+}
+
+/// An item image or key set, holding only the attributes `projection`
+/// reaches: the point of projecting, as images are most of a record.
+fn project_item(item: &Item, projection: &Projection) -> Result<Value, serde_json::Error> {
+    let Projection::Fields(attributes) = projection else {
+        return serde_json::to_value(item);
+    };
+    let mut projected = Map::new();
+    for (name, reach) in attributes {
+        if let Some(attribute) = item.get(&**name) {
+            projected.insert(name.to_string(), reach.serialize(attribute)?);
+        }
+    }
+    Ok(Value::Object(projected))
+}
+
+/// Field `name` of `source` taken from its whole serialization (made once,
+/// into `whole`), for a name the projection code does not know: a field
+/// added to the record model is then matched correctly, only without the
+/// saving, and a name the record lacks stays absent.
+fn serialized_field<T: Serialize>(
+    whole: &mut Option<Value>,
+    source: &T,
+    name: &str,
+) -> Result<Option<Value>, serde_json::Error> {
+    if whole.is_none() {
+        *whole = Some(serde_json::to_value(source)?);
+    }
+    Ok(whole
+        .as_mut()
+        .and_then(Value::as_object_mut)
+        .and_then(|object| object.remove(name)))
 }
 
 /// Where in the input a pattern is being compiled, for error messages.
@@ -814,6 +1022,14 @@ mod tests {
 
     /// The records the table refers to by name, in Lambda's JSON shape.
     fn fixture(name: &str) -> Value {
+        match fixture_record(name) {
+            Some(stream_record) => serde_json::to_value(stream_record).unwrap(),
+            None => fixture_json(name),
+        }
+    }
+
+    /// The fixtures that are stream records, for `matches_record`.
+    fn fixture_record(name: &str) -> Option<StreamRecord> {
         let keys = item(&[("pk", s("user#1")), ("sk", n("7"))]);
         let stream_record = match name {
             "insert" => {
@@ -855,22 +1071,27 @@ mod tests {
                 });
                 removed
             }
-            "json" => {
-                return json!({
-                    "a": [1, "x", [2, [3]], {"b": "in-object"}],
-                    "list": [{"k": "v1", "n": 1}, {"k": "v2", "n": 2}],
-                    "empty": [],
-                    "nul": null,
-                    "flag": false,
-                    "num": 5,
-                    "float": 2.5,
-                    "str": "Hello World",
-                    "obj": {"inner": "x"}
-                })
-            }
-            other => panic!("no fixture {other}"),
+            _ => return None,
         };
-        serde_json::to_value(stream_record).unwrap()
+        Some(stream_record)
+    }
+
+    /// The fixture that is plain JSON, for shapes no stream record has.
+    fn fixture_json(name: &str) -> Value {
+        match name {
+            "json" => json!({
+                "a": [1, "x", [2, [3]], {"b": "in-object"}],
+                "list": [{"k": "v1", "n": 1}, {"k": "v2", "n": 2}],
+                "empty": [],
+                "nul": null,
+                "flag": false,
+                "num": 5,
+                "float": 2.5,
+                "str": "Hello World",
+                "obj": {"inner": "x"}
+            }),
+            other => panic!("no fixture {other}"),
+        }
     }
 
     /// (what, record, filter text, expected).
@@ -1031,6 +1252,25 @@ mod tests {
     }
 
     #[test]
+    fn matches_record_follows_the_match_table() {
+        let mut failures = Vec::new();
+        for (what, fixture_name, text, expected) in MATCHES {
+            let Some(stream_record) = fixture_record(fixture_name) else {
+                continue;
+            };
+            let got = FilterSet::parse(text)
+                .unwrap()
+                .matches_record(&stream_record);
+            if got != *expected {
+                failures.push(format!(
+                    "{what}: {text} on {fixture_name}: expected {expected}, got {got}"
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
     fn matches_record_agrees_with_matches() {
         let filter = FilterSet::parse(
             r#"{"eventName":["INSERT"],"dynamodb":{"NewImage":{"age":{"N":[{"numeric":[">",40]}]}}}}"#,
@@ -1054,6 +1294,70 @@ mod tests {
         assert_eq!(
             filter.matches(&serde_json::to_value(&old).unwrap()),
             filter.matches_record(&old)
+        );
+    }
+
+    #[test]
+    fn projection_holds_only_the_attribute_a_pattern_reads() {
+        let filter =
+            FilterSet::parse(r#"{"dynamodb":{"NewImage":{"status":{"S":["shipped"]}}}}"#).unwrap();
+        let keys = item(&[("pk", s("order#1"))]);
+        let mut image = keys.clone();
+        image.extend(item(&[
+            ("status", s("shipped")),
+            ("total", n("12.50")),
+            ("note", s("leave at the door")),
+        ]));
+        let mut shipped = record(EventName::Modify, keys, Some(image.clone()), Some(image));
+        shipped.user_identity = Some(UserIdentity {
+            kind: "Service".into(),
+            principal_id: "dynamodb.amazonaws.com".into(),
+        });
+        assert_eq!(
+            filter.projected(&shipped).unwrap(),
+            json!({ "dynamodb": { "NewImage": { "status": { "S": "shipped" } } } })
+        );
+        assert!(filter.matches_record(&shipped));
+
+        shipped.dynamodb.new_image = None;
+        assert_eq!(
+            filter.projected(&shipped).unwrap(),
+            json!({ "dynamodb": {} })
+        );
+        assert!(!filter.matches_record(&shipped));
+    }
+
+    #[test]
+    fn projection_joins_patterns_and_or_branches() {
+        let filter = FilterSet::parse(
+            r#"[
+                {"eventName":["INSERT"]},
+                {"dynamodb":{"$or":[
+                    {"NewImage":{"status":{"S":["shipped"]}}},
+                    {"NewImage":{"total":{"N":[{"numeric":[">",10]}]}},"Keys":[{"exists":true}]}
+                ]}},
+                {"dynamodb":{"NewImage":{"status":[{"exists":false}]}}}
+            ]"#,
+        )
+        .unwrap();
+        let keys = item(&[("pk", s("order#1"))]);
+        let mut image = keys.clone();
+        image.extend(item(&[
+            ("status", s("shipped")),
+            ("total", n("12.50")),
+            ("note", s("leave at the door")),
+        ]));
+        let shipped = record(EventName::Modify, keys, Some(image.clone()), Some(image));
+        // `status` is reached by a leaf in the third pattern, so whole.
+        assert_eq!(
+            filter.projected(&shipped).unwrap(),
+            json!({
+                "eventName": "MODIFY",
+                "dynamodb": {
+                    "Keys": { "pk": { "S": "order#1" } },
+                    "NewImage": { "status": { "S": "shipped" }, "total": { "N": "12.50" } }
+                }
+            })
         );
     }
 
@@ -1333,6 +1637,229 @@ mod tests {
         json!({ "eventName": [event_name], "dynamodb": { "Keys": keys } }).to_string()
     }
 
+    /// Words that records and patterns share: few, so that exact matchers,
+    /// prefixes and `anything-but` often hit.
+    fn word() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("shipped".to_owned()),
+            Just("INSERT".to_owned()),
+            Just("Service".to_owned()),
+            Just("42".to_owned()),
+            "[a-c]",
+        ]
+    }
+
+    /// Attribute names that records and patterns share.
+    fn attribute_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("pk".to_owned()),
+            Just("status".to_owned()),
+            Just("tags".to_owned()),
+        ]
+    }
+
+    /// Any DynamoDB attribute value, nested maps and lists included.
+    fn arb_any_attribute() -> impl Strategy<Value = AttributeValue> {
+        let number = prop_oneof![Just("42".to_owned()), "-?[0-9]{1,20}(\\.[0-9]{1,3})?"];
+        let leaf = prop_oneof![
+            4 => prop_oneof![4 => word(), 1 => any::<String>()].prop_map(AttributeValue::S),
+            2 => number.clone().prop_map(AttributeValue::N),
+            1 => proptest::collection::vec(any::<u8>(), 0..4).prop_map(AttributeValue::B),
+            1 => proptest::collection::vec(word(), 1..3).prop_map(AttributeValue::Ss),
+            1 => proptest::collection::vec(number, 1..3).prop_map(AttributeValue::Ns),
+            1 => proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..3), 1..3)
+                .prop_map(AttributeValue::Bs),
+            1 => Just(AttributeValue::Null(true)),
+            1 => any::<bool>().prop_map(AttributeValue::Bool),
+            // Lists whose later elements a nested pattern must reach too.
+            2 => proptest::collection::vec(word().prop_map(AttributeValue::S), 2..4)
+                .prop_map(AttributeValue::L),
+        ];
+        leaf.prop_recursive(2, 12, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(AttributeValue::L),
+                proptest::collection::btree_map(attribute_name(), inner, 0..3)
+                    .prop_map(AttributeValue::M),
+            ]
+        })
+    }
+
+    /// Records with and without each optional part.
+    fn arb_any_record() -> impl Strategy<Value = StreamRecord> {
+        let event_name = prop_oneof![
+            Just(EventName::Insert),
+            Just(EventName::Modify),
+            Just(EventName::Remove),
+        ];
+        let image = || proptest::collection::btree_map(attribute_name(), arb_any_attribute(), 0..4);
+        let identity =
+            (word(), word()).prop_map(|(kind, principal_id)| UserIdentity { kind, principal_id });
+        (
+            (event_name, word(), word()),
+            proptest::collection::btree_map(attribute_name(), arb_any_attribute(), 1..3),
+            proptest::option::of(image()),
+            proptest::option::of(image()),
+            proptest::option::of(identity),
+            proptest::option::of(-50i64..50),
+            proptest::option::of(word()),
+            (-50i64..50, "[0-9]{1,21}"),
+        )
+            .prop_map(
+                |(
+                    (event_name, event_id, region),
+                    keys,
+                    new_image,
+                    old_image,
+                    user_identity,
+                    time,
+                    view,
+                    (size, sequence),
+                )| {
+                    let mut record = record(event_name, keys, new_image, old_image);
+                    record.event_id = event_id;
+                    record.aws_region = region;
+                    record.user_identity = user_identity;
+                    record.dynamodb.approximate_creation_date_time = time;
+                    record.dynamodb.stream_view_type = view;
+                    record.dynamodb.size_bytes = size;
+                    record.dynamodb.sequence_number = SequenceNumber(sequence);
+                    record
+                },
+            )
+    }
+
+    /// A valid matcher of any kind, mostly ones that often hit (`exists`,
+    /// exact words, `anything-but`), so that a wrong projection shows.
+    fn arb_matcher() -> impl Strategy<Value = Value> {
+        let number = -50i64..50;
+        prop_oneof![
+            4 => any::<bool>().prop_map(|present| json!({ "exists": present })),
+            3 => word().prop_map(Value::from),
+            2 => word().prop_map(|w| json!({ "anything-but": w })),
+            1 => (word(), word()).prop_map(|(a, b)| json!({ "anything-but": [a, b] })),
+            1 => number.clone().prop_map(|n| json!({ "anything-but": n })),
+            1 => word().prop_map(|w| json!({ "anything-but": { "prefix": w } })),
+            1 => word().prop_map(|w| json!({ "prefix": w })),
+            1 => word().prop_map(|w| json!({ "suffix": w })),
+            1 => word().prop_map(|w| json!({ "equals-ignore-case": w })),
+            1 => (prop_oneof![Just(">"), Just("<="), Just("=")], number.clone())
+                .prop_map(|(op, n)| json!({ "numeric": [op, n] })),
+            1 => number.prop_map(Value::from),
+            1 => any::<bool>().prop_map(Value::from),
+            1 => Just(Value::Null),
+        ]
+    }
+
+    fn arb_leaf() -> BoxedStrategy<Value> {
+        proptest::collection::vec(arb_matcher(), 1..3)
+            .prop_map(Value::Array)
+            .boxed()
+    }
+
+    /// A pattern object with `field`'s fields (mostly one, as each more
+    /// makes a match rarer), sometimes with a `$or` of two or three more.
+    fn arb_object(field: BoxedStrategy<(String, Value)>) -> BoxedStrategy<Value> {
+        let object = prop_oneof![
+            3 => proptest::collection::vec(field.clone(), 1..2),
+            1 => proptest::collection::vec(field, 2..4),
+        ]
+        .prop_map(|fields| Value::Object(fields.into_iter().collect()));
+        let alternatives = proptest::collection::vec(object.clone(), 2..4);
+        (object, proptest::option::weighted(0.2, alternatives))
+            .prop_map(|(mut object, any_of)| {
+                if let (Value::Object(fields), Some(any_of)) = (&mut object, any_of) {
+                    fields.insert(OR_KEY.to_owned(), Value::Array(any_of));
+                }
+                object
+            })
+            .boxed()
+    }
+
+    fn named(
+        names: &'static [&'static str],
+        value: BoxedStrategy<Value>,
+    ) -> BoxedStrategy<(String, Value)> {
+        (proptest::sample::select(names), value)
+            .prop_map(|(name, value)| (name.to_owned(), value))
+            .boxed()
+    }
+
+    /// A pattern on one attribute value (`{"S": [...]}`, `{"L": {"S": [...]}}`).
+    fn arb_typed_pattern(depth: u32) -> BoxedStrategy<Value> {
+        const COMMON: &[&str] = &["S", "N", "SS"];
+        const OTHER: &[&str] = &["B", "NS", "BS", "BOOL", "NULL", "M", "L"];
+        if depth == 0 {
+            return arb_object(
+                prop_oneof![3 => named(COMMON, arb_leaf()), 1 => named(OTHER, arb_leaf())].boxed(),
+            );
+        }
+        arb_object(
+            prop_oneof![
+                3 => named(COMMON, arb_leaf()),
+                1 => named(OTHER, arb_leaf()),
+                1 => named(&["M"], arb_image_pattern(depth - 1)),
+                2 => named(&["L"], arb_typed_pattern(depth - 1)),
+            ]
+            .boxed(),
+        )
+    }
+
+    /// A pattern on an item image or key set.
+    fn arb_image_pattern(depth: u32) -> BoxedStrategy<Value> {
+        let attribute = (
+            attribute_name(),
+            prop_oneof![3 => arb_typed_pattern(depth), 1 => arb_leaf()],
+        )
+            .boxed();
+        arb_object(attribute)
+    }
+
+    /// A pattern on the `dynamodb` part.
+    fn arb_change_pattern() -> BoxedStrategy<Value> {
+        arb_object(
+            prop_oneof![
+                4 => named(
+                    &["Keys", "NewImage", "OldImage"],
+                    prop_oneof![4 => arb_image_pattern(1), 1 => arb_leaf()].boxed(),
+                ),
+                1 => named(
+                    &[
+                        "ApproximateCreationDateTime",
+                        "SequenceNumber",
+                        "SizeBytes",
+                        "StreamViewType",
+                        "NotAField",
+                    ],
+                    arb_leaf(),
+                ),
+            ]
+            .boxed(),
+        )
+    }
+
+    /// A pattern on a whole record, in Lambda's shape.
+    fn arb_record_pattern() -> BoxedStrategy<Value> {
+        const TOP: &[&str] = &[
+            "eventID",
+            "eventName",
+            "eventVersion",
+            "eventSource",
+            "awsRegion",
+            "eventSourceARN",
+            "notAField",
+        ];
+        let identity = arb_object(named(&["type", "principalId"], arb_leaf()));
+        arb_object(
+            prop_oneof![
+                2 => named(TOP, arb_leaf()),
+                1 => named(TOP, arb_object(named(&["x"], arb_leaf()))),
+                6 => named(&["dynamodb"], prop_oneof![6 => arb_change_pattern(), 1 => arb_leaf()].boxed()),
+                1 => named(&["userIdentity"], prop_oneof![identity, arb_leaf()].boxed()),
+            ]
+            .boxed(),
+        )
+    }
+
     proptest! {
         #[test]
         fn parse_never_panics_on_any_text(text in any::<String>()) {
@@ -1391,6 +1918,44 @@ mod tests {
             let not_own = json!({ "eventName": [{ "anything-but": record.event_name.as_str() }] });
             let filter = FilterSet::parse(&not_own.to_string()).unwrap();
             prop_assert!(!filter.matches_record(&record));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn projection_is_the_whole_record_cut_down(
+            record in arb_any_record(),
+            patterns in proptest::collection::vec(arb_record_pattern(), 1..4),
+        ) {
+            // Each field built on its own is what the whole serialization
+            // holds at that path, and what the record lacks stays absent.
+            let filter = FilterSet::parse(&Value::Array(patterns).to_string()).unwrap();
+            let whole = serde_json::to_value(&record).unwrap();
+            prop_assert_eq!(
+                filter.projected(&record).unwrap(),
+                filter.projection.apply(whole)
+            );
+        }
+
+        #[test]
+        fn matches_record_agrees_with_matches_on_the_whole_record(
+            record in arb_any_record(),
+            patterns in proptest::collection::vec(arb_record_pattern(), 1..4),
+        ) {
+            let text = Value::Array(patterns).to_string();
+            let filter = FilterSet::parse(&text);
+            prop_assert!(filter.is_ok(), "{}: {:?}", text, filter.err());
+            let filter = filter.unwrap();
+            let whole = serde_json::to_value(&record).unwrap();
+            prop_assert_eq!(
+                filter.matches_record(&record),
+                filter.matches(&whole),
+                "{} on {}",
+                text,
+                whole
+            );
         }
     }
 }
