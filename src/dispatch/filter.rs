@@ -1922,7 +1922,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2048))]
+        #![proptest_config(ProptestConfig::with_cases(1024))]
 
         #[test]
         fn projection_is_the_whole_record_cut_down(
