@@ -13,7 +13,7 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::{Command, ExitStatus};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -236,14 +236,6 @@ fn dynamodb_local_pid() -> u32 {
         .expect("a pid")
 }
 
-fn send_signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{name} {pid}");
-}
-
 /// The longest a shard lease had no live owner: no owner, or an owner whose
 /// process was SIGKILLed or had exited and was not yet restarted.
 #[derive(Default)]
@@ -319,9 +311,9 @@ async fn inject(fault: Fault, fleet: Arc<Fleet>, proxies: Arc<Vec<Proxy>>, pick:
         Fault::FreezeDynamoDbLocal { ms } => {
             let pid = dynamodb_local_pid();
             eprintln!("chaos: SIGSTOP DynamoDB Local (pid {pid}) for {ms} ms");
-            send_signal(pid, "STOP");
+            signal(pid, "STOP");
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            send_signal(pid, "CONT");
+            signal(pid, "CONT");
         }
         Fault::Rule { worker, rule, ms } => {
             let (name, rule) = proxy_rules().swap_remove(rule);

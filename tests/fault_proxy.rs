@@ -515,16 +515,6 @@ async fn a_worker_cut_off_loses_its_shard_and_delivers_nothing_more_of_it() {
     );
 }
 
-fn http_get(url: &str) -> (u16, String) {
-    let output = std::process::Command::new("curl")
-        .args(["-s", "-m", "2", "-w", "\n%{http_code}", url])
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
 /// Trimmed data, injected on a real worker's reads: with the default `skip`
 /// it is counted in the data-loss metric and reading goes on; with `stop`
 /// the shard stops and the worker reports not ready.

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -12,21 +11,10 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// (HTTP status, body) of a GET, through curl; status 0 when nothing answered.
-fn get(url: &str) -> (u16, String) {
-    let output = Command::new("curl")
-        .args(["-s", "-m", "2", "-w", "\n%{http_code}", url])
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
 async fn wait_for_status(url: &str, expected: u16) -> Duration {
     let start = tokio::time::Instant::now();
     loop {
-        if get(url).0 == expected {
+        if http_get(url).0 == expected {
             return start.elapsed();
         }
         assert!(start.elapsed() < WAIT, "{url} never answered {expected}");
@@ -54,7 +42,7 @@ async fn metrics_health_and_status_describe_a_running_worker() {
         ("DYNASTREAM_WORKER_ID", "observed-worker"),
     ]));
     let base = worker.endpoints().await;
-    assert_eq!(get(&format!("{base}/healthz")).0, 200);
+    assert_eq!(http_get(&format!("{base}/healthz")).0, 200);
     wait_for_status(&format!("{base}/readyz"), 200).await;
     worker.wait_for_log("shard consumer started", 1, WAIT).await;
     put(&client, &table, "a", 1).await;
@@ -62,7 +50,7 @@ async fn metrics_health_and_status_describe_a_running_worker() {
     delete(&client, &table, "a").await;
     worker.wait_for_records(3, WAIT).await;
 
-    let (code, metrics) = get(&format!("{base}/metrics"));
+    let (code, metrics) = http_get(&format!("{base}/metrics"));
     assert_eq!(code, 200);
     let stream = format!("stream=\"{table}\"");
     assert_eq!(
@@ -156,7 +144,7 @@ async fn metrics_health_and_status_describe_a_running_worker() {
     let last = worker.records().last().unwrap()["dynamodb"]["SequenceNumber"].clone();
     let deadline = tokio::time::Instant::now() + WAIT;
     let status = loop {
-        let (code, body) = get(&format!("{base}/status"));
+        let (code, body) = http_get(&format!("{base}/status"));
         assert_eq!(code, 200);
         let status: Value = serde_json::from_str(&body).unwrap();
         if status["shards"][0]["checkpoint"] == last {
@@ -171,7 +159,7 @@ async fn metrics_health_and_status_describe_a_running_worker() {
     assert_eq!(status["worker"], "observed-worker");
     assert_eq!(status["shards"][0]["state"], "active");
     assert_eq!(status["leader"], true);
-    assert_eq!(get(&format!("{base}/nope")).0, 404);
+    assert_eq!(http_get(&format!("{base}/nope")).0, 404);
     let (status, _, _) = worker.terminate().await;
     assert!(status.success());
 }
@@ -205,7 +193,7 @@ async fn readiness_turns_503_during_a_sigterm_shutdown_and_the_worker_exits_0() 
     // Wait until the slow batch is in flight, then ask the worker to stop.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let (_, metrics) = get(&format!("{base}/metrics"));
+        let (_, metrics) = http_get(&format!("{base}/metrics"));
         if sample(
             &metrics,
             "dynastream_shard_iterator_age_seconds",
@@ -220,14 +208,10 @@ async fn readiness_turns_503_during_a_sigterm_shutdown_and_the_worker_exits_0() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let signal = Command::new("kill")
-        .args(["-TERM", &worker.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(signal.success());
+    signal(worker.pid(), "TERM");
     let flipped = wait_for_status(&format!("{base}/readyz"), 503).await;
     assert_eq!(
-        get(&format!("{base}/healthz")).0,
+        http_get(&format!("{base}/healthz")).0,
         200,
         "alive while draining"
     );

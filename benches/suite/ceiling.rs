@@ -51,30 +51,9 @@ pub async fn shard_ids(client: &Client, stream_arn: &str) -> Vec<String> {
 }
 
 /// Reads one shard from its oldest record until it ends or `stop` is
-/// cancelled, handing each non-empty page to `on_records`.
+/// cancelled, counting each GetRecords call in `calls` and handing each
+/// non-empty page to `on_records`.
 pub async fn read_shard(
-    client: &Client,
-    stream_arn: &str,
-    shard_id: &str,
-    poll_interval: Duration,
-    stop: &CancellationToken,
-    on_records: impl FnMut(&[Record]),
-) {
-    let calls = AtomicU64::new(0);
-    read_shard_counting(
-        client,
-        stream_arn,
-        shard_id,
-        poll_interval,
-        stop,
-        &calls,
-        on_records,
-    )
-    .await;
-}
-
-/// [`read_shard`], adding each GetRecords call to `calls`.
-pub async fn read_shard_counting(
     client: &Client,
     stream_arn: &str,
     shard_id: &str,
@@ -154,6 +133,7 @@ pub async fn run_process(stream_arns: Vec<String>, expected: Option<u64>, poll_i
     let client = client_from_env().await;
     let received = Arc::new(AtomicU64::new(0));
     let reached = Arc::new(tokio::sync::Notify::new());
+    let calls = Arc::new(AtomicU64::new(0));
     let target = expected.unwrap_or(u64::MAX);
     let stop = CancellationToken::new();
     let mut readers = tokio::task::JoinSet::new();
@@ -161,13 +141,22 @@ pub async fn run_process(stream_arns: Vec<String>, expected: Option<u64>, poll_i
         for shard in shard_ids(&client, &arn).await {
             let (client, arn, stop) = (client.clone(), arn.clone(), stop.clone());
             let (received, reached) = (Arc::clone(&received), Arc::clone(&reached));
+            let calls = Arc::clone(&calls);
             readers.spawn(async move {
-                read_shard(&client, &arn, &shard, poll_interval, &stop, |records| {
-                    let count = records.len() as u64;
-                    if received.fetch_add(count, Ordering::Relaxed) + count >= target {
-                        reached.notify_one();
-                    }
-                })
+                read_shard(
+                    &client,
+                    &arn,
+                    &shard,
+                    poll_interval,
+                    &stop,
+                    &calls,
+                    |records| {
+                        let count = records.len() as u64;
+                        if received.fetch_add(count, Ordering::Relaxed) + count >= target {
+                            reached.notify_one();
+                        }
+                    },
+                )
                 .await;
             });
         }

@@ -174,17 +174,12 @@ impl FilterSet {
     /// the same as [`FilterSet::matches`] on the whole record's JSON, without
     /// copying item images the patterns never look at.
     pub fn matches_record(&self, record: &StreamRecord) -> bool {
-        match self.projected(record) {
+        match project_record(record, &self.projection) {
             Ok(value) => self.matches(&value),
             // A record always serializes (its maps have string keys); were it
             // ever not to, processing it beats silently dropping it.
             Err(_) => true,
         }
-    }
-
-    /// The record's Lambda-shaped JSON cut down to [`FilterSet::projection`].
-    fn projected(&self, record: &StreamRecord) -> Result<Value, serde_json::Error> {
-        project_record(record, &self.projection)
     }
 }
 
@@ -1314,14 +1309,14 @@ mod tests {
             principal_id: "dynamodb.amazonaws.com".into(),
         });
         assert_eq!(
-            filter.projected(&shipped).unwrap(),
+            project_record(&shipped, &filter.projection).unwrap(),
             json!({ "dynamodb": { "NewImage": { "status": { "S": "shipped" } } } })
         );
         assert!(filter.matches_record(&shipped));
 
         shipped.dynamodb.new_image = None;
         assert_eq!(
-            filter.projected(&shipped).unwrap(),
+            project_record(&shipped, &filter.projection).unwrap(),
             json!({ "dynamodb": {} })
         );
         assert!(!filter.matches_record(&shipped));
@@ -1350,7 +1345,7 @@ mod tests {
         let shipped = record(EventName::Modify, keys, Some(image.clone()), Some(image));
         // `status` is reached by a leaf in the third pattern, so whole.
         assert_eq!(
-            filter.projected(&shipped).unwrap(),
+            project_record(&shipped, &filter.projection).unwrap(),
             json!({
                 "eventName": "MODIFY",
                 "dynamodb": {
@@ -1934,7 +1929,7 @@ mod tests {
             let filter = FilterSet::parse(&Value::Array(patterns).to_string()).unwrap();
             let whole = serde_json::to_value(&record).unwrap();
             prop_assert_eq!(
-                filter.projected(&record).unwrap(),
+                project_record(&record, &filter.projection).unwrap(),
                 filter.projection.apply(whole)
             );
         }

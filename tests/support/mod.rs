@@ -413,12 +413,25 @@ impl Drop for Worker {
     }
 }
 
-fn signal(pid: u32, name: &str) {
+/// Sends signal `name` (`TERM`, `KILL`, `STOP`, ...) to process `pid`.
+pub fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
         .args([&format!("-{name}"), &pid.to_string()])
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// (HTTP status, body) of a GET, through curl; status 0 when nothing answered
+/// within 2 s.
+pub fn http_get(url: &str) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-s", "-m", "2", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
 /// The `pk` string of each record's keys, in order.

@@ -68,13 +68,9 @@ pub async fn run() {
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     let victims = held_by(&lease_owners(&store).await, "killed");
-    let (_, killed_records, _) = killed.kill().await;
     let killed_at = Instant::now();
-    wait_for(&store, Duration::from_secs(120), |owners| {
-        moved(owners, &victims, "killed")
-    })
-    .await;
-    let sigkill = killed_at.elapsed();
+    let (_, killed_records, _) = killed.kill().await;
+    let sigkill = until_moved(&store, &victims, "killed", killed_at).await;
     eprintln!(
         "failover: {} leases of the SIGKILLed worker taken over in {sigkill:.2?}",
         victims.len()
@@ -85,11 +81,7 @@ pub async fn run() {
     let signalled = Instant::now();
     let (status, stopped_records, _) = stopped.terminate().await;
     assert!(status.success(), "SIGTERM exits 0");
-    wait_for(&store, Duration::from_secs(120), |owners| {
-        moved(owners, &handed, "stopped")
-    })
-    .await;
-    let sigterm = signalled.elapsed();
+    let sigterm = until_moved(&store, &handed, "stopped", signalled).await;
     eprintln!(
         "failover: {} leases of the SIGTERMed worker handed over in {sigterm:.2?}",
         handed.len()
@@ -193,6 +185,20 @@ fn moved(owners: &BTreeMap<String, Option<String>>, leases: &[String], from: &st
     leases
         .iter()
         .all(|key| matches!(owners.get(key), Some(Some(owner)) if owner != from))
+}
+
+/// Time from `since` until every lease in `leases` has an owner other than `from`.
+async fn until_moved(
+    store: &DynamoLeaseStore,
+    leases: &[String],
+    from: &str,
+    since: Instant,
+) -> Duration {
+    wait_for(store, Duration::from_secs(120), |owners| {
+        moved(owners, leases, from)
+    })
+    .await;
+    since.elapsed()
 }
 
 async fn wait_for(

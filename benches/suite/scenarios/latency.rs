@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +20,7 @@ use super::{setting, worker_env};
 use crate::ceiling;
 use crate::measure::{http_get, metric_sum, quantile};
 use crate::report::Figure;
-use crate::support::{create_table, dynamodb, Worker};
+use crate::support::{create_table, dynamodb, put, Worker};
 
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
@@ -55,7 +54,7 @@ pub async fn run() {
         let (streams, arn, stop) = (streams.clone(), stream_arn.clone(), stop.clone());
         let (arrivals, calls) = (Arc::clone(&raw_arrivals), Arc::clone(&raw_calls));
         tokio::spawn(async move {
-            ceiling::read_shard_counting(
+            ceiling::read_shard(
                 &streams,
                 &arn,
                 &shard,
@@ -83,14 +82,7 @@ pub async fn run() {
     for i in 0..writes {
         tick.tick().await;
         let key = format!("latency-{i:05}");
-        client
-            .put_item()
-            .table_name(table)
-            .item("pk", AttributeValue::S(key.clone()))
-            .item("n", AttributeValue::N(i.to_string()))
-            .send()
-            .await
-            .expect("PutItem");
+        put(&client, table, &key, i as i64).await;
         written.insert(key, Instant::now());
     }
     let records = worker
