@@ -5,7 +5,10 @@
 //! serde shape *is* Lambda's DynamoDB event record: field names, attribute
 //! values in DynamoDB JSON, binary as base64, numbers as their original text.
 //! Records are converted from the SDK once, in [`crate::streams`], and then
-//! shared; JSON is produced only for processors that ask for it.
+//! shared; JSON is produced only for processors that ask for it, in the
+//! [`RecordFormat`] they ask for ([`document`] is the plain-JSON one).
+
+pub mod document;
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -201,6 +204,54 @@ impl StreamRecord {
     }
 }
 
+/// The table a stream ARN belongs to
+/// (`arn:aws:dynamodb:<region>:<account>:table/<table>/stream/<label>`), or
+/// the whole text when it is not shaped like one.
+pub fn table_name(stream_arn: &str) -> &str {
+    stream_arn
+        .split(":table/")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or(stream_arn)
+}
+
+/// How a record is written as a message body (`DYNASTREAM_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RecordFormat {
+    /// Lambda's record, typed attribute values and all: what a handler reads.
+    #[default]
+    #[value(name = "lambda")]
+    Lambda,
+    /// One plain JSON object per record ([`document::Document`]).
+    #[value(name = "document")]
+    Document,
+}
+
+impl RecordFormat {
+    /// Appends `record` in this format to `out`, as one line of JSON without
+    /// its newline.
+    pub fn write(self, record: &StreamRecord, out: &mut Vec<u8>) {
+        let written = match self {
+            RecordFormat::Lambda => serde_json::to_writer(&mut *out, record),
+            RecordFormat::Document => {
+                serde_json::to_writer(&mut *out, &document::Document::of(record))
+            }
+        };
+        if let Err(err) = written {
+            // Every field is a string, number, list or map with string keys,
+            // so this cannot happen; keep the service alive regardless.
+            tracing::error!(error = %err, "could not serialize a record");
+        }
+    }
+
+    /// `record` in this format, as one line of JSON.
+    pub fn to_vec(self, record: &StreamRecord) -> Vec<u8> {
+        let mut out = Vec::with_capacity(512);
+        self.write(record, &mut out);
+        out
+    }
+}
+
 /// The payload Lambda passes to a handler: `{"Records": [...]}`.
 #[derive(Debug, Serialize)]
 pub struct LambdaEvent<'a> {
@@ -252,13 +303,13 @@ mod base64_bytes_list {
     }
 }
 
+/// Records and attribute values for the tests of the record formats.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests_support {
     use super::*;
     use proptest::prelude::*;
-    use serde_json::json;
 
-    fn sample() -> StreamRecord {
+    pub fn sample() -> StreamRecord {
         let mut keys = Item::new();
         keys.insert("pk".into(), AttributeValue::S("user#1".into()));
         let mut image = keys.clone();
@@ -300,6 +351,38 @@ mod tests {
         }
     }
 
+    pub fn attribute_value() -> impl Strategy<Value = AttributeValue> {
+        // DynamoDB's canonical number text: no leading zeros, no trailing
+        // zeros after the point.
+        let number = "-?(0|[1-9][0-9]{0,37})(\\.[0-9]{0,4}[1-9])?";
+        let leaf = prop_oneof![
+            any::<String>().prop_map(AttributeValue::S),
+            number.prop_map(AttributeValue::N),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(AttributeValue::B),
+            proptest::collection::vec(any::<String>(), 1..4).prop_map(AttributeValue::Ss),
+            proptest::collection::vec(number, 1..4).prop_map(AttributeValue::Ns),
+            proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..8), 1..4)
+                .prop_map(AttributeValue::Bs),
+            Just(AttributeValue::Null(true)),
+            any::<bool>().prop_map(AttributeValue::Bool),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(AttributeValue::L),
+                proptest::collection::btree_map(any::<String>(), inner, 0..4)
+                    .prop_map(AttributeValue::M),
+            ]
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::{attribute_value, sample};
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
     #[test]
     fn serializes_in_lambda_shape() {
         let value = serde_json::to_value(sample()).unwrap();
@@ -335,28 +418,6 @@ mod tests {
         let large = SequenceNumber("10".into());
         assert!(small < large);
         assert_eq!(SequenceNumber("0010".into()).cmp(&large), Ordering::Equal);
-    }
-
-    fn attribute_value() -> impl Strategy<Value = AttributeValue> {
-        let number = "-?[0-9]{1,38}(\\.[0-9]{1,5})?";
-        let leaf = prop_oneof![
-            any::<String>().prop_map(AttributeValue::S),
-            number.prop_map(AttributeValue::N),
-            proptest::collection::vec(any::<u8>(), 0..64).prop_map(AttributeValue::B),
-            proptest::collection::vec(any::<String>(), 1..4).prop_map(AttributeValue::Ss),
-            proptest::collection::vec(number, 1..4).prop_map(AttributeValue::Ns),
-            proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..8), 1..4)
-                .prop_map(AttributeValue::Bs),
-            Just(AttributeValue::Null(true)),
-            any::<bool>().prop_map(AttributeValue::Bool),
-        ];
-        leaf.prop_recursive(4, 32, 4, |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..4).prop_map(AttributeValue::L),
-                proptest::collection::btree_map(any::<String>(), inner, 0..4)
-                    .prop_map(AttributeValue::M),
-            ]
-        })
     }
 
     proptest! {

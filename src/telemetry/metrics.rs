@@ -48,6 +48,12 @@ pub const SHARDS_UNOWNED: &str = "dynastream_shards_unowned";
 pub const RECORDS_FAILED: &str = "dynastream_records_failed_total";
 /// Times a shard position fell behind the stream's retention.
 pub const TRIMMED_DATA: &str = "dynastream_trimmed_data_total";
+/// Calls to a delivery target's API, by target and outcome.
+pub const TARGET_REQUESTS: &str = "dynastream_target_requests_total";
+/// Time a call to a delivery target's API took.
+pub const TARGET_REQUEST_DURATION: &str = "dynastream_target_request_duration_seconds";
+/// Records a delivery target handled, by target and outcome.
+pub const TARGET_RECORDS: &str = "dynastream_target_records_total";
 /// Always 1, labelled with the version.
 pub const BUILD_INFO: &str = "dynastream_build_info";
 
@@ -69,6 +75,9 @@ pub const ALL: &[&str] = &[
     SHARDS_UNOWNED,
     RECORDS_FAILED,
     TRIMMED_DATA,
+    TARGET_REQUESTS,
+    TARGET_REQUEST_DURATION,
+    TARGET_RECORDS,
     BUILD_INFO,
 ];
 
@@ -120,6 +129,55 @@ impl BatchOutcomeLabel {
     }
 }
 
+/// How a call to a delivery target's API ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetRequestOutcome {
+    /// Every entry was accepted.
+    Ok,
+    /// The call was answered, some entries refused.
+    Partial,
+    /// The whole call was refused as throttled.
+    Throttled,
+    /// The whole call failed otherwise.
+    Error,
+}
+
+impl TargetRequestOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            TargetRequestOutcome::Ok => "ok",
+            TargetRequestOutcome::Partial => "partial",
+            TargetRequestOutcome::Throttled => "throttled",
+            TargetRequestOutcome::Error => "error",
+        }
+    }
+}
+
+/// What a delivery target made of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetRecordOutcome {
+    /// The service accepted it.
+    Delivered,
+    /// The service refused it as throttled; it is retried.
+    Throttled,
+    /// The service refused it or the call failed; it is retried.
+    Failed,
+    /// It can never be accepted (e.g. over the service's size limit); it
+    /// goes to the failure destination.
+    Rejected,
+}
+
+impl TargetRecordOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            TargetRecordOutcome::Delivered => "delivered",
+            TargetRecordOutcome::Throttled => "throttled",
+            TargetRecordOutcome::Failed => "failed",
+            TargetRecordOutcome::Rejected => "rejected",
+        }
+    }
+}
+
 /// A change in lease ownership, as counted in `dynastream_lease_events_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseEvent {
@@ -155,12 +213,7 @@ impl LeaseEvent {
 
 /// The stream label: its table's name, short and stable enough for dashboards.
 pub fn stream_label(stream_arn: &str) -> String {
-    stream_arn
-        .split(":table/")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or(stream_arn)
-        .to_owned()
+    crate::record::table_name(stream_arn).to_owned()
 }
 
 static SHARD_LABELS: OnceLock<bool> = OnceLock::new();
@@ -242,6 +295,18 @@ fn describe() {
     );
     describe_counter!(RECORDS_FAILED, "Records sent to the failure destination.");
     describe_counter!(TRIMMED_DATA, "Times a shard position fell behind the stream's 24-hour retention: records were lost before they could be read.");
+    describe_counter!(
+        TARGET_REQUESTS,
+        "Calls to a delivery target's API by target and outcome (ok, partial, throttled, error)."
+    );
+    describe_histogram!(
+        TARGET_REQUEST_DURATION,
+        "Seconds a call to a delivery target's API took."
+    );
+    describe_counter!(
+        TARGET_RECORDS,
+        "Records a delivery target handled by outcome (delivered, throttled, failed, rejected)."
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label says which build runs."
@@ -301,6 +366,40 @@ pub fn trimmed_data_seen(stream: &str) {
 /// Makes the failed-records series of a destination exist, at 0.
 pub fn records_failed_seen(destination: &'static str) {
     counter!(RECORDS_FAILED, "destination" => destination).increment(0);
+}
+
+/// Makes a delivery target's series exist, at 0, so dashboards and alerts
+/// see it before its first record.
+pub fn target_seen(target: &'static str) {
+    for outcome in [
+        TargetRequestOutcome::Ok,
+        TargetRequestOutcome::Partial,
+        TargetRequestOutcome::Throttled,
+        TargetRequestOutcome::Error,
+    ] {
+        counter!(TARGET_REQUESTS, "target" => target, "outcome" => outcome.label()).increment(0);
+    }
+    for outcome in [
+        TargetRecordOutcome::Delivered,
+        TargetRecordOutcome::Throttled,
+        TargetRecordOutcome::Failed,
+        TargetRecordOutcome::Rejected,
+    ] {
+        counter!(TARGET_RECORDS, "target" => target, "outcome" => outcome.label()).increment(0);
+    }
+}
+
+/// Counts a call to a delivery target's API.
+pub fn target_request(target: &'static str, outcome: TargetRequestOutcome, took: Duration) {
+    counter!(TARGET_REQUESTS, "target" => target, "outcome" => outcome.label()).increment(1);
+    histogram!(TARGET_REQUEST_DURATION, "target" => target).record(took.as_secs_f64());
+}
+
+/// Counts records a delivery target handled.
+pub fn target_records(target: &'static str, outcome: TargetRecordOutcome, count: u64) {
+    if count > 0 {
+        counter!(TARGET_RECORDS, "target" => target, "outcome" => outcome.label()).increment(count);
+    }
 }
 
 /// Counts a lease event.
