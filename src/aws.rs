@@ -62,6 +62,12 @@ pub struct Failure {
     pub kind: FailureKind,
 }
 
+/// Whether an error code (of a call, or of one entry of a batch call) asks
+/// the caller to slow down.
+pub fn is_throttling_code(code: &str) -> bool {
+    THROTTLING_CODES.contains(&code)
+}
+
 const THROTTLING_CODES: &[&str] = &[
     "LimitExceededException",
     "ProvisionedThroughputExceededException",
@@ -70,6 +76,9 @@ const THROTTLING_CODES: &[&str] = &[
     "RequestLimitExceeded",
     "TooManyRequestsException",
     "RequestThrottled",
+    // Firehose's and SNS's words for it.
+    "ServiceUnavailableException",
+    "ThrottledException",
 ];
 
 /// Classifies any SDK error by its code, HTTP status and failure stage.
@@ -87,7 +96,7 @@ where
                 .unwrap_or_else(|| code.clone().unwrap_or_else(|| "service error".into()));
             let status = service.raw().status().as_u16();
             let kind = match code.as_deref() {
-                Some(c) if THROTTLING_CODES.contains(&c) => FailureKind::Throttled,
+                Some(c) if is_throttling_code(c) => FailureKind::Throttled,
                 Some("InternalServerError" | "InternalFailure" | "ServiceUnavailable") => {
                     FailureKind::ServiceUnavailable
                 }

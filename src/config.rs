@@ -38,22 +38,8 @@ pub enum OnTrimmed {
     Stop,
 }
 
-/// A built-in processor that `DYNASTREAM_PROCESSOR` can name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ProcessorKind {
-    /// One Lambda-shaped JSON record per line on standard output.
-    #[value(name = "stdout")]
-    Stdout,
-    /// POST Lambda's event to `DYNASTREAM_HTTP_URL`.
-    #[value(name = "http")]
-    Http,
-    /// One line of Lambda's event per batch to a long-running child process.
-    #[value(name = "exec")]
-    Exec,
-    /// Count records and keep nothing: measures the read path alone.
-    #[value(name = "count")]
-    Count,
-}
+pub use crate::processor::target::{ProcessorSpec, Target};
+pub use crate::record::RecordFormat;
 
 /// Where records go when their retries or age run out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,14 +161,24 @@ pub struct Config {
     #[arg(long, env = "DYNASTREAM_IDLE_AFTER_MS", default_value_t = 30_000, value_parser = whole_number::<1_000, 3_600_000>)]
     pub idle_after_ms: u64,
 
-    /// Processors each batch goes to (comma-separated): stdout, http, exec, count.
+    /// Where each batch goes (comma-separated; a batch succeeds when all succeed): stdout, http, exec, count, or a target URI: sqs://<queue URL>, sns://<topic ARN>, eventbridge://<bus>[?source=...], kinesis://<stream>, firehose://<delivery stream>, s3://<bucket>/<prefix>[?gzip=true], lambda://<function>, states://<state machine ARN>.
     #[arg(
         long,
         env = "DYNASTREAM_PROCESSOR",
         default_value = "stdout",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = processor_spec
     )]
-    pub processor: Vec<ProcessorKind>,
+    pub processor: Vec<ProcessorSpec>,
+
+    /// How stdout and the message targets write a record: lambda (Lambda's record, typed attribute values) or document (plain JSON: eventID, eventName, table, keys, newImage, oldImage, ...); http, exec, lambda:// and states:// always send Lambda's event.
+    #[arg(
+        long,
+        env = "DYNASTREAM_FORMAT",
+        default_value = "lambda",
+        ignore_case = true
+    )]
+    pub format: RecordFormat,
 
     /// How long a lease lives without renewal, in ms (1000..=600000); renewed every third of it.
     #[arg(long, env = "DYNASTREAM_LEASE_DURATION_MS", default_value_t = 10_000, value_parser = whole_number::<1_000, 600_000>)]
@@ -247,6 +243,10 @@ pub struct Config {
     /// Command the exec processor starts once (through `sh -c`) and writes each batch to.
     #[arg(long, env = "DYNASTREAM_EXEC_COMMAND")]
     pub exec_command: Option<String>,
+
+    /// How many exec children run at once (1..=64), each with one batch at a time; order per shard and per item key holds.
+    #[arg(long, env = "DYNASTREAM_EXEC_CONCURRENCY", default_value_t = 1, value_parser = whole_number::<1, 64>)]
+    pub exec_concurrency: u64,
 
     /// How long the exec processor waits for the child's answer to a batch, in ms (100..=900000).
     #[arg(long, env = "DYNASTREAM_EXEC_TIMEOUT_MS", default_value_t = 60_000, value_parser = whole_number::<100, 900_000>)]
@@ -381,11 +381,12 @@ impl Config {
         }
         if self.processor.is_empty() {
             return Err(ConfigError(
-                "DYNASTREAM_PROCESSOR is empty: name at least one of: stdout, http, exec, count"
+                "DYNASTREAM_PROCESSOR is empty: name at least one of: stdout, http, exec, count, \
+                 or a target URI such as sqs://<queue URL>"
                     .into(),
             ));
         }
-        if self.processor.contains(&ProcessorKind::Http) {
+        if self.processor.contains(&ProcessorSpec::Http) {
             match self.http_url.as_deref().map(str::trim) {
                 None | Some("") => {
                     return Err(ConfigError(
@@ -401,7 +402,7 @@ impl Config {
                 Some(_) => {}
             }
         }
-        if self.processor.contains(&ProcessorKind::Exec)
+        if self.processor.contains(&ProcessorSpec::Exec)
             && self
                 .exec_command
                 .as_deref()
@@ -515,6 +516,11 @@ fn clean_list(items: &[String]) -> Vec<String> {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect()
+}
+
+/// Parses one entry of `DYNASTREAM_PROCESSOR`.
+fn processor_spec(value: &str) -> Result<ProcessorSpec, String> {
+    value.parse()
 }
 
 /// Parses `DYNASTREAM_MAX_RETRY_ATTEMPTS`: -1 (forever) or 0..=10000.
@@ -700,6 +706,43 @@ mod tests {
         .is_ok());
         assert!(parse(&["--stream-arns", "nonsense"]).is_err());
         assert!(parse(&["--tables", "a"]).is_err());
+    }
+
+    #[test]
+    fn target_uris_are_checked_when_the_configuration_is_read() {
+        let config = parse(&[
+            "--tables",
+            "orders",
+            "--processor",
+            "sqs://https://sqs.us-east-1.amazonaws.com/1/q,s3://archive/cdc/",
+        ])
+        .unwrap();
+        assert_eq!(config.processor.len(), 2);
+        let err = parse(&["--tables", "orders", "--processor", "stdout,kafka://x"]).unwrap_err();
+        assert!(err.0.contains("DYNASTREAM_PROCESSOR"), "{err}");
+        assert!(err.0.contains("unknown scheme \"kafka\""), "{err}");
+        assert!(!err.0.contains('\n'));
+        let err = parse(&[
+            "--tables",
+            "orders",
+            "--processor",
+            "s3://archive?gzip=maybe",
+        ])
+        .unwrap_err();
+        assert!(
+            err.0.contains("DYNASTREAM_PROCESSOR") && err.0.contains("gzip"),
+            "{err}"
+        );
+        let err = parse(&["--tables", "orders", "--format", "xml"]).unwrap_err();
+        assert!(
+            err.0.contains("DYNASTREAM_FORMAT") && err.0.contains("lambda, document"),
+            "{err}"
+        );
+        let err = parse(&["--tables", "orders", "--exec-concurrency", "65"]).unwrap_err();
+        assert!(
+            err.0.contains("DYNASTREAM_EXEC_CONCURRENCY") && err.0.contains("1 to 64"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, FailureDestination, ProcessorKind};
+use crate::config::{Config, FailureDestination, ProcessorSpec};
 use crate::coordinator::{Coordinator, CoordinatorSettings};
 use crate::dispatch::destination::{
     FailureDestination as Destination, FileDestination, SqsDestination,
@@ -89,21 +89,29 @@ impl Engine {
             config.lease_table_name(),
         )));
         let mut processors: Vec<Arc<dyn Processor>> = Vec::new();
-        for kind in &config.processor {
-            processors.push(match kind {
-                ProcessorKind::Stdout => Arc::new(StdoutProcessor::new()),
-                ProcessorKind::Count => Arc::new(CountProcessor::new()),
-                ProcessorKind::Http => Arc::new(
+        for spec in &config.processor {
+            processors.push(match spec {
+                ProcessorSpec::Stdout => {
+                    Arc::new(StdoutProcessor::new().with_format(config.format))
+                }
+                ProcessorSpec::Count => Arc::new(CountProcessor::new()),
+                ProcessorSpec::Target(target) => {
+                    crate::processor::target::build(target, &sdk, config.format)
+                }
+                ProcessorSpec::Http => Arc::new(
                     HttpProcessor::new(
                         config.http_url.as_deref().unwrap_or_default(),
                         std::time::Duration::from_millis(config.http_timeout_ms),
                     )
                     .map_err(|e| Error::Config(format!("DYNASTREAM_HTTP_URL: {e}")))?,
                 ),
-                ProcessorKind::Exec => Arc::new(ExecProcessor::new(
-                    config.exec_command.as_deref().unwrap_or_default(),
-                    std::time::Duration::from_millis(config.exec_timeout_ms),
-                )),
+                ProcessorSpec::Exec => Arc::new(
+                    ExecProcessor::new(
+                        config.exec_command.as_deref().unwrap_or_default(),
+                        std::time::Duration::from_millis(config.exec_timeout_ms),
+                    )
+                    .with_concurrency(usize::try_from(config.exec_concurrency).unwrap_or(1)),
+                ),
             });
         }
         let mut engine = Engine::with_parts(config, streams, leases, processors)?;

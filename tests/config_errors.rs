@@ -129,6 +129,43 @@ fn unknown_processors_and_log_settings_are_refused() {
 }
 
 #[test]
+fn malformed_target_uris_are_refused_before_anything_starts() {
+    for (uri, mentions) in [
+        ("kafka://broker/topic", "unknown scheme \"kafka\""),
+        ("sqs://", "not a queue URL"),
+        ("sns://orders-topic", "not a topic ARN"),
+        ("s3://archive/cdc?gzip=maybe", "true or false"),
+        ("s3://Not_A_Bucket", "not a bucket name"),
+        ("kinesis://changes?shards=2", "takes no options"),
+        ("eventbridge://orders?sauce=x", "does not take ?sauce="),
+        ("states://arn:aws:sns:us-east-1:1:t", "state machine ARN"),
+        ("lambda://bad name", "not a function name"),
+    ] {
+        assert_config_error(
+            &[
+                ("DYNASTREAM_TABLES", "orders"),
+                ("DYNASTREAM_PROCESSOR", &format!("stdout,{uri}")),
+            ],
+            &["DYNASTREAM_PROCESSOR", mentions],
+        );
+    }
+    assert_config_error(
+        &[
+            ("DYNASTREAM_TABLES", "orders"),
+            ("DYNASTREAM_FORMAT", "xml"),
+        ],
+        &["DYNASTREAM_FORMAT", "lambda, document"],
+    );
+    assert_config_error(
+        &[
+            ("DYNASTREAM_TABLES", "orders"),
+            ("DYNASTREAM_EXEC_CONCURRENCY", "0"),
+        ],
+        &["DYNASTREAM_EXEC_CONCURRENCY", "from 1 to 64"],
+    );
+}
+
+#[test]
 fn a_missing_region_is_a_configuration_error() {
     assert_config_error(&[("DYNASTREAM_TABLES", "orders")], &["AWS_REGION"]);
 }

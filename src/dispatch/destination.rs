@@ -25,6 +25,9 @@ pub enum FailureReason {
     RetriesExhausted,
     /// The records were older than `DYNASTREAM_MAX_RECORD_AGE_SECONDS`.
     RecordTooOld,
+    /// A processor refused the records for good (e.g. larger than its
+    /// service accepts): no retry could deliver them.
+    Rejected,
 }
 
 /// One failed batch, as written to the destination.

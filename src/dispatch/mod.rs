@@ -12,7 +12,10 @@
 //!    run concurrently;
 //! 4. a failing chunk is retried with exponential backoff and jitter: from
 //!    the earliest failed record on when a processor reports partial failures
-//!    (Lambda's `batchItemFailures`), split in halves first when bisecting,
+//!    (Lambda's `batchItemFailures`), only the failed records when a
+//!    processor names exactly which failed (a batch API's per-entry answer;
+//!    those it refused for good go to the destination at once), split in
+//!    halves first when bisecting,
 //!    until it succeeds or its attempts or its records' age run out; then its
 //!    records go to the on-failure destination ([`destination`]) and the lane
 //!    moves on. Without a destination the shard halts instead: records are
@@ -265,6 +268,7 @@ impl Dispatcher {
                 shard_id: Arc::clone(shard_id),
                 records: chunk.records.clone(),
             };
+            let mut known_failures = false;
             let error = match self.attempt(&batch).await {
                 Ok(()) => {
                     metrics::batch(&stream, BatchOutcomeLabel::Success);
@@ -285,13 +289,45 @@ impl Dispatcher {
                     chunk.records.drain(..first_failed);
                     error
                 }
+                Err(AttemptError::Records(failures)) => {
+                    metrics::batch(&stream, BatchOutcomeLabel::PartialFailure);
+                    let (rejected, retry) = self.sort_out_failures(&stream, &mut chunk, failures);
+                    report.processed += chunk.records.len() - rejected.len() - retry.len();
+                    if !rejected.is_empty() {
+                        let error = rejected[0].1.message.clone();
+                        let given_up = Chunk {
+                            records: rejected.into_iter().map(|(r, _)| r).collect(),
+                            failed_attempts: chunk.failed_attempts + 1,
+                            last_error: Some(error),
+                        };
+                        report.sent_to_destination += given_up.records.len();
+                        self.give_up(
+                            stream_arn,
+                            shard_id,
+                            given_up,
+                            FailureReason::Rejected,
+                            lease_lost,
+                            shutdown,
+                        )
+                        .await?;
+                    }
+                    let Some(error) = retry.first().map(|(_, e)| e.clone()) else {
+                        backoff.reset();
+                        continue;
+                    };
+                    chunk.records = retry.into_iter().map(|(r, _)| r).collect();
+                    known_failures = true;
+                    error
+                }
                 Err(AttemptError::Whole(error)) => {
                     metrics::batch(&stream, BatchOutcomeLabel::Failure);
                     error
                 }
             };
             chunk.last_error = Some(error.message.clone());
-            if self.settings.bisect_on_error && chunk.records.len() > 1 {
+            // Bisecting isolates failing records; a processor that named
+            // them has done that already.
+            if self.settings.bisect_on_error && chunk.records.len() > 1 && !known_failures {
                 // Splitting is not a retry: both halves keep the attempts used so far.
                 let second = chunk.records.split_off(chunk.records.len() / 2);
                 tracing::warn!(
@@ -347,6 +383,45 @@ impl Dispatcher {
             queue.push_front(chunk);
         }
         Ok(report)
+    }
+
+    /// Splits a chunk's named failures into the records refused for good and
+    /// those to retry, in shard order, and counts the rest as processed.
+    #[allow(clippy::type_complexity)]
+    fn sort_out_failures(
+        &self,
+        stream: &str,
+        chunk: &mut Chunk,
+        failures: Vec<(usize, ProcessorError)>,
+    ) -> (
+        Vec<(Arc<StreamRecord>, ProcessorError)>,
+        Vec<(Arc<StreamRecord>, ProcessorError)>,
+    ) {
+        let mut failed = vec![None; chunk.records.len()];
+        for (index, error) in failures {
+            if let Some(slot) = failed.get_mut(index) {
+                // A record refused for good by one processor is refused,
+                // whatever another said.
+                match slot {
+                    Some(ProcessorError {
+                        retryable: false, ..
+                    }) => {}
+                    _ => *slot = Some(error),
+                }
+            }
+        }
+        let mut delivered = Vec::new();
+        let mut rejected = Vec::new();
+        let mut retry = Vec::new();
+        for (record, failure) in chunk.records.iter().zip(failed) {
+            match failure {
+                None => delivered.push(Arc::clone(record)),
+                Some(error) if error.retryable => retry.push((Arc::clone(record), error)),
+                Some(error) => rejected.push((Arc::clone(record), error)),
+            }
+        }
+        count_processed(stream, &delivered);
+        (rejected, retry)
     }
 
     /// Moves the records older than the age limit out of `chunk`.
@@ -453,6 +528,7 @@ impl Dispatcher {
     async fn attempt(&self, batch: &Batch) -> Result<(), AttemptError> {
         let mut first_failed: Option<usize> = None;
         let mut partial_error = None;
+        let mut named: Vec<(usize, ProcessorError)> = Vec::new();
         for processor in &self.processors {
             let started = tokio::time::Instant::now();
             let outcome = processor.process(batch).await;
@@ -477,8 +553,35 @@ impl Dispatcher {
                         )));
                     }
                 }
+                Ok(BatchOutcome::RecordsFailed(failures)) => {
+                    let positions: std::collections::HashMap<&SequenceNumber, usize> = batch
+                        .records
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| (r.sequence_number(), i))
+                        .collect();
+                    for failure in failures {
+                        let Some(&index) = positions.get(&failure.sequence_number) else {
+                            return Err(AttemptError::Whole(ProcessorError::retryable(format!(
+                                "{} reported failed record {} that is not in the batch; the whole batch is retried",
+                                processor.name(),
+                                failure.sequence_number
+                            ))));
+                        };
+                        named.push((index, failure.error));
+                    }
+                }
                 Err(error) => return Err(AttemptError::Whole(error)),
             }
+        }
+        if !named.is_empty() {
+            // Lambda-style failures from another processor fail everything
+            // from their earliest record on.
+            if let (Some(first), Some(error)) = (first_failed, partial_error) {
+                named.extend((first..batch.records.len()).map(|i| (i, error.clone())));
+            }
+            named.sort_by_key(|(index, _)| *index);
+            return Err(AttemptError::Records(named));
         }
         match (first_failed, partial_error) {
             (Some(first_failed), Some(error)) => Err(AttemptError::Partial {
@@ -491,10 +594,14 @@ impl Dispatcher {
 }
 
 enum AttemptError {
+    /// Lambda's contract: everything from this record on failed.
     Partial {
         first_failed: usize,
         error: ProcessorError,
     },
+    /// Exactly these records failed (by position, in order), each with its
+    /// error; every other record was delivered.
+    Records(Vec<(usize, ProcessorError)>),
     Whole(ProcessorError),
 }
 

@@ -16,7 +16,11 @@
 //!
 //! Stdout is the protocol channel, so a handler must print elsewhere: the
 //! child's stderr is dynastream's, and the adapters in `adapters/` move a
-//! Lambda handler's own prints there. One batch is in flight at a time.
+//! Lambda handler's own prints there. One batch is in flight per child; with
+//! `DYNASTREAM_EXEC_CONCURRENCY` above 1 a pool of that many children serves
+//! batches of different shards (and lanes) at once, started as they are
+//! needed. A shard hands its lanes' batches over one at a time, so order per
+//! shard and per item key holds whatever the pool's size.
 //!
 //! A child that exits, closes its pipes, answers something that is not a JSON
 //! object, or gives no answer within the timeout fails the batch retryably
@@ -49,7 +53,13 @@ const EXIT_STATUS_WAIT: Duration = Duration::from_millis(500);
 pub struct ExecProcessor {
     command: String,
     timeout: Duration,
-    state: Mutex<State>,
+    /// One child's state per slot of the pool.
+    slots: Vec<Mutex<State>>,
+    /// The slots no batch is using, the most recently used last, so that a
+    /// lightly loaded pool keeps reusing its warm children.
+    free: std::sync::Mutex<Vec<usize>>,
+    /// One permit per free slot.
+    permits: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for ExecProcessor {
@@ -88,30 +98,90 @@ enum Broken {
     TooLong,
 }
 
+/// A slot of the pool, given back when the batch that took it is done (or
+/// dropped half-way).
+struct Slot<'a> {
+    index: usize,
+    free: &'a std::sync::Mutex<Vec<usize>>,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut free) = self.free.lock() {
+            free.push(self.index);
+        }
+    }
+}
+
 impl ExecProcessor {
     /// A processor running `command` through `sh -c`, waiting at most `timeout` per batch.
     pub fn new(command: &str, timeout: Duration) -> ExecProcessor {
+        ExecProcessor::pool(
+            command,
+            timeout,
+            1,
+            Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
+        )
+    }
+
+    fn pool(command: &str, timeout: Duration, size: usize, restarts: Backoff) -> ExecProcessor {
+        let size = size.max(1);
         ExecProcessor {
             command: command.to_owned(),
             timeout,
-            state: Mutex::new(State {
-                child: None,
-                restarts: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
-                next_start: None,
-            }),
+            slots: (0..size)
+                .map(|_| {
+                    Mutex::new(State {
+                        child: None,
+                        restarts: restarts.clone(),
+                        next_start: None,
+                    })
+                })
+                .collect(),
+            free: std::sync::Mutex::new((0..size).rev().collect()),
+            permits: tokio::sync::Semaphore::new(size),
         }
+    }
+
+    /// Runs up to `children` children at once (`DYNASTREAM_EXEC_CONCURRENCY`).
+    pub fn with_concurrency(self, children: usize) -> ExecProcessor {
+        let restarts = self.slots[0]
+            .try_lock()
+            .map(|s| s.restarts.clone())
+            .unwrap_or_else(|_| Backoff::new(Duration::from_millis(200), Duration::from_secs(10)));
+        ExecProcessor::pool(&self.command, self.timeout, children, restarts)
     }
 
     /// Sets the backoff between restarts of a failing child (first delay,
     /// longest delay); by default 200 ms doubling to 10 s.
     pub fn with_restart_backoff(self, base: Duration, max: Duration) -> ExecProcessor {
-        let mut state = self.state.into_inner();
-        state.restarts = Backoff::new(base, max);
-        ExecProcessor {
-            command: self.command,
-            timeout: self.timeout,
-            state: Mutex::new(state),
-        }
+        ExecProcessor::pool(
+            &self.command,
+            self.timeout,
+            self.slots.len(),
+            Backoff::new(base, max),
+        )
+    }
+
+    /// Waits for a free slot of the pool.
+    async fn slot(&self) -> Result<Slot<'_>, ProcessorError> {
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| ProcessorError::fatal("exec: the pool is closed"))?;
+        let index = self
+            .free
+            .lock()
+            .ok()
+            .and_then(|mut free| free.pop())
+            .ok_or_else(|| ProcessorError::retryable("exec: no free child slot"))?;
+        Ok(Slot {
+            index,
+            free: &self.free,
+            _permit: permit,
+        })
     }
 
     /// Starts a child, after the restart backoff if the last one failed.
@@ -180,10 +250,20 @@ impl ExecProcessor {
         self.start(state).await
     }
 
-    /// The pid of the running child, if any.
+    /// The pid of the first slot's running child, if any.
     #[cfg(test)]
     async fn pid(&self) -> Option<u32> {
-        self.state.lock().await.child.as_ref().map(|c| c.pid)
+        self.slots[0].lock().await.child.as_ref().map(|c| c.pid)
+    }
+
+    /// The pids of every running child of the pool.
+    #[cfg(test)]
+    async fn pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for slot in &self.slots {
+            pids.extend(slot.lock().await.child.as_ref().map(|c| c.pid));
+        }
+        pids
     }
 }
 
@@ -270,8 +350,9 @@ impl Processor for ExecProcessor {
     async fn process(&self, batch: &Batch) -> Result<BatchOutcome, ProcessorError> {
         let mut line = batch.to_lambda_json();
         line.push(b'\n');
-        // One batch in flight: the lock is held until the answer is in.
-        let mut state = self.state.lock().await;
+        // One batch in flight per child: the slot is held until the answer is in.
+        let slot = self.slot().await?;
+        let mut state = self.slots[slot.index].lock().await;
         // The child is out of `state` during the exchange, so that if this
         // call is dropped half-way, the child (whose answer may still come)
         // is dropped and killed with it, never reused out of step.
@@ -357,6 +438,28 @@ mod tests {
     }
 
     const ANSWER_EMPTY: &str = "while read -r line; do echo '{}'; done";
+
+    #[tokio::test]
+    async fn a_pool_serves_concurrent_batches_with_as_many_children() {
+        let slow = "while read -r line; do sleep 0.2; echo null; done";
+        for (children, expected) in [(1, 1), (3, 3)] {
+            let processor = exec(slow, Duration::from_secs(10)).with_concurrency(children);
+            let batches = [batch(&["1"]), batch(&["2"]), batch(&["3"])];
+            let outcomes =
+                futures::future::join_all(batches.iter().map(|b| processor.process(b))).await;
+            assert!(outcomes.iter().all(|o| o == &Ok(BatchOutcome::Success)));
+            assert_eq!(processor.pids().await.len(), expected, "pool of {children}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lightly_loaded_pool_keeps_reusing_one_warm_child() {
+        let processor = exec(ANSWER_EMPTY, Duration::from_secs(10)).with_concurrency(8);
+        for sequence in ["1", "2", "3"] {
+            processor.process(&batch(&[sequence])).await.unwrap();
+        }
+        assert_eq!(processor.pids().await.len(), 1);
+    }
 
     /// Whether a process is gone (or a zombie nobody reaped yet).
     fn gone(pid: u32) -> bool {

@@ -7,11 +7,27 @@
 //! order per shard. Records are shared, typed values; a processor that needs
 //! Lambda's JSON asks the batch for it ([`Batch::to_lambda_json`]), so a Rust
 //! processor pays nothing for serialization it does not use.
+//!
+//! The AWS targets (`sqs://`, `sns://`, `eventbridge://`, `kinesis://`,
+//! `firehose://`, `s3://`, `lambda://`, `states://`) have a file each; the
+//! five that send through a batch API share [`entries`], which splits a batch
+//! into requests and maps every refused entry back to its record, and
+//! [`target`] parses their URIs and builds their clients.
 
 pub mod count;
+pub mod entries;
+pub mod eventbridge;
 pub mod exec;
+pub mod firehose;
 pub mod http;
+pub mod kinesis;
+pub mod lambda;
+pub mod s3;
+pub mod sns;
+pub mod sqs;
+pub mod states;
 pub mod stdout;
+pub mod target;
 
 use std::sync::Arc;
 
@@ -73,10 +89,26 @@ pub enum BatchOutcome {
     /// These records failed (Lambda's `batchItemFailures`); the engine
     /// retries from the earliest of them, and only what follows it.
     PartialFailure(Vec<SequenceNumber>),
+    /// Exactly these records failed and every other record was delivered
+    /// (what a batch API such as SQS's SendMessageBatch answers): the engine
+    /// retries only these, and sends those whose error is not retryable
+    /// (e.g. larger than the service accepts) to the failure destination
+    /// at once.
+    RecordsFailed(Vec<RecordFailure>),
+}
+
+/// One record a processor could not deliver, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordFailure {
+    /// The record.
+    pub sequence_number: SequenceNumber,
+    /// Why; `retryable: false` sends the record to the failure destination
+    /// without further attempts.
+    pub error: ProcessorError,
 }
 
 /// A processor's failure with a whole batch.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct ProcessorError {
     /// What went wrong, for logs and the failure destination.

@@ -1,4 +1,5 @@
-//! The `stdout` processor: one Lambda-shaped JSON record per line.
+//! The `stdout` processor: one JSON record per line, Lambda-shaped or (with
+//! `DYNASTREAM_FORMAT=document`) as a plain document.
 //!
 //! Logs go to stderr, so stdout carries only records and can be piped
 //! straight into `jq` or another program.
@@ -8,19 +9,28 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
 use super::{Batch, BatchOutcome, Processor, ProcessorError};
+use crate::record::RecordFormat;
 
 /// Writes each record as a line of JSON and flushes once per batch.
 #[derive(Debug)]
 pub struct StdoutProcessor {
     out: Mutex<tokio::io::Stdout>,
+    format: RecordFormat,
 }
 
 impl StdoutProcessor {
-    /// A processor writing to this process's standard output.
+    /// A processor writing Lambda-shaped records to this process's standard output.
     pub fn new() -> Self {
         StdoutProcessor {
             out: Mutex::new(tokio::io::stdout()),
+            format: RecordFormat::Lambda,
         }
+    }
+
+    /// Writes records in `format` instead.
+    pub fn with_format(mut self, format: RecordFormat) -> Self {
+        self.format = format;
+        self
     }
 }
 
@@ -39,8 +49,7 @@ impl Processor for StdoutProcessor {
     async fn process(&self, batch: &Batch) -> Result<BatchOutcome, ProcessorError> {
         let mut lines = Vec::with_capacity(batch.len() * 512);
         for record in &batch.records {
-            serde_json::to_writer(&mut lines, record.as_ref())
-                .map_err(|e| ProcessorError::fatal(format!("serialize record: {e}")))?;
+            self.format.write(record, &mut lines);
             lines.push(b'\n');
         }
         // One lock per batch keeps concurrent shards' lines from interleaving.

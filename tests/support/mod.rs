@@ -526,18 +526,52 @@ pub async fn lease_store(table: &str) -> dynastream::lease::dynamo::DynamoLeaseS
     dynastream::lease::dynamo::DynamoLeaseStore::new(dynamodb().await, table)
 }
 
-/// This test binary's local SQS server (moto), started on first use through
-/// `scripts/sqs-local` and stopped by a watchdog when the test process ends.
-pub fn sqs_local() -> &'static str {
+/// This test binary's local AWS services (moto's server: SQS, SNS,
+/// EventBridge, Kinesis, Firehose, S3, Step Functions, ... on one port, with
+/// the fault hook of `tools/aws_local`), started on first use through
+/// `scripts/aws-local` and stopped by a watchdog when the test process ends.
+pub fn aws_local() -> &'static str {
     static INSTANCE: OnceLock<(String, Mutex<Child>)> = OnceLock::new();
     let (endpoint, _) = INSTANCE.get_or_init(|| {
-        let (endpoint, watchdog) = start_local_service("sqs-local");
+        let (endpoint, watchdog) = start_local_service("aws-local");
         (endpoint, Mutex::new(watchdog))
     });
     endpoint
 }
 
+/// The local SQS server: the local AWS services' endpoint.
+pub fn sqs_local() -> &'static str {
+    aws_local()
+}
+
+/// SDK configuration for the local AWS services.
+pub async fn aws_local_config() -> aws_config::SdkConfig {
+    local_sdk_config(aws_local()).await
+}
+
 /// An SDK client for the local SQS server.
 pub async fn sqs() -> aws_sdk_sqs::Client {
-    aws_sdk_sqs::Client::new(&local_sdk_config(sqs_local()).await)
+    aws_sdk_sqs::Client::new(&aws_local_config().await)
+}
+
+/// The SDK's service-specific endpoint variables pointing every service but
+/// DynamoDB at the local AWS services.
+pub fn aws_local_env() -> Vec<(String, String)> {
+    [
+        "SQS",
+        "SNS",
+        "EVENTBRIDGE",
+        "KINESIS",
+        "FIREHOSE",
+        "S3",
+        "SFN",
+    ]
+    .iter()
+    .map(|service| {
+        (
+            format!("AWS_ENDPOINT_URL_{service}"),
+            aws_local().to_owned(),
+        )
+    })
+    .collect()
 }
