@@ -12,13 +12,18 @@ hadolint. It checks that the files agree with the code and with each other:
   every query parses (promtool, with Grafana's variables substituted);
 - every alert has a severity, a summary, a description and a runbook section
   in deploy/README.md;
-- the IAM policy (deploy/iam/policy.json) and the CloudFormation task role
-  grant the same actions, nothing wider than it must, and every AWS operation
-  src/ calls;
+- the IAM policy (deploy/iam/policy.json) grants every AWS operation src/
+  calls outside the delivery targets, and each target's policy
+  (deploy/iam/targets/<target>.json) the operations of its file
+  (src/processor/<target>.rs), nothing wider than they must; the
+  CloudFormation task role grants the base policy's statements and those of
+  exactly the targets its DYNASTREAM_PROCESSOR names, and the JSON task
+  definition delivers to the same targets;
 - the Kubernetes objects (as kustomize renders them) and the ECS task
   definitions agree on the port, the probes, the worker id, the shutdown grace
-  and non-root, read-only containers; the ServiceMonitor, which has no
-  schema to validate against offline, points at the Service's metrics port.
+  and non-root, read-only containers, and name only known processors and
+  formats; the ServiceMonitor, which has no schema to validate against
+  offline, points at the Service's metrics port.
 
 Usage: check.py --rendered <kustomize output> [--promtool <path>]
 """
@@ -54,6 +59,9 @@ METRICS = {
     "dynastream_shards_unowned": ("gauge", {"stream"}),
     "dynastream_records_failed_total": ("counter", {"destination"}),
     "dynastream_trimmed_data_total": ("counter", {"stream"}),
+    "dynastream_target_requests_total": ("counter", {"target", "outcome"}),
+    "dynastream_target_request_duration_seconds": ("histogram", {"target"}),
+    "dynastream_target_records_total": ("counter", {"target", "outcome"}),
     "dynastream_build_info": ("gauge", {"version"}),
 }
 TARGET_LABELS = {"instance", "job"}
@@ -66,6 +74,8 @@ REQUIRED_ALERTS = {
     "DynastreamThrottling",
     "DynastreamShardHalted",
     "DynastreamNoWorkers",
+    "DynastreamTargetRejectingRecords",
+    "DynastreamTargetFailing",
 }
 
 # AWS SDK for Rust operations (fluent builders, called with no arguments) and
@@ -92,8 +102,29 @@ SDK_OPERATIONS = {
     "get_queue_url": "sqs:GetQueueUrl",
     "get_queue_attributes": "sqs:GetQueueAttributes",
 }
+# The delivery targets (DYNASTREAM_PROCESSOR=<target>://...): the operations
+# of each one's file, src/processor/<target>.rs, and the IAM actions they
+# need. Those are granted by deploy/iam/targets/<target>.json, which a
+# worker's role gets only for the targets it uses, not by the base policy.
+TARGETS = {
+    "sqs": {"send_message_batch": "sqs:SendMessage"},
+    "sns": {"publish_batch": "sns:Publish"},
+    "eventbridge": {"put_events": "events:PutEvents"},
+    "kinesis": {"put_records": "kinesis:PutRecords"},
+    "firehose": {"put_record_batch": "firehose:PutRecordBatch"},
+    "s3": {"put_object": "s3:PutObject"},
+    "lambda": {"invoke": "lambda:InvokeFunction"},
+    "states": {"start_execution": "states:StartExecution"},
+}
+# DYNASTREAM_PROCESSOR's values that are not target URIs.
+BUILTIN_PROCESSORS = {"stdout", "http", "exec", "count"}
+OPERATIONS = dict(SDK_OPERATIONS)
+for _operations in TARGETS.values():
+    for _op, _action in _operations.items():
+        assert OPERATIONS.setdefault(_op, _action) == _action, f"{_op} maps to two actions"
 # Actions that cannot be scoped to a resource.
 RESOURCE_STAR_ACTIONS = {"dynamodb:ListStreams"}
+POLICY = "deploy/iam/policy.json"
 
 problems = []
 notes = []
@@ -329,38 +360,55 @@ def cfn_statements(statements):
     return out
 
 
+def target_policy(target):
+    return f"deploy/iam/targets/{target}.json"
+
+
 def sdk_actions():
-    """IAM actions of the AWS operations src/ calls (fluent builders: `.op()`)."""
+    """IAM actions of the AWS operations src/ calls (fluent builders: `.op()`),
+    by the policy that must grant them: a target's file
+    (src/processor/<target>.rs) by deploy/iam/targets/<target>.json, every
+    other file by deploy/iam/policy.json. Returns {policy: {action: files}}."""
     actions = {}
-    pattern = re.compile(r"\.(" + "|".join(SDK_OPERATIONS) + r")\(\)")
+    pattern = re.compile(r"\.(" + "|".join(OPERATIONS) + r")\(\)")
     for source in sorted((ROOT / "src").rglob("*.rs")):
+        where = source.relative_to(ROOT)
+        policy = POLICY
+        if where.parent == Path("src/processor") and where.stem in TARGETS:
+            policy = target_policy(where.stem)
         text = source.read_text(errors="replace")
         for op in pattern.findall(text):
-            actions.setdefault(SDK_OPERATIONS[op], set()).add(str(source.relative_to(ROOT)))
+            actions.setdefault(policy, {}).setdefault(OPERATIONS[op], set()).add(str(where))
     return actions
 
 
-def check_policy():
-    path = "deploy/iam/policy.json"
+def load_policy(path):
+    """Checks one IAM policy document; returns its statements' actions by Sid."""
+    if not (ROOT / path).exists():
+        problem(path, "missing")
+        return {}
     try:
         policy = json.loads((ROOT / path).read_text())
     except (OSError, ValueError) as err:
         problem(path, f"not valid JSON: {err}")
-        return
+        return {}
     if policy.get("Version") != "2012-10-17":
         problem(path, 'Version must be "2012-10-17"')
-    granted, by_sid = set(), {}
+    by_sid = {}
     for statement in policy.get("Statement", []):
         sid = statement.get("Sid")
         where = f"{path} statement {sid}"
         if not sid:
             problem(path, "every statement needs a Sid (the template's task role matches them by Sid)")
+        elif not re.fullmatch(r"[A-Za-z0-9]+", sid):
+            problem(where, "a Sid is letters and digits only")
+        if sid in by_sid:
+            problem(where, "duplicate Sid")
         if statement.get("Effect") != "Allow" or "NotAction" in statement or "NotResource" in statement:
             problem(where, "Allow statements with Action and Resource only")
         actions = set(as_list(statement.get("Action", [])))
         resources = as_list(statement.get("Resource", []))
         by_sid[sid] = actions
-        granted |= actions
         for action in actions:
             if "*" in action:
                 problem(where, f"wildcard action {action}")
@@ -369,24 +417,120 @@ def check_policy():
         for resource in resources:
             if resource != "*" and not resource.startswith("arn:aws:"):
                 problem(where, f"resource {resource!r} is not an ARN")
+    return by_sid
 
-    for action, files in sorted(sdk_actions().items()):
-        if action not in granted:
-            problem(path, f"src calls {action} ({', '.join(sorted(files))}) but the policy does not grant it")
-    unused = granted - set(sdk_actions())
-    if unused:
-        note(f"{path}: granted but not called by src/ today: {sorted(unused)}")
 
+def cfn_strings(value):
+    """The strings a template value can be: both sides of an !If, a !Sub's
+    text; references (!Ref AWS::NoValue...) are none."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict) and "Fn::If" in value:
+        for branch in value["Fn::If"][1:]:
+            yield from cfn_strings(branch)
+    elif isinstance(value, dict) and "Fn::Sub" in value:
+        sub = value["Fn::Sub"]
+        yield from cfn_strings(sub[0] if isinstance(sub, list) else sub)
+
+
+def processor_targets(where, values):
+    """The targets DYNASTREAM_PROCESSOR's possible values name; anything
+    that is neither a built-in processor nor a known target is a problem."""
+    targets = set()
+    for value in values:
+        for entry in filter(None, (e.strip() for e in str(value).split(","))):
+            scheme = entry.split("://", 1)[0] if "://" in entry else None
+            if scheme in TARGETS:
+                targets.add(scheme)
+            elif scheme is not None or entry not in BUILTIN_PROCESSORS:
+                problem(where, f"DYNASTREAM_PROCESSOR names {entry!r}: neither {sorted(BUILTIN_PROCESSORS)} "
+                               f"nor a target URI ({', '.join(t + '://' for t in TARGETS)})")
+    return targets
+
+
+def check_format(where, value):
+    if value is not None and value not in ("lambda", "document"):
+        problem(where, f"DYNASTREAM_FORMAT is {value!r}, not lambda or document")
+
+
+def template_processor_targets(template):
+    """The targets the template's task definition can deliver to."""
+    where = "deploy/ecs/service.yaml"
+    container = template["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+    values = []
+    for item in cfn_statements(container.get("Environment", [])):
+        if isinstance(item, dict) and item.get("Name") == "DYNASTREAM_PROCESSOR":
+            values.extend(cfn_strings(item.get("Value")))
+        if isinstance(item, dict) and item.get("Name") == "DYNASTREAM_FORMAT":
+            for value in cfn_strings(item.get("Value")):
+                check_format(where, value)
+    return processor_targets(where, values or ["stdout"])
+
+
+def check_policy():
+    called = sdk_actions()
+    policies = {POLICY: load_policy(POLICY)}
+    for target in TARGETS:
+        policies[target_policy(target)] = load_policy(target_policy(target))
+    target_actions = {action for operations in TARGETS.values() for action in operations.values()}
+
+    owner = {}
+    for path, by_sid in policies.items():
+        for sid in by_sid:
+            if sid in owner and sid is not None:
+                problem(path, f"statement {sid} is also in {owner[sid]}: Sids name one statement across the policies")
+            owner.setdefault(sid, path)
+        granted = set().union(*by_sid.values()) if by_sid else set()
+        needed = called.get(path, {})
+        for action, files in sorted(needed.items()):
+            if action not in granted:
+                problem(path, f"src calls {action} ({', '.join(sorted(files))}) but the policy does not grant it")
+        unused = granted - set(needed)
+        if path == POLICY and unused & target_actions:
+            problem(path, f"grants {sorted(unused & target_actions)}, which only targets call: "
+                          "grant them in deploy/iam/targets/<target>.json")
+            unused -= target_actions
+        if unused:
+            note(f"{path}: granted but not called by src/ today: {sorted(unused)}")
+    for target, operations in TARGETS.items():
+        source = f"src/processor/{target}.rs"
+        if not (ROOT / source).exists():
+            problem(source, f"missing: the {target} target's file (see TARGETS in deploy/check.py)")
+        elif not called.get(target_policy(target)):
+            problem(source, f"calls none of {sorted(operations)}: update TARGETS in deploy/check.py")
+    for extra in sorted((ROOT / "deploy/iam/targets").glob("*")):
+        if extra.stem not in TARGETS or extra.suffix != ".json":
+            problem(f"deploy/iam/targets/{extra.name}", "is no target's policy (see TARGETS in deploy/check.py)")
+
+    # The template's task role: the base policy's statements, and those of
+    # exactly the targets its task definition delivers to (a target's
+    # Optional... statements may be left out).
     template_path = "deploy/ecs/service.yaml"
     template = yaml.load((ROOT / template_path).read_text(), Loader=CfnLoader)
     role = template.get("Resources", {}).get("TaskRole", {}).get("Properties", {})
     statements = [s for p in role.get("Policies", []) for s in cfn_statements(p["PolicyDocument"]["Statement"])]
     cfn_by_sid = {s.get("Sid"): set(as_list(s.get("Action", []))) for s in statements}
-    for sid in sorted(set(cfn_by_sid) | set(by_sid), key=str):
-        ours, theirs = cfn_by_sid.get(sid, set()), by_sid.get(sid, set())
-        if ours != theirs:
-            problem(template_path, f"the TaskRole's statement {sid} differs from {path}'s: "
+    used = template_processor_targets(template)
+    expected = dict(policies[POLICY])
+    for target in used:
+        expected.update(policies[target_policy(target)])
+    for target in set(TARGETS) - used:
+        for sid in policies[target_policy(target)]:
+            if sid in cfn_by_sid:
+                problem(template_path, f"the TaskRole grants {target_policy(target)}'s statement {sid}, "
+                                       f"but DYNASTREAM_PROCESSOR does not use {target}://")
+                del cfn_by_sid[sid]
+    for sid in sorted(set(cfn_by_sid) | set(expected), key=str):
+        if sid not in cfn_by_sid and str(sid).startswith("Optional") and owner.get(sid) != POLICY:
+            continue
+        ours, theirs = cfn_by_sid.get(sid, set()), expected.get(sid, set())
+        if sid not in owner:
+            problem(template_path, f"the TaskRole's statement {sid} is in none of the policies "
+                                   f"({POLICY}, deploy/iam/targets/): add it there too, with the same Sid")
+        elif ours != theirs:
+            problem(template_path, f"the TaskRole's statement {sid} differs from {owner[sid]}'s: "
                                    f"only in the template {sorted(ours - theirs)}, only in the policy {sorted(theirs - ours)}")
+    return used
 
 
 # ---------------------------------------------------------- Kubernetes -----
@@ -462,6 +606,12 @@ def check_kubernetes(rendered):
         problem(where, "the container does not read the ConfigMap")
     if not (configmap.get("data", {}).get("DYNASTREAM_TABLES") or configmap.get("data", {}).get("DYNASTREAM_STREAM_ARNS")):
         problem(where, "the ConfigMap sets neither DYNASTREAM_TABLES nor DYNASTREAM_STREAM_ARNS")
+    data = configmap.get("data", {})
+    targets = processor_targets(f"{where} ConfigMap", [data.get("DYNASTREAM_PROCESSOR") or "stdout"])
+    check_format(f"{where} ConfigMap", data.get("DYNASTREAM_FORMAT"))
+    if targets:
+        note(f"{where}: the ServiceAccount's role needs {POLICY} and "
+             f"{', '.join(target_policy(t) for t in sorted(targets))}")
     if not selects(service["spec"].get("selector"), pod_labels):
         problem(where, "the Service does not select the pods")
     service_ports = {p.get("name") for p in service["spec"].get("ports", [])}
@@ -481,7 +631,7 @@ def check_kubernetes(rendered):
 
 # ------------------------------------------------------------------ ECS ----
 
-def check_ecs():
+def check_ecs(template_targets):
     path = "deploy/ecs/task-definition.json"
     try:
         task = json.loads((ROOT / path).read_text())
@@ -518,6 +668,15 @@ def check_ecs():
             problem(where, "logs must go to awslogs")
         if env_value(env, "DYNASTREAM_TABLES") is None:
             problem(where, "DYNASTREAM_TABLES is not set")
+    # The JSON task definition is the template's, with the placeholders
+    # filled in: it delivers to the same targets, which the task role the
+    # template builds (and deploy/iam/targets/) grants.
+    env = task["containerDefinitions"][0].get("environment", [])
+    targets = processor_targets(path, [env_value(env, "DYNASTREAM_PROCESSOR") or "stdout"])
+    check_format(path, env_value(env, "DYNASTREAM_FORMAT"))
+    if targets != template_targets:
+        problem(path, f"DYNASTREAM_PROCESSOR delivers to {sorted(targets)}, the template's task definition "
+                      f"to {sorted(template_targets)}: keep the two examples the same")
 
 
 # ------------------------------------------------------------------ main ---
@@ -543,9 +702,9 @@ def main():
 
     used = check_dashboard(args.promtool) | check_alerts()
     check_exported(used)
-    check_policy()
+    template_targets = check_policy()
     check_kubernetes(args.rendered)
-    check_ecs()
+    check_ecs(template_targets)
     for line in notes:
         print(f"check: note: {line}")
     for line in problems:
@@ -553,7 +712,7 @@ def main():
     if problems:
         print(f"check: {len(problems)} problems", file=sys.stderr)
         return 1
-    print("check: dashboard, alerts, IAM policy, Kubernetes and ECS manifests agree")
+    print("check: dashboard, alerts, IAM policies, Kubernetes and ECS manifests agree")
     return 0
 
 
