@@ -155,6 +155,66 @@ impl<A: EntryApi> EntryTarget<A> {
         }
     }
 
+    /// Fails a record larger than one entry may be, for good: it goes to the
+    /// failure destination. Its item is not held back, since its later
+    /// changes are still worth delivering.
+    fn reject_oversized<'a>(
+        &self,
+        undelivered: &mut Undelivered<'a>,
+        record: &'a StreamRecord,
+        size: usize,
+    ) {
+        metrics::target_records(self.api.target(), TargetRecordOutcome::Rejected, 1);
+        undelivered.failures.push(RecordFailure {
+            sequence_number: record.sequence_number().clone(),
+            error: ProcessorError::fatal(format!(
+                "{}: record {} is {size} bytes, more than the {} bytes one entry may hold; it is \
+                 not retried",
+                self.shown,
+                record.sequence_number(),
+                self.api.limits().max_entry_bytes
+            )),
+        });
+    }
+
+    /// Sends one request and records what it did not deliver.
+    async fn deliver<'a>(
+        &self,
+        batch: &Batch,
+        mut request: Vec<Entry<'a>>,
+        undelivered: &mut Undelivered<'a>,
+    ) {
+        match self.send_request(batch, &mut request).await {
+            Ok(failures) => {
+                for failure in failures {
+                    let Some(sent) = request.get(failure.position) else {
+                        continue;
+                    };
+                    let message = format!(
+                        "{}: {} refused record {}: {}: {}",
+                        self.shown,
+                        self.api.target(),
+                        sent.record.sequence_number(),
+                        failure.code,
+                        failure.message
+                    );
+                    let error = if failure.retryable {
+                        ProcessorError::retryable(message)
+                    } else {
+                        ProcessorError::fatal(message)
+                    };
+                    undelivered.fail(sent.record, error);
+                }
+            }
+            Err(error) => {
+                for sent in &request {
+                    undelivered.fail(sent.record, error.clone());
+                }
+                undelivered.stopped = Some(error);
+            }
+        }
+    }
+
     /// Sends one request and books its outcome.
     async fn send_request(
         &self,
@@ -302,86 +362,50 @@ impl<A: EntryApi> Processor for EntryTarget<A> {
             request_keys: HashSet::new(),
         };
         let mut undelivered = Undelivered::default();
-        let mut records = batch.records.iter().map(Arc::as_ref).peekable();
+        let mut records = batch.records.iter().map(Arc::as_ref);
+        // An entry that did not fit the request just sent.
+        let mut waiting: Option<(Entry<'_>, usize)> = None;
         loop {
-            let next = records.peek().copied();
-            let entry = match next {
-                Some(record) if undelivered.holds_back(record) => {
-                    records.next();
+            let next = match waiting.take() {
+                Some(pending) => Some(pending),
+                None => match records.next() {
+                    None => None,
+                    Some(record) if undelivered.holds_back(record) => continue,
+                    Some(record) => {
+                        let entry = Entry {
+                            record,
+                            body: self.format.to_vec(record),
+                        };
+                        let size = self.api.entry_size(&entry);
+                        if size > limits.max_entry_bytes {
+                            self.reject_oversized(&mut undelivered, record, size);
+                            continue;
+                        }
+                        Some((entry, size))
+                    }
+                },
+            };
+            let last = match next {
+                Some((entry, size)) if !packer.must_flush_before(&entry, size) => {
+                    packer.push(entry, size);
                     continue;
                 }
-                Some(record) => {
-                    let entry = Entry {
-                        record,
-                        body: self.format.to_vec(record),
-                    };
-                    let size = self.api.entry_size(&entry);
-                    if size > limits.max_entry_bytes {
-                        records.next();
-                        metrics::target_records(
-                            self.api.target(),
-                            TargetRecordOutcome::Rejected,
-                            1,
-                        );
-                        // Not blocking the item: the record goes to the
-                        // failure destination, and the item's later
-                        // changes are still worth delivering.
-                        undelivered.failures.push(RecordFailure {
-                            sequence_number: record.sequence_number().clone(),
-                            error: ProcessorError::fatal(format!(
-                                "{}: record {} is {size} bytes, more than the {} bytes one entry \
-                                 may hold; it is not retried",
-                                self.shown,
-                                record.sequence_number(),
-                                limits.max_entry_bytes
-                            )),
-                        });
-                        continue;
-                    }
-                    if !packer.must_flush_before(&entry, size) {
-                        records.next();
-                        packer.push(entry, size);
-                        continue;
-                    }
-                    Some(())
+                Some(pending) => {
+                    waiting = Some(pending);
+                    false
                 }
                 None if packer.request.is_empty() => break,
-                None => None,
+                None => true,
             };
-            // The request is full (or the batch is done): send it. The
-            // record that did not fit is looked at again afterwards, since
-            // the answer may hold its item back.
-            let mut request = packer.take();
-            match self.send_request(batch, &mut request).await {
-                Ok(failures) => {
-                    for failure in failures {
-                        let Some(sent) = request.get(failure.position) else {
-                            continue;
-                        };
-                        let message = format!(
-                            "{}: {} refused record {}: {}: {}",
-                            self.shown,
-                            self.api.target(),
-                            sent.record.sequence_number(),
-                            failure.code,
-                            failure.message
-                        );
-                        let error = if failure.retryable {
-                            ProcessorError::retryable(message)
-                        } else {
-                            ProcessorError::fatal(message)
-                        };
-                        undelivered.fail(sent.record, error);
-                    }
-                }
-                Err(error) => {
-                    for sent in &request {
-                        undelivered.fail(sent.record, error.clone());
-                    }
-                    undelivered.stopped = Some(error);
-                }
+            self.deliver(batch, packer.take(), &mut undelivered).await;
+            // The answer may hold back the item of the entry that waits.
+            if waiting
+                .as_ref()
+                .is_some_and(|(entry, _)| undelivered.holds_back(entry.record))
+            {
+                waiting = None;
             }
-            if entry.is_none() {
+            if last {
                 break;
             }
         }
