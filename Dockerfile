@@ -1,20 +1,35 @@
-# dynastream's container image: a release build on Debian bookworm, run on
-# distroless (glibc, libgcc, CA certificates; no shell, no package manager).
+# dynastream's container images: a release build on Debian bookworm, run on
+# distroless (glibc, libgcc, CA certificates; no shell, no package manager),
+# plus images for unmodified Lambda handlers (Python, Node.js).
 #
-#   docker build -t dynastream:0.1.0 .
+#   docker build -t dynastream:0.1.0 .                             # the worker
+#   docker build --target python -t dynastream:0.1.0-python .      # + Python handlers
+#   docker build --target node -t dynastream:0.1.0-node .          # + Node.js handlers
 #
-# Base images are pinned by tag; where the build can reach the registries,
-# pin them by digest as well (FROM image:tag@sha256:...).
+# The base images are build arguments whose defaults are the public images,
+# fully qualified so that docker and podman resolve them alike. Pin them by
+# digest (--build-arg RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot@sha256:...)
+# in a build that can reach the registries. ./scripts/image builds the same
+# Dockerfile with local bases assembled from Debian's packages instead.
 
-FROM rust:1.95-bookworm AS builder
+ARG BUILDER_IMAGE=docker.io/library/rust:1.95-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+ARG PYTHON_IMAGE=docker.io/library/python:3.12-slim-bookworm
+ARG NODE_IMAGE=docker.io/library/node:22-bookworm-slim
+
+FROM ${BUILDER_IMAGE} AS builder
 WORKDIR /build
 
 # Dependencies first, built against stub sources, so that a change to src/
-# rebuilds dynastream alone and not the AWS SDK under it.
+# rebuilds dynastream alone and not the AWS SDK under it. Every target the
+# manifest declares needs a file at its path, or cargo refuses the manifest:
+# the fault proxy and the benchmark suite get stubs too (they are not built).
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+RUN mkdir -p src tools/fault_proxy benches/suite \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
+    && echo 'fn main() {}' > tools/fault_proxy/main.rs \
+    && echo 'fn main() {}' > benches/suite/main.rs \
     && cargo build --release --locked --bin dynastream \
     && rm -rf src
 
@@ -26,8 +41,47 @@ RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked --bin dynastream \
     && cp target/release/dynastream /usr/local/bin/dynastream
 
-# glibc, libgcc and /etc/ssl/certs (rustls reads the system's CA certificates).
-FROM gcr.io/distroless/cc-debian12:nonroot
+# An unmodified Python Lambda handler under the exec processor. Put the
+# handler in /var/task (Lambda's place for it) and name it in HANDLER, as
+# Lambda's `module.function`; the image runs the adapter's example handler
+# until you do. The base image must have `sh` (the exec processor runs the
+# command through it) and python3.
+FROM ${PYTHON_IMAGE} AS python
+COPY --from=builder /usr/local/bin/dynastream /usr/local/bin/dynastream
+COPY adapters/python/dynastream_lambda.py /opt/dynastream/dynastream_lambda.py
+COPY adapters/python/example_handler.py /var/task/example_handler.py
+WORKDIR /var/task
+ENV DYNASTREAM_LOG_FORMAT=json \
+    DYNASTREAM_PROCESSOR=exec \
+    HANDLER=example_handler.handler \
+    DYNASTREAM_EXEC_COMMAND='exec python3 /opt/dynastream/dynastream_lambda.py --path /var/task "$HANDLER"' \
+    HOME=/tmp \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+EXPOSE 9464
+USER 65532:65532
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/dynastream"]
+
+# The same for a Node.js handler (`file.export` in HANDLER).
+FROM ${NODE_IMAGE} AS node
+COPY --from=builder /usr/local/bin/dynastream /usr/local/bin/dynastream
+COPY adapters/node/dynastream-lambda.js /opt/dynastream/dynastream-lambda.js
+COPY adapters/node/example_handler.js /var/task/example_handler.js
+WORKDIR /var/task
+ENV DYNASTREAM_LOG_FORMAT=json \
+    DYNASTREAM_PROCESSOR=exec \
+    HANDLER=example_handler.handler \
+    DYNASTREAM_EXEC_COMMAND='exec node /opt/dynastream/dynastream-lambda.js --path /var/task "$HANDLER"' \
+    HOME=/tmp
+EXPOSE 9464
+USER 65532:65532
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/dynastream"]
+
+# The worker (the default target): glibc, libgcc and /etc/ssl/certs (rustls
+# reads the system's CA certificates).
+FROM ${RUNTIME_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="dynastream" \
       org.opencontainers.image.description="A long-running DynamoDB Streams consumer" \
       org.opencontainers.image.licenses="Apache-2.0"
