@@ -21,9 +21,9 @@ FROM ${BUILDER_IMAGE} AS builder
 WORKDIR /build
 
 # Dependencies first, built against stub sources, so that a change to src/
-# rebuilds dynastream alone and not the AWS SDK under it. Every target the
-# manifest declares needs a file at its path, or cargo refuses the manifest:
-# the fault proxy and the benchmark suite get stubs too (they are not built).
+# rebuilds dynastream alone and not the AWS SDK under it. The manifest's other
+# targets (the fault proxy, the benchmark suite) get stub files too, so the
+# layer never depends on cargo overlooking a declared path; they are not built.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src tools/fault_proxy benches/suite \
     && echo 'fn main() {}' > src/main.rs \
