@@ -51,9 +51,10 @@ COPY --from=builder /usr/local/bin/dynastream /usr/local/bin/dynastream
 COPY adapters/python/dynastream_lambda.py /opt/dynastream/dynastream_lambda.py
 COPY adapters/python/example_handler.py /var/task/example_handler.py
 WORKDIR /var/task
+ENV HANDLER=example_handler.handler
+# Single quotes keep $HANDLER for the shell the exec processor runs this with.
 ENV DYNASTREAM_LOG_FORMAT=json \
     DYNASTREAM_PROCESSOR=exec \
-    HANDLER=example_handler.handler \
     DYNASTREAM_EXEC_COMMAND='exec python3 /opt/dynastream/dynastream_lambda.py --path /var/task "$HANDLER"' \
     HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -69,9 +70,9 @@ COPY --from=builder /usr/local/bin/dynastream /usr/local/bin/dynastream
 COPY adapters/node/dynastream-lambda.js /opt/dynastream/dynastream-lambda.js
 COPY adapters/node/example_handler.js /var/task/example_handler.js
 WORKDIR /var/task
+ENV HANDLER=example_handler.handler
 ENV DYNASTREAM_LOG_FORMAT=json \
     DYNASTREAM_PROCESSOR=exec \
-    HANDLER=example_handler.handler \
     DYNASTREAM_EXEC_COMMAND='exec node /opt/dynastream/dynastream-lambda.js --path /var/task "$HANDLER"' \
     HOME=/tmp
 EXPOSE 9464
