@@ -196,7 +196,7 @@ async fn with_bisect_only_the_poison_record_reaches_an_sqs_queue() {
         ("DYNASTREAM_BATCH_WINDOW_MS", "2000"),
         ("DYNASTREAM_BATCH_SIZE", "10"),
     ]);
-    env.push(("AWS_ENDPOINT_URL_SQS".into(), sqs_local().to_owned()));
+    env.push(("AWS_ENDPOINT_URL_SQS".into(), aws_local().to_owned()));
     let worker = Worker::start(&env);
     write_with_poison(&client, &table).await;
 

@@ -539,11 +539,6 @@ pub fn aws_local() -> &'static str {
     endpoint
 }
 
-/// The local SQS server: the local AWS services' endpoint.
-pub fn sqs_local() -> &'static str {
-    aws_local()
-}
-
 /// SDK configuration for the local AWS services.
 pub async fn aws_local_config() -> aws_config::SdkConfig {
     local_sdk_config(aws_local()).await
