@@ -307,6 +307,21 @@ async fn eventbridge_puts_each_change_as_an_event_rules_can_route() {
     assert_three_documents(&details, &table, "eb-1");
 }
 
+/// What `read` returns once it holds `count` items (or the wait ran out),
+/// read again a second later so that anything extra would show.
+async fn settled<T, F, R>(count: usize, read: F) -> Vec<T>
+where
+    F: Fn() -> R,
+    R: std::future::Future<Output = Vec<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while read().await.len() < count && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    read().await
+}
+
 /// Every record of every shard of a Kinesis stream.
 async fn kinesis_records(kinesis: &aws_sdk_kinesis::Client, stream: &str) -> Vec<(String, Value)> {
     let shards = kinesis
@@ -367,14 +382,7 @@ async fn kinesis_gets_each_change_keyed_by_its_item() {
         &format!("kinesis://{stream}"),
         &[("DYNASTREAM_FORMAT", "document")],
     );
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut records = Vec::new();
-    while records.len() < 3 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        records = kinesis_records(&kinesis, &stream).await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let records = kinesis_records(&kinesis, &stream).await;
+    let records = settled(3, || kinesis_records(&kinesis, &stream)).await;
     stop(worker).await;
     assert_eq!(records.len(), 3, "{records:?}");
     assert!(records
@@ -472,14 +480,7 @@ async fn firehose_delivers_each_change_as_a_line_to_s3() {
         &format!("firehose://{delivery_stream}"),
         &[("DYNASTREAM_FORMAT", "document")],
     );
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut lines = Vec::new();
-    while lines.len() < 3 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        lines = s3_lines(&s3, &bucket).await.1;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let lines = by_sequence(s3_lines(&s3, &bucket).await.1);
+    let lines = by_sequence(settled(3, || async { s3_lines(&s3, &bucket).await.1 }).await);
     stop(worker).await;
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert_three_documents(&lines, &table, "fh-1");
