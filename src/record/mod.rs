@@ -80,8 +80,11 @@ impl EventName {
 /// A DynamoDB Streams sequence number.
 ///
 /// Sequence numbers are decimal strings of varying length that must be compared
-/// as numbers (`"9" < "10"`), so they get their own type rather than `String`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// as numbers (`"9" < "10"`, `"0010"` is `"10"`), so they get their own type
+/// rather than `String`. Equality, hashing and order all look at the number,
+/// so the three agree; the text is kept as the service wrote it, for records
+/// and checkpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct SequenceNumber(pub String);
 
@@ -90,12 +93,31 @@ impl SequenceNumber {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The digits that carry the value: the text without leading zeros.
+    fn significant(&self) -> &str {
+        self.0.trim_start_matches('0')
+    }
+}
+
+impl PartialEq for SequenceNumber {
+    fn eq(&self, other: &Self) -> bool {
+        self.significant() == other.significant()
+    }
+}
+
+impl Eq for SequenceNumber {}
+
+impl std::hash::Hash for SequenceNumber {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.significant().hash(state);
+    }
 }
 
 impl Ord for SequenceNumber {
     fn cmp(&self, other: &Self) -> Ordering {
-        let a = self.0.trim_start_matches('0');
-        let b = other.0.trim_start_matches('0');
+        let a = self.significant();
+        let b = other.significant();
         a.len().cmp(&b.len()).then_with(|| a.cmp(b))
     }
 }
@@ -418,6 +440,16 @@ mod tests {
         let large = SequenceNumber("10".into());
         assert!(small < large);
         assert_eq!(SequenceNumber("0010".into()).cmp(&large), Ordering::Equal);
+        assert_eq!(
+            SequenceNumber("0010".into()),
+            large,
+            "equal as numbers, as ordered"
+        );
+        assert_eq!(
+            SequenceNumber("0010".into()).as_str(),
+            "0010",
+            "the text is kept"
+        );
     }
 
     proptest! {
@@ -426,6 +458,23 @@ mod tests {
             let text = serde_json::to_string(&value).unwrap();
             let back: AttributeValue = serde_json::from_str(&text).unwrap();
             prop_assert_eq!(back, value);
+        }
+
+        #[test]
+        fn sequence_equality_hashing_and_order_agree(
+            (a, b) in (0u64..1_000).prop_flat_map(|a| (Just(a), prop_oneof![Just(a), 0u64..1_000])),
+            pad_a in 0usize..4,
+            pad_b in 0usize..4,
+        ) {
+            use std::hash::{BuildHasher, RandomState};
+            let sa = SequenceNumber(format!("{}{a}", "0".repeat(pad_a)));
+            let sb = SequenceNumber(format!("{}{b}", "0".repeat(pad_b)));
+            prop_assert_eq!(sa == sb, sa.cmp(&sb) == Ordering::Equal);
+            prop_assert_eq!(sa == sb, a == b);
+            if sa == sb {
+                let hasher = RandomState::new();
+                prop_assert_eq!(hasher.hash_one(&sa), hasher.hash_one(&sb));
+            }
         }
 
         #[test]
