@@ -93,17 +93,30 @@ async fn a_running_worker_stops_a_shard_whose_lease_was_taken() {
     put(&client, &table, "before", 1).await;
     worker.wait_for_records(1, WAIT).await;
 
-    // Another "worker" takes the lease and keeps renewing it.
+    // Another "worker" takes the lease and keeps renewing it. The victim
+    // may checkpoint or renew between the scan and the take (the take is
+    // conditional on the lease counter): scan again and retry then.
     let store = lease_store(&format!("{application}-leases")).await;
-    let scan = store.list_leases().await.unwrap();
-    let lease = scan
-        .leases
-        .into_iter()
-        .find(|l| l.kind() == ItemKind::Shard && l.owner.as_deref() == Some("victim"))
-        .unwrap();
+    let mut attempts = 0;
+    let taken = loop {
+        let scan = store.list_leases().await.unwrap();
+        let lease = scan
+            .leases
+            .into_iter()
+            .find(|l| l.kind() == ItemKind::Shard && l.owner.as_deref() == Some("victim"))
+            .unwrap();
+        match store.take_lease(&lease, "thief").await {
+            Ok(taken) => break taken,
+            Err(LeaseError::Conflict { .. }) if attempts < 20 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(err) => panic!("take the lease: {err}"),
+        }
+    };
     let thief = HeldLease::new(
         Arc::new(store.clone()),
-        store.take_lease(&lease, "thief").await.unwrap(),
+        taken,
         Duration::from_secs(3),
         Instant::now(),
     );
