@@ -30,6 +30,7 @@ pub mod error;
 pub mod lease;
 pub mod processor;
 pub mod record;
+pub mod retry;
 pub mod shard;
 pub mod streams;
 pub mod telemetry;

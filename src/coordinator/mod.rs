@@ -41,6 +41,7 @@ use crate::dispatch::Dispatcher;
 use crate::error::Error;
 use crate::lease::held::HeldLease;
 use crate::lease::{ItemKind, Lease, LeaseError, LeaseStore};
+use crate::retry::{retry, Attempt, RetryError, Retryable};
 use crate::shard::{ShardConsumer, ShardExit, ShardSettings};
 use crate::streams::{newest_stream, ShardInfo, StreamsApi, StreamsError};
 use crate::telemetry::metrics::{self, LeaseEvent};
@@ -1073,42 +1074,22 @@ async fn retry_until_done<T, E, F, Fut>(
     mut call: F,
 ) -> Result<T, E>
 where
-    E: RetryClass + std::fmt::Display,
+    E: Retryable + std::fmt::Display,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut backoff = Backoff::for_aws_calls();
-    loop {
-        match call().await {
-            Ok(value) => return Ok(value),
-            Err(err) if err.retryable() && !shutdown.is_cancelled() => {
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "could not {what}; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Err(err),
-                    _ = tokio::time::sleep(delay) => {}
-                }
+    retry(&mut Backoff::for_aws_calls(), shutdown, || {
+        let attempt = call();
+        async move {
+            let attempt = Attempt::from(attempt.await);
+            if let Attempt::Retry(err) = &attempt {
+                tracing::warn!(error = %err, "could not {what}; retrying");
             }
-            Err(err) => return Err(err),
+            attempt
         }
-    }
-}
-
-/// Errors that say whether retrying may help.
-trait RetryClass {
-    fn retryable(&self) -> bool;
-}
-
-impl RetryClass for LeaseError {
-    fn retryable(&self) -> bool {
-        self.is_retryable()
-    }
-}
-
-impl RetryClass for StreamsError {
-    fn retryable(&self) -> bool {
-        self.is_retryable()
-    }
+    })
+    .await
+    .map_err(RetryError::into_inner)
 }
 
 #[cfg(test)]
