@@ -44,3 +44,36 @@ pub use error::Error;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    /// The in-memory fakes are test tools: a release build of the library
+    /// must not carry them (they would be public API nobody should ship on).
+    #[test]
+    fn the_in_memory_fakes_are_compiled_only_for_tests() {
+        for (file, source) in [
+            ("src/streams/mod.rs", include_str!("streams/mod.rs")),
+            ("src/lease/mod.rs", include_str!("lease/mod.rs")),
+        ] {
+            let lines: Vec<&str> = source.lines().collect();
+            let at = lines
+                .iter()
+                .position(|line| line.trim() == "pub mod memory;")
+                .unwrap_or_else(|| panic!("{file} declares no `memory` module"));
+            assert_eq!(
+                lines[at.saturating_sub(1)].trim(),
+                r#"#[cfg(any(test, feature = "testing"))]"#,
+                "{file}: the fake must sit behind the `testing` feature"
+            );
+        }
+        let manifest = include_str!("../Cargo.toml");
+        assert!(
+            manifest.contains(r#"dynastream = { path = ".", features = ["testing"] }"#),
+            "the integration tests and benches turn the fakes on as a dev-dependency"
+        );
+        assert!(
+            !manifest.contains(r#"default = ["testing"]"#),
+            "the fakes are never on by default"
+        );
+    }
+}

@@ -10,16 +10,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb as ddb;
+use aws_sdk_dynamodb::client::Waiters;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
-    ScalarAttributeType, TableStatus,
+    ScalarAttributeType,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::client::waiters::error::WaiterError;
 
 use super::{Checkpoint, Lease, LeaseError, LeaseScan, LeaseStore};
 use crate::aws::{classify, FailureKind};
+
+/// How long start-up waits for a new lease table to become ACTIVE before it
+/// counts as a transient failure (and is tried again).
+const TABLE_ACTIVE_WAIT: Duration = Duration::from_secs(60);
 
 const LEASE_KEY: &str = "leaseKey";
 const LEASE_OWNER: &str = "leaseOwner";
@@ -285,28 +291,37 @@ impl LeaseStore for DynamoLeaseStore {
             Err(err) if err.code() == Some("ResourceInUseException") => {}
             Err(err) => return Err(self.error("CreateTable", "", err)),
         }
-        for _ in 0..120 {
-            let answer = self
-                .client
-                .describe_table()
-                .table_name(&self.table)
-                .send()
-                .await
-                .map_err(|e| self.error("DescribeTable", "", e))?;
-            let status = answer.table.and_then(|t| t.table_status);
-            if status == Some(TableStatus::Active) {
-                return Ok(());
+        // The SDK's own waiter polls DescribeTable until the table is ACTIVE.
+        // Past the wait the error is transient, and start-up tries again.
+        let waited = self
+            .client
+            .wait_until_table_exists()
+            .table_name(&self.table)
+            .wait(TABLE_ACTIVE_WAIT)
+            .await;
+        match waited {
+            Ok(_) => Ok(()),
+            Err(WaiterError::OperationFailed(failed)) => {
+                Err(self.error("DescribeTable", "", failed.into_error()))
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            Err(WaiterError::ExceededMaxWait(_)) => Err(LeaseError::Transient {
+                operation: "DescribeTable",
+                kind: FailureKind::ServiceUnavailable,
+                message: format!(
+                    "lease table {} did not become ACTIVE within {} s",
+                    self.table,
+                    TABLE_ACTIVE_WAIT.as_secs()
+                ),
+            }),
+            Err(other) => Err(LeaseError::Transient {
+                operation: "DescribeTable",
+                kind: FailureKind::ServiceUnavailable,
+                message: format!(
+                    "waiting for lease table {} to become ACTIVE: {other}",
+                    self.table
+                ),
+            }),
         }
-        Err(LeaseError::Transient {
-            operation: "DescribeTable",
-            kind: FailureKind::ServiceUnavailable,
-            message: format!(
-                "lease table {} did not become ACTIVE within 60 s",
-                self.table
-            ),
-        })
     }
 
     async fn list_leases(&self) -> Result<LeaseScan, LeaseError> {

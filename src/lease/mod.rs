@@ -9,11 +9,13 @@
 //! whose lease was taken cannot checkpoint over its successor.
 //!
 //! [`LeaseStore`] is the storage seam ([`dynamo::DynamoLeaseStore`] for real,
-//! [`memory::MemoryLeaseStore`] for unit tests); [`held::HeldLease`] is the
-//! protocol a worker follows for a lease it owns.
+//! `memory::MemoryLeaseStore` for unit tests); [`held::HeldLease`] is the
+//! protocol a worker follows for a lease it owns. The in-memory store is
+//! compiled only for unit tests and under the `testing` feature.
 
 pub mod dynamo;
 pub mod held;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod report;
 

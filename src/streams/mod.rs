@@ -2,10 +2,15 @@
 //!
 //! The engine talks to [`StreamsApi`], never to the SDK, so that the shard
 //! graph, consumer loop and failure handling are unit-tested against the
-//! in-memory [`memory::MemoryStreams`], and the SDK adapter in [`sdk`] stays a
+//! in-memory `memory::MemoryStreams`, and the SDK adapter in [`sdk`] stays a
 //! thin translation that the integration tests run against DynamoDB Local.
-//! The adapter does not retry; callers do, with [`crate::backoff::Backoff`].
+//! The adapter does not retry; callers do, with [`crate::retry`].
+//!
+//! The fake is compiled only for this crate's unit tests and under the
+//! `testing` feature (which the integration tests and benches turn on), so it
+//! never ships in a release build.
 
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod rate_limit;
 pub mod sdk;
