@@ -413,7 +413,7 @@ impl Config {
             ));
         }
         if let Some(filter) = &self.filter {
-            crate::dispatch::filter::FilterSet::parse(filter)
+            crate::filter::FilterSet::parse(filter)
                 .map_err(|err| ConfigError(format!("invalid DYNASTREAM_FILTER: {err}")))?;
         }
         Ok(())

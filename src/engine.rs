@@ -9,9 +9,9 @@ use crate::coordinator::{Coordinator, CoordinatorSettings};
 use crate::dispatch::destination::{
     FailureDestination as Destination, FileDestination, SqsDestination,
 };
-use crate::dispatch::filter::FilterSet;
 use crate::dispatch::{DispatchSettings, Dispatcher};
 use crate::error::Error;
+use crate::filter::FilterSet;
 use crate::lease::dynamo::DynamoLeaseStore;
 use crate::lease::LeaseStore;
 use crate::processor::count::CountProcessor;
