@@ -8,6 +8,7 @@
 //! deliberately not duplicated here.
 
 use std::fmt;
+use std::num::{NonZeroU16, NonZeroU64, NonZeroUsize};
 use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
@@ -38,6 +39,7 @@ pub enum OnTrimmed {
     Stop,
 }
 
+pub use crate::filter::FilterSet;
 pub use crate::processor::target::{ProcessorSpec, Target};
 pub use crate::record::RecordFormat;
 
@@ -90,7 +92,16 @@ pub enum LogFormat {
     Text,
 }
 
+/// A limit that `-1` lifts, as Lambda writes it: `None` means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit<T>(pub Option<T>);
+
 /// Every setting of a dynastream worker.
+///
+/// Each field holds its value parsed, in the type its user wants
+/// (durations, non-zero counts, a compiled [`FilterSet`]): a value is read,
+/// checked and converted once, here, and a bad one is reported naming its
+/// variable. Only rules between settings wait for [`Config::validate`].
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "dynastream",
@@ -146,20 +157,23 @@ pub struct Config {
     pub starting_position: StartingPosition,
 
     /// Most records handed to a processor at once (1..=10000); GetRecords asks for at most 1000.
-    #[arg(long, env = "DYNASTREAM_BATCH_SIZE", default_value_t = 100, value_parser = whole_number::<1, 10_000>)]
-    pub batch_size: u64,
+    //
+    // A u16 holds the range and widens losslessly to the u32 and usize
+    // the shard loop and the dispatcher take.
+    #[arg(long, env = "DYNASTREAM_BATCH_SIZE", default_value = "100", value_parser = count::<NonZeroU16, 1, 10_000>)]
+    pub batch_size: NonZeroU16,
 
     /// Wait after an empty GetRecords, in ms (200..=60000); a shard with records is read again at once.
-    #[arg(long, env = "DYNASTREAM_POLL_INTERVAL_MS", default_value_t = 250, value_parser = whole_number::<200, 60_000>)]
-    pub poll_interval_ms: u64,
+    #[arg(long = "poll-interval-ms", env = "DYNASTREAM_POLL_INTERVAL_MS", value_name = "MS", default_value = "250", value_parser = millis::<200, 60_000>)]
+    pub poll_interval: Duration,
 
     /// Wait after an empty GetRecords on a shard that has returned nothing for DYNASTREAM_IDLE_AFTER_MS, in ms (200..=60000, at least DYNASTREAM_POLL_INTERVAL_MS; equal to it turns slowing down off).
-    #[arg(long, env = "DYNASTREAM_IDLE_POLL_INTERVAL_MS", default_value_t = 2_000, value_parser = whole_number::<200, 60_000>)]
-    pub idle_poll_interval_ms: u64,
+    #[arg(long = "idle-poll-interval-ms", env = "DYNASTREAM_IDLE_POLL_INTERVAL_MS", value_name = "MS", default_value = "2000", value_parser = millis::<200, 60_000>)]
+    pub idle_poll_interval: Duration,
 
     /// How long a shard must return nothing before it is polled at DYNASTREAM_IDLE_POLL_INTERVAL_MS, in ms (1000..=3600000).
-    #[arg(long, env = "DYNASTREAM_IDLE_AFTER_MS", default_value_t = 30_000, value_parser = whole_number::<1_000, 3_600_000>)]
-    pub idle_after_ms: u64,
+    #[arg(long = "idle-after-ms", env = "DYNASTREAM_IDLE_AFTER_MS", value_name = "MS", default_value = "30000", value_parser = millis::<1_000, 3_600_000>)]
+    pub idle_after: Duration,
 
     /// Where each batch goes (comma-separated; a batch succeeds when all succeed): stdout, http, exec, count, or a target URI: sqs://<queue URL>, sns://<topic ARN>, eventbridge://<bus>[?source=...], kinesis://<stream>, firehose://<delivery stream>, s3://<bucket>/<prefix>[?gzip=true], lambda://<function>, states://<state machine ARN>.
     #[arg(
@@ -181,44 +195,44 @@ pub struct Config {
     pub format: RecordFormat,
 
     /// How long a lease lives without renewal, in ms (1000..=600000); renewed every third of it.
-    #[arg(long, env = "DYNASTREAM_LEASE_DURATION_MS", default_value_t = 10_000, value_parser = whole_number::<1_000, 600_000>)]
-    pub lease_duration_ms: u64,
+    #[arg(long = "lease-duration-ms", env = "DYNASTREAM_LEASE_DURATION_MS", value_name = "MS", default_value = "10000", value_parser = millis::<1_000, 600_000>)]
+    pub lease_duration: Duration,
 
     /// How often the full shard list is read again to find new shards, in ms (1000..=3600000).
-    #[arg(long, env = "DYNASTREAM_SHARD_SYNC_INTERVAL_MS", default_value_t = 60_000, value_parser = whole_number::<1_000, 3_600_000>)]
-    pub shard_sync_interval_ms: u64,
+    #[arg(long = "shard-sync-interval-ms", env = "DYNASTREAM_SHARD_SYNC_INTERVAL_MS", value_name = "MS", default_value = "60000", value_parser = millis::<1_000, 3_600_000>)]
+    pub shard_sync_interval: Duration,
 
     /// Longest a shutdown may spend finishing in-flight batches, in ms (1000..=600000).
-    #[arg(long, env = "DYNASTREAM_SHUTDOWN_GRACE_MS", default_value_t = 20_000, value_parser = whole_number::<1_000, 600_000>)]
-    pub shutdown_grace_ms: u64,
+    #[arg(long = "shutdown-grace-ms", env = "DYNASTREAM_SHUTDOWN_GRACE_MS", value_name = "MS", default_value = "20000", value_parser = millis::<1_000, 600_000>)]
+    pub shutdown_grace: Duration,
 
     /// Most leases this worker holds [default: unlimited] (1..=100000).
-    #[arg(long, env = "DYNASTREAM_MAX_LEASES_PER_WORKER", value_parser = whole_number::<1, 100_000>)]
-    pub max_leases_per_worker: Option<u64>,
+    #[arg(long, env = "DYNASTREAM_MAX_LEASES_PER_WORKER", value_parser = count::<NonZeroUsize, 1, 100_000>)]
+    pub max_leases_per_worker: Option<NonZeroUsize>,
 
     /// DescribeStream calls per second this worker may make (0.1..=10); keep a fleet under the account's 10.
     #[arg(long, env = "DYNASTREAM_DESCRIBE_STREAM_RPS", default_value_t = 2.0, value_parser = calls_per_second)]
     pub describe_stream_rps: f64,
 
     /// Longest wait to fill a batch, in ms (0..=300000); several reads may feed one batch.
-    #[arg(long, env = "DYNASTREAM_BATCH_WINDOW_MS", default_value_t = 0, value_parser = whole_number::<0, 300_000>)]
-    pub batch_window_ms: u64,
+    #[arg(long = "batch-window-ms", env = "DYNASTREAM_BATCH_WINDOW_MS", value_name = "MS", default_value = "0", value_parser = millis::<0, 300_000>)]
+    pub batch_window: Duration,
 
     /// Most bytes of records (by SizeBytes) in one batch (1024..=67108864); 6 MB is Lambda's payload limit.
     #[arg(long, env = "DYNASTREAM_BATCH_MAX_BYTES", default_value_t = 6_291_456, value_parser = whole_number::<1_024, 67_108_864>)]
     pub batch_max_bytes: u64,
 
     /// Concurrent batches per shard (1..=10); records of one item key stay in order.
-    #[arg(long, env = "DYNASTREAM_PARALLELIZATION_FACTOR", default_value_t = 1, value_parser = whole_number::<1, 10>)]
-    pub parallelization_factor: u64,
+    #[arg(long, env = "DYNASTREAM_PARALLELIZATION_FACTOR", default_value = "1", value_parser = count::<NonZeroUsize, 1, 10>)]
+    pub parallelization_factor: NonZeroUsize,
 
     /// Retries of a failing batch before its records go to the failure destination (-1 = forever, up to 10000).
-    #[arg(long, env = "DYNASTREAM_MAX_RETRY_ATTEMPTS", default_value_t = 10, allow_negative_numbers = true, value_parser = retry_attempts)]
-    pub max_retry_attempts: i64,
+    #[arg(long, env = "DYNASTREAM_MAX_RETRY_ATTEMPTS", default_value = "10", allow_negative_numbers = true, value_parser = retry_attempts)]
+    pub max_retry_attempts: Limit<u32>,
 
     /// Records older than this many seconds go to the failure destination instead of being retried (-1 = no limit, or 60..=604800).
-    #[arg(long, env = "DYNASTREAM_MAX_RECORD_AGE_SECONDS", default_value_t = -1, allow_negative_numbers = true, value_parser = record_age)]
-    pub max_record_age_seconds: i64,
+    #[arg(long = "max-record-age-seconds", env = "DYNASTREAM_MAX_RECORD_AGE_SECONDS", value_name = "SECONDS", default_value = "-1", allow_negative_numbers = true, value_parser = record_age)]
+    pub max_record_age: Limit<Duration>,
 
     /// Split a failing batch in halves to isolate bad records (splits do not use up retries).
     #[arg(long, env = "DYNASTREAM_BISECT_ON_ERROR", default_value_t = false, action = clap::ArgAction::Set, value_parser = boolean)]
@@ -229,28 +243,28 @@ pub struct Config {
     pub on_failure: Option<FailureDestination>,
 
     /// Lambda FilterCriteria: a pattern, a list of patterns, or {"Filters":[{"Pattern":"..."}]} [default: none: every record passes].
-    #[arg(long, env = "DYNASTREAM_FILTER")]
-    pub filter: Option<String>,
+    #[arg(long, env = "DYNASTREAM_FILTER", value_parser = filter_set)]
+    pub filter: Option<FilterSet>,
 
     /// URL the http processor POSTs each batch to (Lambda's event as JSON).
-    #[arg(long, env = "DYNASTREAM_HTTP_URL")]
+    #[arg(long, env = "DYNASTREAM_HTTP_URL", value_parser = http_url)]
     pub http_url: Option<String>,
 
     /// How long the http processor waits for an answer, in ms (100..=900000).
-    #[arg(long, env = "DYNASTREAM_HTTP_TIMEOUT_MS", default_value_t = 30_000, value_parser = whole_number::<100, 900_000>)]
-    pub http_timeout_ms: u64,
+    #[arg(long = "http-timeout-ms", env = "DYNASTREAM_HTTP_TIMEOUT_MS", value_name = "MS", default_value = "30000", value_parser = millis::<100, 900_000>)]
+    pub http_timeout: Duration,
 
     /// Command the exec processor starts once (through `sh -c`) and writes each batch to.
     #[arg(long, env = "DYNASTREAM_EXEC_COMMAND")]
     pub exec_command: Option<String>,
 
     /// How many exec children run at once (1..=64), each with one batch at a time; order per shard and per item key holds.
-    #[arg(long, env = "DYNASTREAM_EXEC_CONCURRENCY", default_value_t = 1, value_parser = whole_number::<1, 64>)]
-    pub exec_concurrency: u64,
+    #[arg(long, env = "DYNASTREAM_EXEC_CONCURRENCY", default_value = "1", value_parser = count::<NonZeroUsize, 1, 64>)]
+    pub exec_concurrency: NonZeroUsize,
 
     /// How long the exec processor waits for the child's answer to a batch, in ms (100..=900000).
-    #[arg(long, env = "DYNASTREAM_EXEC_TIMEOUT_MS", default_value_t = 60_000, value_parser = whole_number::<100, 900_000>)]
-    pub exec_timeout_ms: u64,
+    #[arg(long = "exec-timeout-ms", env = "DYNASTREAM_EXEC_TIMEOUT_MS", value_name = "MS", default_value = "60000", value_parser = millis::<100, 900_000>)]
+    pub exec_timeout: Duration,
 
     /// What a shard does when its position fell behind the stream's 24-hour retention (records were lost).
     #[arg(
@@ -372,11 +386,12 @@ impl Config {
                 self.lease_table_name()
             )));
         }
-        if self.idle_poll_interval_ms < self.poll_interval_ms {
+        if self.idle_poll_interval < self.poll_interval {
             return Err(ConfigError(format!(
                 "DYNASTREAM_IDLE_POLL_INTERVAL_MS ({}) is below DYNASTREAM_POLL_INTERVAL_MS ({}): \
                  an idle shard is never polled faster than a busy one",
-                self.idle_poll_interval_ms, self.poll_interval_ms
+                self.idle_poll_interval.as_millis(),
+                self.poll_interval.as_millis()
             )));
         }
         if self.processor.is_empty() {
@@ -386,21 +401,10 @@ impl Config {
                     .into(),
             ));
         }
-        if self.processor.contains(&ProcessorSpec::Http) {
-            match self.http_url.as_deref().map(str::trim) {
-                None | Some("") => {
-                    return Err(ConfigError(
-                        "DYNASTREAM_PROCESSOR includes http but DYNASTREAM_HTTP_URL is not set"
-                            .into(),
-                    ))
-                }
-                Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                    return Err(ConfigError(format!(
-                        "invalid DYNASTREAM_HTTP_URL {url:?}: expected an http:// or https:// URL"
-                    )))
-                }
-                Some(_) => {}
-            }
+        if self.processor.contains(&ProcessorSpec::Http) && self.http_url.is_none() {
+            return Err(ConfigError(
+                "DYNASTREAM_PROCESSOR includes http but DYNASTREAM_HTTP_URL is not set".into(),
+            ));
         }
         if self.processor.contains(&ProcessorSpec::Exec)
             && self
@@ -411,10 +415,6 @@ impl Config {
             return Err(ConfigError(
                 "DYNASTREAM_PROCESSOR includes exec but DYNASTREAM_EXEC_COMMAND is not set".into(),
             ));
-        }
-        if let Some(filter) = &self.filter {
-            crate::dispatch::filter::FilterSet::parse(filter)
-                .map_err(|err| ConfigError(format!("invalid DYNASTREAM_FILTER: {err}")))?;
         }
         Ok(())
     }
@@ -451,45 +451,10 @@ impl Config {
         format!("{host}-{:08x}", rand::random::<u32>())
     }
 
-    /// The wait after an empty read.
-    pub fn poll_interval(&self) -> Duration {
-        Duration::from_millis(self.poll_interval_ms)
-    }
-
-    /// The wait after an empty read on a shard idle for [`Config::idle_after`].
-    pub fn idle_poll_interval(&self) -> Duration {
-        Duration::from_millis(self.idle_poll_interval_ms)
-    }
-
-    /// How long a shard must return nothing to count as idle.
-    pub fn idle_after(&self) -> Duration {
-        Duration::from_millis(self.idle_after_ms)
-    }
-
-    /// How long a lease lives without renewal.
-    pub fn lease_duration(&self) -> Duration {
-        Duration::from_millis(self.lease_duration_ms)
-    }
-
     /// How often held leases are renewed: a third of the lease duration, so
     /// two renewals can fail before the lease is at risk.
     pub fn renew_interval(&self) -> Duration {
-        self.lease_duration() / 3
-    }
-
-    /// How often shards are listed again.
-    pub fn shard_sync_interval(&self) -> Duration {
-        Duration::from_millis(self.shard_sync_interval_ms)
-    }
-
-    /// The longest wait to fill a batch.
-    pub fn batch_window(&self) -> Duration {
-        Duration::from_millis(self.batch_window_ms)
-    }
-
-    /// The bound on a graceful shutdown.
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_millis(self.shutdown_grace_ms)
+        self.lease_duration / 3
     }
 
     /// Every environment variable the configuration reads, with its default
@@ -524,21 +489,61 @@ fn processor_spec(value: &str) -> Result<ProcessorSpec, String> {
 }
 
 /// Parses `DYNASTREAM_MAX_RETRY_ATTEMPTS`: -1 (forever) or 0..=10000.
-fn retry_attempts(value: &str) -> Result<i64, String> {
+fn retry_attempts(value: &str) -> Result<Limit<u32>, String> {
     let expected = || "expected -1 (retry forever) or a whole number from 0 to 10000".to_owned();
     match value.trim().parse::<i64>() {
-        Ok(n) if n == -1 || (0..=10_000).contains(&n) => Ok(n),
+        Ok(-1) => Ok(Limit(None)),
+        Ok(n) if (0..=10_000).contains(&n) => Ok(Limit(u32::try_from(n).ok())),
         _ => Err(expected()),
     }
 }
 
 /// Parses `DYNASTREAM_MAX_RECORD_AGE_SECONDS`: -1 (no limit) or 60..=604800, as Lambda.
-fn record_age(value: &str) -> Result<i64, String> {
+fn record_age(value: &str) -> Result<Limit<Duration>, String> {
     let expected = || "expected -1 (no limit) or a whole number from 60 to 604800".to_owned();
     match value.trim().parse::<i64>() {
-        Ok(n) if n == -1 || (60..=604_800).contains(&n) => Ok(n),
+        Ok(-1) => Ok(Limit(None)),
+        Ok(n) if (60..=604_800).contains(&n) => {
+            Ok(Limit(u64::try_from(n).ok().map(Duration::from_secs)))
+        }
         _ => Err(expected()),
     }
+}
+
+/// Parses `DYNASTREAM_FILTER` into the compiled patterns it holds.
+fn filter_set(value: &str) -> Result<FilterSet, String> {
+    FilterSet::parse(value)
+}
+
+/// Parses `DYNASTREAM_HTTP_URL`: an absolute http:// or https:// URL with a
+/// host, as the http processor needs it. Kept as text, trimmed.
+fn http_url(value: &str) -> Result<String, String> {
+    let url = value.trim();
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|_| "expected an http:// or https:// URL".to_owned())?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err("expected an http:// or https:// URL".into());
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("expected an http:// or https:// URL with a host".into());
+    }
+    Ok(url.to_owned())
+}
+
+/// Parses a duration in whole milliseconds within `MIN..=MAX`.
+fn millis<const MIN: u64, const MAX: u64>(value: &str) -> Result<Duration, String> {
+    whole_number::<MIN, MAX>(value).map(Duration::from_millis)
+}
+
+/// Parses a count within `MIN..=MAX` (`MIN` at least 1) into the non-zero
+/// type its user takes, with the range in the message.
+fn count<T: TryFrom<NonZeroU64>, const MIN: u64, const MAX: u64>(value: &str) -> Result<T, String> {
+    const { assert!(MIN >= 1, "a count starts at 1") };
+    let number = whole_number::<MIN, MAX>(value)?;
+    NonZeroU64::new(number)
+        .and_then(|number| T::try_from(number).ok())
+        .ok_or_else(|| format!("expected a whole number from {MIN} to {MAX}"))
 }
 
 /// Parses `host:port`.
@@ -670,8 +675,8 @@ mod tests {
     #[test]
     fn defaults_follow_lambda() {
         let config = parse(&["--tables", "orders"]).unwrap();
-        assert_eq!(config.batch_size, 100);
-        assert_eq!(config.poll_interval(), Duration::from_millis(250));
+        assert_eq!(config.batch_size.get(), 100);
+        assert_eq!(config.poll_interval, Duration::from_millis(250));
         assert_eq!(config.starting_position, StartingPosition::Latest);
         assert_eq!(config.lease_table_name(), "dynastream-leases");
         assert_eq!(config.renew_interval(), Duration::from_secs(10) / 3);
@@ -743,6 +748,72 @@ mod tests {
             err.0.contains("DYNASTREAM_EXEC_CONCURRENCY") && err.0.contains("1 to 64"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn values_arrive_parsed_in_the_types_their_users_take() {
+        let config = parse(&[
+            "--tables",
+            "orders",
+            "--lease-duration-ms",
+            "9000",
+            "--max-leases-per-worker",
+            "7",
+            "--max-retry-attempts",
+            "-1",
+            "--max-record-age-seconds",
+            "60",
+            "--filter",
+            r#"[{"eventName":["INSERT"]},{"eventName":["REMOVE"]}]"#,
+        ])
+        .unwrap();
+        assert_eq!(config.lease_duration, Duration::from_secs(9));
+        assert_eq!(config.renew_interval(), Duration::from_secs(3));
+        assert_eq!(config.max_leases_per_worker.map(NonZeroUsize::get), Some(7));
+        assert_eq!(config.max_retry_attempts, Limit(None));
+        assert_eq!(config.max_record_age, Limit(Some(Duration::from_secs(60))));
+        assert_eq!(config.filter.as_ref().map(FilterSet::len), Some(2));
+
+        let defaults = parse(&["--tables", "orders"]).unwrap();
+        assert_eq!(defaults.max_retry_attempts, Limit(Some(10)));
+        assert_eq!(defaults.max_record_age, Limit(None));
+        assert_eq!(defaults.parallelization_factor.get(), 1);
+        assert!(defaults.filter.is_none());
+    }
+
+    #[test]
+    fn a_bad_filter_or_http_url_is_refused_where_it_is_read() {
+        let err = parse(&[
+            "--tables",
+            "orders",
+            "--filter",
+            "{\"a\":\n[{\"numeric\":[\">\",\"x\"]}]}",
+        ])
+        .unwrap_err();
+        assert!(err.0.contains("DYNASTREAM_FILTER"), "{err}");
+        assert!(
+            err.0.contains("pattern 1, at a: \"numeric\" needs pairs"),
+            "{err}"
+        );
+        assert!(!err.0.contains('\n'), "{err}");
+        // Refused even when no http processor would use it.
+        let err = parse(&["--tables", "orders", "--http-url", "ftp://host/x"]).unwrap_err();
+        assert!(
+            err.0.contains("DYNASTREAM_HTTP_URL") && err.0.contains("http:// or https://"),
+            "{err}"
+        );
+        let err = parse(&["--tables", "orders", "--processor", "http"]).unwrap_err();
+        assert!(err.0.contains("DYNASTREAM_HTTP_URL is not set"), "{err}");
+        let config = parse(&[
+            "--tables",
+            "orders",
+            "--processor",
+            "http",
+            "--http-url",
+            " http://127.0.0.1:9/x ",
+        ])
+        .unwrap();
+        assert_eq!(config.http_url.as_deref(), Some("http://127.0.0.1:9/x"));
     }
 
     #[test]

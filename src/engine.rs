@@ -1,5 +1,6 @@
 //! The engine: a configured coordinator over real or injected seams.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -9,9 +10,9 @@ use crate::coordinator::{Coordinator, CoordinatorSettings};
 use crate::dispatch::destination::{
     FailureDestination as Destination, FileDestination, SqsDestination,
 };
-use crate::dispatch::filter::FilterSet;
 use crate::dispatch::{DispatchSettings, Dispatcher};
 use crate::error::Error;
+use crate::filter::FilterSet;
 use crate::lease::dynamo::DynamoLeaseStore;
 use crate::lease::LeaseStore;
 use crate::processor::count::CountProcessor;
@@ -101,16 +102,16 @@ impl Engine {
                 ProcessorSpec::Http => Arc::new(
                     HttpProcessor::new(
                         config.http_url.as_deref().unwrap_or_default(),
-                        std::time::Duration::from_millis(config.http_timeout_ms),
+                        config.http_timeout,
                     )
                     .map_err(|e| Error::Config(format!("DYNASTREAM_HTTP_URL: {e}")))?,
                 ),
                 ProcessorSpec::Exec => Arc::new(
                     ExecProcessor::new(
                         config.exec_command.as_deref().unwrap_or_default(),
-                        std::time::Duration::from_millis(config.exec_timeout_ms),
+                        config.exec_timeout,
                     )
-                    .with_concurrency(usize::try_from(config.exec_concurrency).unwrap_or(1)),
+                    .with_concurrency(config.exec_concurrency.get()),
                 ),
             });
         }
@@ -141,37 +142,26 @@ impl Engine {
             tables: config.table_names(),
             stream_arns: config.stream_arn_list(),
             starting_position: config.starting_position,
-            lease_duration: config.lease_duration(),
+            lease_duration: config.lease_duration,
             renew_interval: config.renew_interval(),
-            shard_sync_interval: config.shard_sync_interval(),
-            shutdown_grace: config.shutdown_grace(),
-            max_leases: config
-                .max_leases_per_worker
-                .map(|max| usize::try_from(max).unwrap_or(usize::MAX)),
+            shard_sync_interval: config.shard_sync_interval,
+            shutdown_grace: config.shutdown_grace,
+            max_leases: config.max_leases_per_worker.map(NonZeroUsize::get),
             shard: ShardSettings {
-                batch_size: u32::try_from(config.batch_size).unwrap_or(u32::MAX),
-                poll_interval: config.poll_interval(),
-                idle_poll_interval: config.idle_poll_interval(),
-                idle_after: config.idle_after(),
-                batch_window: config.batch_window(),
+                batch_size: u32::from(config.batch_size.get()),
+                poll_interval: config.poll_interval,
+                idle_poll_interval: config.idle_poll_interval,
+                idle_after: config.idle_after,
+                batch_window: config.batch_window,
                 on_trimmed: config.on_trimmed,
             },
         };
-        let filter = match &config.filter {
-            Some(text) => Some(
-                FilterSet::parse(text)
-                    .map_err(|e| Error::Config(format!("invalid DYNASTREAM_FILTER: {e}")))?,
-            ),
-            None => None,
-        };
         let dispatch = DispatchSettings {
-            batch_size: usize::try_from(config.batch_size).unwrap_or(usize::MAX),
+            batch_size: usize::from(config.batch_size.get()),
             max_bytes: config.batch_max_bytes,
-            parallelization_factor: usize::try_from(config.parallelization_factor).unwrap_or(1),
-            max_retry_attempts: u32::try_from(config.max_retry_attempts).ok(),
-            max_record_age: u64::try_from(config.max_record_age_seconds)
-                .ok()
-                .map(std::time::Duration::from_secs),
+            parallelization_factor: config.parallelization_factor.get(),
+            max_retry_attempts: config.max_retry_attempts.0,
+            max_record_age: config.max_record_age.0,
             bisect_on_error: config.bisect_on_error,
             ..DispatchSettings::default()
         };
@@ -180,7 +170,7 @@ impl Engine {
             metrics_addr: Some(config.metrics_addr),
             shard_labels: config.metrics_shard_labels,
             dispatch,
-            filter,
+            filter: config.filter.clone(),
             destination: None,
             streams,
             leases,

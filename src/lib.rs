@@ -10,6 +10,7 @@
 //! - [`coordinator`]: resolves streams, builds the shard graph, takes leases and
 //!   owns one shard task per held lease.
 //! - [`shard`]: one shard's loop: iterator, GetRecords, dispatch, checkpoint.
+//! - [`filter`]: Lambda's FilterCriteria, matched against the typed record.
 //! - [`dispatch`]: gets each batch through every processor, with retries.
 //! - [`processor`]: the [`processor::Processor`] trait and the built-ins.
 //! - [`record`]: the record model, in exactly Lambda's event shape.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod coordinator;
 pub mod dispatch;
 pub mod error;
+pub mod filter;
 pub mod lease;
 pub mod processor;
 pub mod record;

@@ -3,7 +3,7 @@
 //!
 //! For each gathered batch of a shard:
 //!
-//! 1. records that match no filter pattern ([`filter`]) are set aside
+//! 1. records that match no filter pattern ([`crate::filter`]) are set aside
 //!    (counted, and covered by the checkpoint);
 //! 2. the rest are split into up to `parallelization_factor` lanes by a hash
 //!    of their item key, so records of one key stay in one lane, in order;
@@ -25,7 +25,6 @@
 //! checkpoint never passes a record that has not succeeded or been stored.
 
 pub mod destination;
-pub mod filter;
 
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
@@ -35,10 +34,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::filter::FilterSet;
 use crate::processor::{Batch, BatchOutcome, Processor, ProcessorError};
 use crate::record::{SequenceNumber, StreamRecord};
 use destination::{FailedBatch, FailureDestination, FailureReason};
-use filter::FilterSet;
 
 use crate::telemetry::metrics::{self, BatchOutcomeLabel};
 
