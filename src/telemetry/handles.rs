@@ -201,6 +201,11 @@ impl StreamMetrics {
     /// The handles of one shard of this stream; its age counts in the
     /// stream's maximum from now until [`shard_left`].
     pub fn shard(self: &Arc<Self>, shard_id: &str) -> ShardMetrics {
+        self.shard_labelled(shard_id, shard_labels())
+    }
+
+    /// [`StreamMetrics::shard`], with or without the per-shard series.
+    pub(super) fn shard_labelled(self: &Arc<Self>, shard_id: &str, labelled: bool) -> ShardMetrics {
         let mut ages = self.ages.write().unwrap_or_else(|p| p.into_inner());
         let age = match ages.iter().find(|(shard, _)| &**shard == shard_id) {
             Some((_, age)) => Arc::clone(age),
@@ -210,7 +215,7 @@ impl StreamMetrics {
                 age
             }
         };
-        let shard_age = shard_labels().then(|| {
+        let shard_age = labelled.then(|| {
             KeyedGauge::new(
                 SHARD_ITERATOR_AGE,
                 vec![
@@ -403,5 +408,61 @@ impl ApiMetrics {
             .unwrap_or(0);
         self.calls[index].increment(1);
         self.duration.record(took.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    use super::*;
+
+    fn stream_age(rendered: &str) -> Option<f64> {
+        rendered
+            .lines()
+            .find(|l| l.starts_with("dynastream_iterator_age_seconds{stream=\"orders\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn the_stream_age_is_the_maximum_over_the_shards_still_here() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let stream = Arc::new(StreamMetrics::new("orders"));
+            let a = stream.shard_labelled("a", false);
+            let b = stream.shard_labelled("b", false);
+            a.iterator_age(5.0);
+            b.iterator_age(2.0);
+            assert_eq!(stream_age(&handle.render()), Some(5.0));
+            a.iterator_age(1.0);
+            assert_eq!(stream_age(&handle.render()), Some(2.0));
+            b.iterator_age(-3.0);
+            assert_eq!(stream_age(&handle.render()), Some(1.0));
+            stream.forget("a");
+            assert_eq!(stream_age(&handle.render()), Some(0.0));
+            // A shard taken again reuses its slot: one age per shard.
+            let a_again = stream.shard_labelled("a", false);
+            a_again.iterator_age(4.0);
+            assert_eq!(stream.ages.read().unwrap().len(), 2);
+            assert_eq!(stream_age(&handle.render()), Some(4.0));
+        });
+    }
+
+    #[test]
+    fn per_shard_ages_exist_only_when_asked_for() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let stream = Arc::new(StreamMetrics::new("orders"));
+            stream.shard_labelled("a", false).iterator_age(1.0);
+            assert!(!handle
+                .render()
+                .contains("dynastream_shard_iterator_age_seconds"));
+            stream.shard_labelled("b", true).iterator_age(1.0);
+            assert!(handle.render().contains(
+                "dynastream_shard_iterator_age_seconds{stream=\"orders\",shard=\"b\"} 1"
+            ));
+        });
     }
 }
