@@ -44,7 +44,11 @@ use crate::lease::{ItemKind, Lease, LeaseError, LeaseStore};
 use crate::retry::{retry, Attempt, RetryError, Retryable};
 use crate::shard::{ShardConsumer, ShardExit, ShardSettings};
 use crate::streams::{newest_stream, ShardInfo, StreamsApi, StreamsError};
-use crate::telemetry::metrics::{self, LeaseEvent};
+use crate::telemetry::events::{
+    LeaseHandedOver, LeaseLost, LeaseReleased, LeaseRenewFailed, LeaseRequested, LeaseStolen,
+    LeaseTaken, LostBy,
+};
+use crate::telemetry::metrics;
 use crate::telemetry::server::Health;
 
 /// Where the coordinator's streams come from and how it keeps leases.
@@ -694,8 +698,11 @@ impl Coordinator {
                 }
                 _ => {
                     if !held.lease.is_lost() {
-                        metrics::lease_event(LeaseEvent::Lost);
-                        tracing::warn!(lease = %key, "the lease table shows this lease owned by another worker; stopping it");
+                        LeaseLost {
+                            lease: &key,
+                            by: LostBy::Scan,
+                        }
+                        .emit();
                         held.lease.abandon();
                     }
                     if !held.running {
@@ -716,9 +723,11 @@ impl Coordinator {
             return;
         };
         match held.lease.hand_off(&table).await {
-            Ok(()) => {
-                tracing::info!(shard = %table.shard_id, to = ?table.pending_owner, "handed a lease over")
+            Ok(()) => LeaseHandedOver {
+                shard: &table.shard_id,
+                to: &table.pending_owner,
             }
+            .emit(),
             Err(err) => {
                 tracing::warn!(shard = %table.shard_id, error = %err, "could not hand a lease over; it will be taken when it expires")
             }
@@ -749,8 +758,11 @@ impl Coordinator {
         }
         match self.store.request_handoff(&lease, &me).await {
             Ok(updated) => {
-                metrics::lease_event(LeaseEvent::Requested);
-                tracing::info!(shard = %lease.shard_id, owner = ?lease.owner, "asked for a lease to balance the fleet");
+                LeaseRequested {
+                    shard: &lease.shard_id,
+                    owner: &lease.owner,
+                }
+                .emit();
                 self.handoff_requests.insert(key.to_owned(), Instant::now());
                 self.leases.insert(key.to_owned(), updated);
             }
@@ -779,18 +791,21 @@ impl Coordinator {
         {
             Ok(taken) => {
                 self.handoff_requests.remove(key);
-                metrics::lease_event(if steal {
-                    LeaseEvent::Stolen
-                } else {
-                    LeaseEvent::Taken
-                });
                 if steal {
-                    tracing::info!(shard = %taken.shard_id, from = ?lease.owner, "stole a lease to balance the fleet");
+                    LeaseStolen {
+                        shard: &taken.shard_id,
+                        from: &lease.owner,
+                    }
+                    .emit();
                     if let Some(seen) = self.observed.get_mut(key) {
                         seen.stolen_at = Some(Instant::now());
                     }
                 } else {
-                    tracing::info!(shard = %taken.shard_id, previous_owner = ?lease.owner, "took a lease");
+                    LeaseTaken {
+                        shard: &taken.shard_id,
+                        previous_owner: &lease.owner,
+                    }
+                    .emit();
                 }
                 self.leases.insert(taken.key.clone(), taken.clone());
                 let held = HeldLease::new(
@@ -900,16 +915,20 @@ impl Coordinator {
             match result {
                 Ok(()) => {}
                 Err(LeaseError::Conflict { .. }) => {
-                    metrics::lease_event(LeaseEvent::Lost);
-                    tracing::warn!(lease = %key, "lease lost: another worker owns it now");
+                    LeaseLost {
+                        lease: &key,
+                        by: LostBy::Renewal,
+                    }
+                    .emit();
                     if self.held.get(&key).is_some_and(|held| !held.running) {
                         self.held.remove(&key);
                     }
                 }
-                Err(err) => {
-                    metrics::lease_event(LeaseEvent::RenewFailed);
-                    tracing::warn!(lease = %key, error = %err, "lease renewal failed; will retry")
+                Err(err) => LeaseRenewFailed {
+                    lease: &key,
+                    error: &err,
                 }
+                .emit(),
             }
         }
     }
@@ -928,7 +947,7 @@ impl Coordinator {
         }
         match exit {
             ShardExit::Ended => {
-                metrics::lease_event(LeaseEvent::Released);
+                LeaseReleased.emit();
                 if let Err(err) = held.lease.release().await {
                     tracing::warn!(shard = %shard_id, error = %err, "could not release an ended shard's lease");
                 }
@@ -1041,7 +1060,7 @@ impl Coordinator {
         for (key, result) in results {
             match result {
                 Ok(()) => {
-                    metrics::lease_event(LeaseEvent::Released);
+                    LeaseReleased.emit();
                     released += 1
                 }
                 Err(err) => {

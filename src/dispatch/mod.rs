@@ -39,7 +39,8 @@ use crate::processor::{Batch, BatchOutcome, Processor, ProcessorError};
 use crate::record::{SequenceNumber, StreamRecord};
 use destination::{FailedBatch, FailureDestination, FailureReason};
 
-use crate::telemetry::metrics::{self, BatchOutcomeLabel};
+use crate::telemetry::events::{RecordsSentToDestination, ShardHalted};
+use crate::telemetry::metrics::{self, BatchOutcomeLabel, StreamMetrics};
 
 /// Why a dispatch ended without every record processed or stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,10 +193,7 @@ impl Dispatcher {
                     .collect();
                 report.filtered = before - kept.len();
                 if report.filtered > 0 {
-                    metrics::records_filtered(
-                        &metrics::stream_label(stream_arn),
-                        report.filtered as u64,
-                    );
+                    StreamMetrics::of(stream_arn).filtered(report.filtered as u64);
                 }
                 kept
             }
@@ -245,7 +243,7 @@ impl Dispatcher {
                 })
                 .collect();
         let mut backoff = Backoff::new(self.settings.retry_base, self.settings.retry_max);
-        let stream = metrics::stream_label(stream_arn);
+        let stream = StreamMetrics::of(stream_arn);
         while let Some(mut chunk) = queue.pop_front() {
             if let Some(too_old) = self.split_off_too_old(&mut chunk) {
                 report.sent_to_destination += too_old.records.len();
@@ -270,8 +268,8 @@ impl Dispatcher {
             let mut known_failures = false;
             let error = match self.attempt(&batch).await {
                 Ok(()) => {
-                    metrics::batch(&stream, BatchOutcomeLabel::Success);
-                    count_processed(&stream, &chunk.records);
+                    stream.batch(BatchOutcomeLabel::Success);
+                    stream.processed(&chunk.records);
                     report.processed += chunk.records.len();
                     backoff.reset();
                     continue;
@@ -282,14 +280,14 @@ impl Dispatcher {
                 }) => {
                     // Lambda's contract: the records before the earliest
                     // failure succeeded; retry from it on.
-                    metrics::batch(&stream, BatchOutcomeLabel::PartialFailure);
-                    count_processed(&stream, &chunk.records[..first_failed]);
+                    stream.batch(BatchOutcomeLabel::PartialFailure);
+                    stream.processed(&chunk.records[..first_failed]);
                     report.processed += first_failed;
                     chunk.records.drain(..first_failed);
                     error
                 }
                 Err(AttemptError::Records(failures)) => {
-                    metrics::batch(&stream, BatchOutcomeLabel::PartialFailure);
+                    stream.batch(BatchOutcomeLabel::PartialFailure);
                     let (rejected, retry) = self.sort_out_failures(&stream, &mut chunk, failures);
                     report.processed += chunk.records.len() - rejected.len() - retry.len();
                     if !rejected.is_empty() {
@@ -319,7 +317,7 @@ impl Dispatcher {
                     error
                 }
                 Err(AttemptError::Whole(error)) => {
-                    metrics::batch(&stream, BatchOutcomeLabel::Failure);
+                    stream.batch(BatchOutcomeLabel::Failure);
                     error
                 }
             };
@@ -389,7 +387,7 @@ impl Dispatcher {
     #[allow(clippy::type_complexity)]
     fn sort_out_failures(
         &self,
-        stream: &str,
+        stream: &StreamMetrics,
         chunk: &mut Chunk,
         failures: Vec<(usize, ProcessorError)>,
     ) -> (
@@ -419,7 +417,7 @@ impl Dispatcher {
                 Some(error) => rejected.push((Arc::clone(record), error)),
             }
         }
-        count_processed(stream, &delivered);
+        stream.processed(&delivered);
         (rejected, retry)
     }
 
@@ -472,7 +470,7 @@ impl Dispatcher {
                 first_sequence(&chunk.records),
                 chunk.last_error.as_deref().unwrap_or("none")
             );
-            tracing::error!(%message, "shard halted");
+            ShardHalted { message: &message }.emit();
             return Err(Undelivered::Halted(message));
         };
         let failed = FailedBatch {
@@ -499,19 +497,15 @@ impl Dispatcher {
         loop {
             match destination.send(&failed).await {
                 Ok(()) => {
-                    metrics::batch(
-                        &metrics::stream_label(stream_arn),
-                        BatchOutcomeLabel::SentToDestination,
-                    );
-                    metrics::records_failed(destination.kind(), failed.record_count as u64);
-                    tracing::warn!(
-                        destination = destination.kind(),
-                        records = failed.record_count,
-                        start = %failed.start_sequence_number,
-                        end = %failed.end_sequence_number,
-                        reason = ?reason,
-                        "records sent to the failure destination; the shard moves on"
-                    );
+                    RecordsSentToDestination {
+                        stream: &StreamMetrics::of(stream_arn),
+                        destination: destination.kind(),
+                        records: failed.record_count,
+                        start: &failed.start_sequence_number,
+                        end: &failed.end_sequence_number,
+                        reason: &reason,
+                    }
+                    .emit();
                     return Ok(());
                 }
                 Err(err) => {
@@ -615,31 +609,6 @@ fn earliest_index(records: &[Arc<StreamRecord>], failed: &[SequenceNumber]) -> O
         earliest = earliest.min(index);
     }
     Some(earliest)
-}
-
-/// Counts records every processor succeeded with, and their lag.
-fn count_processed(stream: &str, records: &[Arc<StreamRecord>]) {
-    let mut by_event = [0u64; 3];
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    for record in records {
-        let index = match record.event_name {
-            crate::record::EventName::Insert => 0,
-            crate::record::EventName::Modify => 1,
-            crate::record::EventName::Remove => 2,
-        };
-        by_event[index] += 1;
-        if let Some(created) = record.dynamodb.approximate_creation_date_time {
-            metrics::processing_lag(now - created as f64);
-        }
-    }
-    for (index, name) in ["INSERT", "MODIFY", "REMOVE"].into_iter().enumerate() {
-        if by_event[index] > 0 {
-            metrics::records_processed(stream, name, by_event[index]);
-        }
-    }
 }
 
 fn first_sequence(records: &[Arc<StreamRecord>]) -> String {

@@ -31,6 +31,7 @@ use super::target::book_call;
 use super::{Batch, BatchOutcome, Processor, ProcessorError, RecordFailure};
 use crate::aws::Failure;
 use crate::record::{Item, RecordFormat, StreamRecord};
+use crate::telemetry::events::TargetRequest;
 use crate::telemetry::metrics::{self, TargetRecordOutcome, TargetRequestOutcome};
 
 /// What one call of a batch API may carry.
@@ -239,19 +240,16 @@ impl<A: EntryApi> EntryTarget<A> {
                 } else {
                     TargetRequestOutcome::Partial
                 };
-                metrics::target_request(target, outcome, took);
-                metrics::target_records(
+                TargetRequest {
                     target,
-                    TargetRecordOutcome::Delivered,
-                    (request.len() - failures.len()) as u64,
-                );
-                metrics::target_records(target, TargetRecordOutcome::Throttled, throttled as u64);
-                metrics::target_records(target, TargetRecordOutcome::Rejected, rejected as u64);
-                metrics::target_records(
-                    target,
-                    TargetRecordOutcome::Failed,
-                    failures.len().saturating_sub(throttled + rejected) as u64,
-                );
+                    outcome,
+                    took,
+                    delivered: request.len() - failures.len(),
+                    throttled,
+                    failed: failures.len().saturating_sub(throttled + rejected),
+                    rejected,
+                }
+                .emit();
                 Ok(failures)
             }
             // Retryable even when the service rejected the call as such (no

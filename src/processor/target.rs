@@ -374,25 +374,38 @@ pub(crate) fn book_call<T>(
     took: Duration,
     result: Result<T, crate::aws::Failure>,
 ) -> Result<T, super::ProcessorError> {
-    use crate::telemetry::metrics::{self, TargetRecordOutcome, TargetRequestOutcome};
+    use crate::telemetry::events::TargetRequest;
+    use crate::telemetry::metrics::TargetRequestOutcome;
     match result {
         Ok(value) => {
-            metrics::target_request(target, TargetRequestOutcome::Ok, took);
-            metrics::target_records(target, TargetRecordOutcome::Delivered, records as u64);
+            TargetRequest {
+                target,
+                outcome: TargetRequestOutcome::Ok,
+                took,
+                delivered: records,
+                throttled: 0,
+                failed: 0,
+                rejected: 0,
+            }
+            .emit();
             Ok(value)
         }
         Err(failure) => {
             let throttled = failure.kind == crate::aws::FailureKind::Throttled;
-            let (request, record) = if throttled {
-                (
-                    TargetRequestOutcome::Throttled,
-                    TargetRecordOutcome::Throttled,
-                )
-            } else {
-                (TargetRequestOutcome::Error, TargetRecordOutcome::Failed)
-            };
-            metrics::target_request(target, request, took);
-            metrics::target_records(target, record, records as u64);
+            TargetRequest {
+                target,
+                outcome: if throttled {
+                    TargetRequestOutcome::Throttled
+                } else {
+                    TargetRequestOutcome::Error
+                },
+                took,
+                delivered: 0,
+                throttled: if throttled { records } else { 0 },
+                failed: if throttled { 0 } else { records },
+                rejected: 0,
+            }
+            .emit();
             Err(super::ProcessorError::retryable(format!(
                 "{shown}: {}{}",
                 failure

@@ -28,6 +28,7 @@ use crate::record::{SequenceNumber, StreamRecord};
 use crate::streams::{
     IteratorPosition, RecordsPage, StreamsApi, StreamsError, MAX_RECORDS_PER_READ,
 };
+use crate::telemetry::events::{IteratorExpired, TrimmedDataSkipped, TrimmedDataStopped};
 use crate::telemetry::metrics;
 
 /// How a shard consumer reads.
@@ -85,7 +86,7 @@ pub enum ShardExit {
 /// Reads one shard under a lease.
 pub struct ShardConsumer {
     stream_arn: Arc<str>,
-    stream_label: String,
+    metrics: metrics::ShardMetrics,
     shard_id: Arc<str>,
     api: Arc<dyn StreamsApi>,
     lease: Arc<HeldLease>,
@@ -120,13 +121,10 @@ impl ShardConsumer {
         dispatcher: Arc<Dispatcher>,
         settings: ShardSettings,
     ) -> Self {
-        let stream_label = metrics::stream_label(stream_arn);
-        // The data-loss counter exists from the start, at 0, so that
-        // increase() sees its first event.
-        metrics::trimmed_data_seen(&stream_label);
+        let metrics = metrics::StreamMetrics::of(stream_arn).shard(shard_id);
         ShardConsumer {
             stream_arn: Arc::from(stream_arn),
-            stream_label,
+            metrics,
             shard_id: Arc::from(shard_id),
             api,
             lease,
@@ -248,7 +246,7 @@ impl ShardConsumer {
                 .records
                 .last()
                 .and_then(|r| r.dynamodb.approximate_creation_date_time);
-            metrics::iterator_age(&self.stream_label, &self.shard_id, age_of(newest));
+            self.metrics.iterator_age(age_of(newest));
             for record in page.records {
                 gathered_bytes += record.dynamodb.size_bytes.max(0) as u64;
                 gathered.push(Arc::new(record));
@@ -321,7 +319,7 @@ impl ShardConsumer {
     ) -> Step {
         match err {
             StreamsError::ExpiredIterator(message) => {
-                tracing::info!(%message, "shard iterator expired; re-acquiring from the last processed record");
+                IteratorExpired { message: &message }.emit();
                 Step::Continue
             }
             StreamsError::TrimmedData(message) if *position == IteratorPosition::Latest => {
@@ -334,22 +332,25 @@ impl ShardConsumer {
                 Step::Continue
             }
             StreamsError::TrimmedData(message) => {
-                metrics::trimmed_data(&self.stream_label);
                 if self.settings.on_trimmed == OnTrimmed::Stop {
                     let reason = format!(
                         "the shard position {position:?} fell behind the stream's 24-hour retention \
                          (records were lost before they could be read) and DYNASTREAM_ON_TRIMMED=stop: \
                          the shard stops here until an operator acts ({message})"
                     );
-                    tracing::error!(%reason, "shard stopped on trimmed data");
+                    TrimmedDataStopped {
+                        stream: self.metrics.stream(),
+                        reason: &reason,
+                    }
+                    .emit();
                     return Step::Exit(ShardExit::Halted(reason));
                 }
-                tracing::error!(
-                    %message,
-                    position = ?position,
-                    "the shard position fell behind the stream's 24-hour retention: records were \
-                     lost before they could be read; continuing from the oldest record still held"
-                );
+                TrimmedDataSkipped {
+                    stream: self.metrics.stream(),
+                    message: &message,
+                    position,
+                }
+                .emit();
                 *position = IteratorPosition::TrimHorizon;
                 Step::Continue
             }

@@ -9,10 +9,13 @@
 //! every one of their queries against a real Prometheus.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
+
+pub use super::handles::{processor_duration, ShardMetrics, StreamMetrics};
+use super::handles::{ApiMetrics, TargetMetrics};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 
@@ -95,7 +98,7 @@ pub enum CallOutcome {
 }
 
 impl CallOutcome {
-    fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             CallOutcome::Ok => "ok",
             CallOutcome::Throttled => "throttled",
@@ -119,7 +122,7 @@ pub enum BatchOutcomeLabel {
 }
 
 impl BatchOutcomeLabel {
-    fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             BatchOutcomeLabel::Success => "success",
             BatchOutcomeLabel::PartialFailure => "partial_failure",
@@ -143,7 +146,7 @@ pub enum TargetRequestOutcome {
 }
 
 impl TargetRequestOutcome {
-    fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             TargetRequestOutcome::Ok => "ok",
             TargetRequestOutcome::Partial => "partial",
@@ -168,7 +171,7 @@ pub enum TargetRecordOutcome {
 }
 
 impl TargetRecordOutcome {
-    fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             TargetRecordOutcome::Delivered => "delivered",
             TargetRecordOutcome::Throttled => "throttled",
@@ -198,7 +201,7 @@ pub enum LeaseEvent {
 }
 
 impl LeaseEvent {
-    fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             LeaseEvent::Taken => "taken",
             LeaseEvent::Stolen => "stolen",
@@ -217,14 +220,12 @@ pub fn stream_label(stream_arn: &str) -> String {
 }
 
 static SHARD_LABELS: OnceLock<bool> = OnceLock::new();
-static AGES: OnceLock<Mutex<HashMap<String, HashMap<String, f64>>>> = OnceLock::new();
 
 /// Installs the Prometheus recorder (once per process) and returns the handle
 /// that renders `/metrics`.
 pub fn install(shard_labels: bool) -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    let _ = SHARD_LABELS.set(shard_labels);
-    HANDLE
+    let handle = HANDLE
         .get_or_init(|| {
             let seconds = [
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -254,7 +255,10 @@ pub fn install(shard_labels: bool) -> PrometheusHandle {
             gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle
         })
-        .clone()
+        .clone();
+    // After the recorder: handle caches start filling once this is set.
+    let _ = SHARD_LABELS.set(shard_labels);
+    handle
 }
 
 fn describe() {
@@ -313,54 +317,19 @@ fn describe() {
     );
 }
 
-fn shard_labels() -> bool {
+pub(super) fn shard_labels() -> bool {
     SHARD_LABELS.get().copied().unwrap_or(false)
+}
+
+/// Whether [`install`] has run, so handles built now bind to the recorder
+/// that will stay.
+pub(super) fn installed() -> bool {
+    SHARD_LABELS.get().is_some()
 }
 
 /// Counts an AWS call.
 pub fn api_call(api: &'static str, outcome: CallOutcome, took: Duration) {
-    counter!(API_CALLS, "api" => api, "outcome" => outcome.label()).increment(1);
-    histogram!(API_CALL_DURATION, "api" => api).record(took.as_secs_f64());
-}
-
-/// Counts processed records of one event name.
-pub fn records_processed(stream: &str, event_name: &'static str, count: u64) {
-    counter!(RECORDS, "stream" => stream.to_owned(), "event_name" => event_name).increment(count);
-}
-
-/// Counts records no filter matched.
-pub fn records_filtered(stream: &str, count: u64) {
-    counter!(RECORDS_FILTERED, "stream" => stream.to_owned()).increment(count);
-}
-
-/// Records the lag of one processed record.
-pub fn processing_lag(seconds: f64) {
-    histogram!(PROCESSING_LAG).record(seconds.max(0.0));
-}
-
-/// Counts a processor call's outcome.
-pub fn batch(stream: &str, outcome: BatchOutcomeLabel) {
-    counter!(BATCHES, "stream" => stream.to_owned(), "outcome" => outcome.label()).increment(1);
-}
-
-/// Records how long a processor took.
-pub fn processor_duration(processor: &str, took: Duration) {
-    histogram!(PROCESSOR_DURATION, "processor" => processor.to_owned()).record(took.as_secs_f64());
-}
-
-/// Counts records sent to the failure destination.
-pub fn records_failed(destination: &'static str, count: u64) {
-    counter!(RECORDS_FAILED, "destination" => destination).increment(count);
-}
-
-/// Counts a fall behind the stream's retention.
-pub fn trimmed_data(stream: &str) {
-    counter!(TRIMMED_DATA, "stream" => stream.to_owned()).increment(1);
-}
-
-/// Makes the trimmed-data series of a stream exist, at 0.
-pub fn trimmed_data_seen(stream: &str) {
-    counter!(TRIMMED_DATA, "stream" => stream.to_owned()).increment(0);
+    ApiMetrics::of(api).call(outcome, took);
 }
 
 /// Makes the failed-records series of a destination exist, at 0.
@@ -371,72 +340,25 @@ pub fn records_failed_seen(destination: &'static str) {
 /// Makes a delivery target's series exist, at 0, so dashboards and alerts
 /// see it before its first record.
 pub fn target_seen(target: &'static str) {
-    for outcome in [
-        TargetRequestOutcome::Ok,
-        TargetRequestOutcome::Partial,
-        TargetRequestOutcome::Throttled,
-        TargetRequestOutcome::Error,
-    ] {
-        counter!(TARGET_REQUESTS, "target" => target, "outcome" => outcome.label()).increment(0);
-    }
-    for outcome in [
-        TargetRecordOutcome::Delivered,
-        TargetRecordOutcome::Throttled,
-        TargetRecordOutcome::Failed,
-        TargetRecordOutcome::Rejected,
-    ] {
-        counter!(TARGET_RECORDS, "target" => target, "outcome" => outcome.label()).increment(0);
-    }
+    TargetMetrics::of(target);
 }
 
 /// Counts a call to a delivery target's API.
 pub fn target_request(target: &'static str, outcome: TargetRequestOutcome, took: Duration) {
-    counter!(TARGET_REQUESTS, "target" => target, "outcome" => outcome.label()).increment(1);
-    histogram!(TARGET_REQUEST_DURATION, "target" => target).record(took.as_secs_f64());
+    TargetMetrics::of(target).request(outcome, took);
 }
 
 /// Counts records a delivery target handled.
 pub fn target_records(target: &'static str, outcome: TargetRecordOutcome, count: u64) {
     if count > 0 {
-        counter!(TARGET_RECORDS, "target" => target, "outcome" => outcome.label()).increment(count);
-    }
-}
-
-/// Counts a lease event.
-pub fn lease_event(event: LeaseEvent) {
-    counter!(LEASE_EVENTS, "event" => event.label()).increment(1);
-}
-
-/// Sets a shard's iterator age and its stream's maximum.
-pub fn iterator_age(stream: &str, shard: &str, age_seconds: f64) {
-    let ages = AGES.get_or_init(Mutex::default);
-    let mut ages = ages.lock().unwrap_or_else(|p| p.into_inner());
-    let of_stream = ages.entry(stream.to_owned()).or_default();
-    of_stream.insert(shard.to_owned(), age_seconds.max(0.0));
-    let max = of_stream.values().copied().fold(0.0, f64::max);
-    gauge!(ITERATOR_AGE, "stream" => stream.to_owned()).set(max);
-    if shard_labels() {
-        gauge!(SHARD_ITERATOR_AGE, "stream" => stream.to_owned(), "shard" => shard.to_owned())
-            .set(age_seconds.max(0.0));
+        TargetMetrics::of(target).records(outcome, count);
     }
 }
 
 /// Forgets a shard that left this worker: its age no longer counts in the
 /// stream's maximum and its per-shard series goes.
 pub fn shard_left(stream: &str, shard: &str) {
-    let ages = AGES.get_or_init(Mutex::default);
-    let mut ages = ages.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(of_stream) = ages.get_mut(stream) {
-        of_stream.remove(shard);
-        let max = of_stream.values().copied().fold(0.0, f64::max);
-        gauge!(ITERATOR_AGE, "stream" => stream.to_owned()).set(max);
-    }
-    if shard_labels() {
-        // Zero, then gone from the next scrape's point of view: the exporter
-        // keeps no idle series past its idle timeout, and a zero age is true.
-        gauge!(SHARD_ITERATOR_AGE, "stream" => stream.to_owned(), "shard" => shard.to_owned())
-            .set(0.0);
-    }
+    super::handles::shard_left(stream, shard);
 }
 
 /// The coordinator's view after a look at the lease table.

@@ -4,6 +4,10 @@
 //! processors write. Lines about a shard carry its stream and shard id as
 //! fields (from the shard task's span), never record contents.
 
+#[cfg(test)]
+mod coverage;
+pub mod events;
+pub mod handles;
 pub mod instrument;
 pub mod metrics;
 pub mod server;
