@@ -614,7 +614,7 @@ struct LocalLambda {
 
 impl LocalLambda {
     fn start(records: &Path, function: &str) -> LocalLambda {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = repo();
         let mut process = std::process::Command::new("python3")
             .arg(root.join("tools/lambda_local/server.py"))
             .args(["--port", "0", "--handler", "recording_handler.handler"])

@@ -37,8 +37,19 @@ pub struct DynamoDbLocal {
     _watchdog: Mutex<Child>,
 }
 
-fn repo_root() -> PathBuf {
+/// The repository's root: scripts, adapters, dashboards and deploy files
+/// the tests run or read.
+pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A loopback port free at the time of asking, for a server the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// This test binary's DynamoDB Local, started on first use.
@@ -57,7 +68,7 @@ pub fn dynamodb_local() -> &'static DynamoDbLocal {
 /// a watchdog that stops it when this test process ends, however it ends.
 /// Returns the service's endpoint and the watchdog.
 fn start_local_service(script: &str) -> (String, Child) {
-    let script = repo_root().join("scripts").join(script);
+    let script = repo().join("scripts").join(script);
     let output = Command::new(&script)
         .args(["start", "--port", "auto"])
         .stderr(Stdio::inherit())
