@@ -14,7 +14,7 @@ pub mod wait;
 
 // Each test binary uses its own subset.
 #[allow(unused_imports)]
-pub use wait::{eventually, eventually_every, lazy, WAIT};
+pub use wait::{eventually, eventually_every, lazy, poll, POLL, WAIT};
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -52,41 +52,49 @@ impl<T, E: Display> Outcome for Result<T, E> {
 /// what the last look saw (the `Err` of a `Result` probe). `what` is
 /// formatted only then, so it may describe the state at that moment (see
 /// [`lazy`]).
-pub async fn eventually<O, F, Fut>(timeout: Duration, what: impl Display, probe: F) -> O::Value
-where
-    O: Outcome,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = O>,
-{
+pub async fn eventually<O: Outcome, Fut: Future<Output = O>>(
+    timeout: Duration,
+    what: impl Display,
+    probe: impl FnMut() -> Fut,
+) -> O::Value {
     eventually_every(POLL, timeout, what, probe).await
 }
 
 /// [`eventually`], looking every `interval`: for probes that are expensive
 /// or whose answer cannot change faster (a Prometheus scrape).
-pub async fn eventually_every<O, F, Fut>(
+pub async fn eventually_every<O: Outcome, Fut: Future<Output = O>>(
     interval: Duration,
     timeout: Duration,
     what: impl Display,
-    mut probe: F,
-) -> O::Value
-where
-    O: Outcome,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = O>,
-{
+    probe: impl FnMut() -> Fut,
+) -> O::Value {
+    poll(interval, timeout, probe).await.unwrap_or_else(|seen| {
+        let seen = if seen.is_empty() {
+            seen
+        } else {
+            format!("\nlast seen: {seen}")
+        };
+        panic!("waited {timeout:?} for {what}{seen}")
+    })
+}
+
+/// The loop under [`eventually`], for a test that goes on when time runs
+/// out and lets its own assertions say what is wrong: calls `probe` every
+/// `interval` until it is done, or `timeout` has passed (`Err` with what the
+/// last look saw).
+pub async fn poll<O: Outcome, Fut: Future<Output = O>>(
+    interval: Duration,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Fut,
+) -> Result<O::Value, String> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let seen = match probe().await.into_result() {
-            Ok(value) => return value,
+            Ok(value) => return Ok(value),
             Err(seen) => seen,
         };
         if tokio::time::Instant::now() >= deadline {
-            let seen = if seen.is_empty() {
-                seen
-            } else {
-                format!("\nlast seen: {seen}")
-            };
-            panic!("waited {timeout:?} for {what}{seen}");
+            return Err(seen);
         }
         tokio::time::sleep(interval).await;
     }
