@@ -15,8 +15,6 @@ use dynastream::record::SequenceNumber;
 use support::*;
 use tokio::time::Instant;
 
-const WAIT: Duration = Duration::from_secs(30);
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_lease_was_taken_cannot_checkpoint() {
     let store = lease_store(&unique_name("fencing-leases")).await;
