@@ -179,13 +179,7 @@ async fn put_kcl_item(
     if let Some(owner) = owner {
         item.insert("leaseOwner".to_string(), AttributeValue::S(owner.into()));
     }
-    client
-        .put_item()
-        .table_name(table)
-        .set_item(Some(item))
-        .send()
-        .await
-        .unwrap();
+    put_item(client, table, item).await;
 }
 
 async fn create_kcl_lease_table(client: &aws_sdk_dynamodb::Client, table: &str) {

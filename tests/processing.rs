@@ -321,15 +321,7 @@ async fn partial_failure_endpoint(
                             let body = request.into_body().collect().await.unwrap().to_bytes();
                             let event: Value = serde_json::from_slice(&body).unwrap();
                             let records = event["Records"].as_array().unwrap();
-                            let keys: Vec<String> = records
-                                .iter()
-                                .map(|r| {
-                                    r["dynamodb"]["Keys"]["pk"]["S"]
-                                        .as_str()
-                                        .unwrap()
-                                        .to_owned()
-                                })
-                                .collect();
+                            let keys = keys_of(records);
                             log.lock().unwrap().push(keys.clone());
                             let failing = records
                                 .iter()
