@@ -5,17 +5,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::*;
-
-const WAIT: Duration = Duration::from_secs(30);
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Language {
@@ -131,20 +125,18 @@ fn records_of(invocations: &[Value]) -> Vec<Value> {
 }
 
 async fn wait_for_handled_records(worker: &Worker, seen_file: &Path, count: usize) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    let what = lazy(|| {
+        format!(
+            "{count} records handled, got {:#?}\nlogs:\n{}",
+            invocations(seen_file),
+            worker.logs().join("\n")
+        )
+    });
+    eventually(WAIT, what, || async {
         let seen = invocations(seen_file);
-        if records_of(&seen).len() >= count {
-            return seen;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!(
-                "expected {count} records handled, got {seen:#?}\nlogs:\n{}",
-                worker.logs().join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (records_of(&seen).len() >= count).then_some(seen)
+    })
+    .await
 }
 
 /// Whether a process is gone (or a zombie nobody reaped yet).
@@ -159,13 +151,8 @@ fn gone(pid: u64) -> bool {
 }
 
 async fn assert_gone(pid: u64) {
-    for _ in 0..100 {
-        if gone(pid) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("process {pid}, started by the exec processor, outlived dynastream");
+    let what = format!("process {pid}, started by the exec processor, to end with dynastream");
+    eventually(Duration::from_secs(5), what, || async { gone(pid) }).await
 }
 
 /// Starts a worker whose exec processor runs `command` on `table`.

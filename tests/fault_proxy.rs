@@ -19,8 +19,6 @@ use support::fault_proxy::Proxy;
 use support::*;
 use tokio::time::Instant;
 
-const WAIT: Duration = Duration::from_secs(60);
-
 async fn sdk_config(endpoint: &str, timeout: Option<Duration>) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint)
@@ -540,15 +538,12 @@ async fn trimmed_data_is_counted_and_skipped_or_stops_the_shard() {
         proxy
             .rule(json!({"api": "DynamoDBStreams_20120810.GetRecords", "fault": "rewrite", "code": "TrimmedDataAccessException", "count": 1}))
             .await;
-        let deadline = Instant::now() + WAIT;
         let stream = format!("dynastream_trimmed_data_total{{stream=\"{table}\"}} 1");
-        while !http_get(&format!("{base}/metrics")).1.contains(&stream) {
-            assert!(
-                Instant::now() < deadline,
-                "{mode}: the trimmed-data counter never reached 1"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("{mode}: the trimmed-data counter to reach 1");
+        eventually(WAIT, what, || async {
+            http_get(&format!("{base}/metrics")).1.contains(&stream)
+        })
+        .await;
         put(&client, &table, "second", 2).await;
         if mode == "skip" {
             worker.wait_for_records(2, WAIT).await;
@@ -557,11 +552,7 @@ async fn trimmed_data_is_counted_and_skipped_or_stops_the_shard() {
             worker
                 .wait_for_log("shard stopped on trimmed data", 1, WAIT)
                 .await;
-            let deadline = Instant::now() + WAIT;
-            while http_get(&format!("{base}/readyz")).0 != 503 {
-                assert!(Instant::now() < deadline, "readiness never failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            wait_for_http(&format!("{base}/readyz"), 503).await;
             tokio::time::sleep(Duration::from_secs(1)).await;
             assert_eq!(
                 keys_of(&worker.records()),

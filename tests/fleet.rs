@@ -18,7 +18,6 @@ use tokio::time::Instant;
 
 const LEASE_DURATION: Duration = Duration::from_millis(3_000);
 const RENEW_INTERVAL: Duration = Duration::from_millis(1_000);
-const WAIT: Duration = Duration::from_secs(60);
 
 fn count_by_owner(owners: &BTreeMap<String, Option<String>>) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -35,17 +34,16 @@ async fn wait_for_leases(
     done: impl Fn(&BTreeMap<String, Option<String>>) -> bool,
 ) -> Duration {
     let start = Instant::now();
-    loop {
+    eventually(WAIT, what, || async {
         let current = lease_owners(store).await;
         if done(&current) {
-            return start.elapsed();
+            Ok(())
+        } else {
+            Err(format!("{current:#?}"))
         }
-        assert!(
-            start.elapsed() < WAIT,
-            "timed out waiting for {what}: {current:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    start.elapsed()
 }
 
 /// (table, key, value) of a record's new image: one written change.
@@ -170,18 +168,13 @@ async fn a_fleet_spreads_leases_and_survives_sigkill_and_sigterm() {
         .chain(stopped_records.iter())
         .filter_map(change_of)
         .collect();
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, "the survivor to catch up", || async {
         let seen: HashSet<_> = survivor.records().iter().filter_map(change_of).collect();
-        if expected
+        expected
             .iter()
             .all(|c| seen.contains(c) || others.contains(c))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the survivor did not catch up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (status, survivor_records, _) = survivor.terminate().await;
     assert!(status.success());

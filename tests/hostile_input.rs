@@ -14,8 +14,6 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{json, Value};
 use support::*;
 
-const WAIT: Duration = Duration::from_secs(30);
-
 fn nested(depth: usize) -> (AttributeValue, Value) {
     let mut sdk = AttributeValue::S("bottom".into());
     let mut expected = json!({"S": "bottom"});
@@ -165,37 +163,6 @@ async fn a_malformed_lease_item_is_named_and_the_rest_keeps_working() {
     assert!(!logs.iter().any(|l| l.contains("panicked")));
 }
 
-fn http_status(url: &str) -> u16 {
-    let output = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-m",
-            "2",
-            "-w",
-            "%{http_code}",
-            url,
-        ])
-        .output()
-        .expect("run curl");
-    String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
-}
-
-async fn wait_for_http(url: &str, expected: u16) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while http_status(url) != expected {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{url} never answered {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_lease_table_stops_processing_loudly_until_it_is_back() {
     let client = dynamodb().await;
@@ -223,7 +190,7 @@ async fn a_deleted_lease_table_stops_processing_loudly_until_it_is_back() {
         .await;
     wait_for_http(&format!("{base}/readyz"), 503).await;
     assert_eq!(
-        http_status(&format!("{base}/healthz")),
+        http_get(&format!("{base}/healthz")).0,
         200,
         "alive, just not ready"
     );

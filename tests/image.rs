@@ -17,8 +17,6 @@ use std::time::Duration;
 use serde_json::Value;
 use support::*;
 
-const WAIT: Duration = Duration::from_secs(60);
-
 fn image(flavour: &str) -> String {
     let version = std::env::var("DYNASTREAM_IMAGE_VERSION")
         .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_owned());
@@ -43,14 +41,6 @@ fn require(image: &str) {
         output.status.success(),
         "image {image} is missing: run ./scripts/image build"
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A container run in the foreground by `podman run`, its stdout and
@@ -128,15 +118,8 @@ impl Container {
     }
 
     async fn wait_for(&self, what: &str, done: impl Fn(&Container) -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !done(self) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{what} did not happen within {WAIT:?}; container log:\n{}",
-                self.stderr().join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let what = lazy(|| format!("{what}; container log:\n{}", self.stderr().join("\n")));
+        eventually(WAIT, what, || async { done(self) }).await
     }
 
     async fn wait_until_ready(&self) {
@@ -290,19 +273,21 @@ async fn the_worker_image_delivers_runs_as_nonroot_pid_1_and_hands_over_on_sigte
         ]
         .concat(),
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    let what = lazy(|| {
+        format!(
+            "the second container to take the shard\n{}",
+            second.stderr().join("\n")
+        )
+    });
+    eventually(Duration::from_secs(5), what, || async {
         let owners = lease_owners(&store).await;
         if owners.values().all(|o| o.as_deref() == Some("image-b")) && !owners.is_empty() {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{owners:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the second container did not take the shard within 5 s: {owners:?}\n{}",
-            second.stderr().join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     let (_, code, logs) = second.stop().await;
     assert_eq!(code, Some(0), "{}", logs.join("\n"));
 }

@@ -15,8 +15,6 @@ use dynastream::record::SequenceNumber;
 use support::*;
 use tokio::time::Instant;
 
-const WAIT: Duration = Duration::from_secs(30);
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_lease_was_taken_cannot_checkpoint() {
     let store = lease_store(&unique_name("fencing-leases")).await;
@@ -181,13 +179,7 @@ async fn put_kcl_item(
     if let Some(owner) = owner {
         item.insert("leaseOwner".to_string(), AttributeValue::S(owner.into()));
     }
-    client
-        .put_item()
-        .table_name(table)
-        .set_item(Some(item))
-        .send()
-        .await
-        .unwrap();
+    put_item(client, table, item).await;
 }
 
 async fn create_kcl_lease_table(client: &aws_sdk_dynamodb::Client, table: &str) {

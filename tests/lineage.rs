@@ -34,11 +34,11 @@ use dynastream::record::{EventName, SequenceNumber};
 use dynastream::streams::memory::{MemoryStreams, Operation};
 use serde_json::Value;
 use support::scripted_streams::ScriptedStreams;
-use support::{dynamodb, keys_of, unique_name, worker_env, Worker};
+use support::{
+    dynamodb, eventually, eventually_every, keys_of, lazy, unique_name, worker_env, Worker, WAIT,
+};
 use tokio::time::Instant;
 
-/// Longest wait for the fleet to deliver everything and checkpoint it.
-const SETTLE: Duration = Duration::from_secs(25);
 /// Lease duration of the workers: renewals every second, scans every half second.
 const LEASE_DURATION_MS: &str = "3000";
 /// The shard-sync leader lists the whole stream every second.
@@ -215,20 +215,12 @@ impl Fleet {
 
     /// Waits until these shards have leases.
     async fn wait_for_leases(&self, shards: &[&str]) {
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            if let Ok(leases) = self.shard_leases().await {
-                if shards.iter().all(|s| leases.contains_key(*s)) {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no leases for {shards:?} within {SETTLE:?}\n{}",
-                self.log_excerpts()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = lazy(|| format!("leases for {shards:?}\n{}", self.log_excerpts()));
+        eventually(WAIT, what, || async {
+            let leases = self.shard_leases().await.unwrap_or_default();
+            shards.iter().all(|s| leases.contains_key(*s))
+        })
+        .await
     }
 
     /// What still differs from "everything delivered and checkpointed".
@@ -265,21 +257,17 @@ impl Fleet {
     /// Waits until every record written so far is delivered and every lease
     /// is at its final checkpoint; panics with what is stuck and the logs.
     async fn wait_settled(&self, stage: &str) {
-        let deadline = Instant::now() + SETTLE;
-        loop {
+        let what = lazy(|| format!("{stage}: to settle\n{}", self.log_excerpts()));
+        // Each look scans the lease table: not too often.
+        eventually_every(Duration::from_millis(200), WAIT, what, || async {
             let problems = self.unsettled().await;
             if problems.is_empty() {
-                return;
+                Ok(())
+            } else {
+                Err(format!("\n  {}", problems.join("\n  ")))
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "{stage}: not settled within {SETTLE:?}:\n  {}\n{}",
-                    problems.join("\n  "),
-                    self.log_excerpts()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await
     }
 
     /// Warnings, errors and the last lines of each worker's log, for failure messages.
@@ -642,16 +630,17 @@ async fn inconsistent_listings_around_splits_neither_start_children_early_nor_st
     for child in ["child-a1", "child-a2", "child-b1"] {
         fleet.write(child, 3);
     }
-    let deadline = Instant::now() + SETTLE;
-    while fleet.server.inconsistent_listings_left() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the workers list the stream again: {} inconsistent listings never read\n{}",
+    let what = lazy(|| {
+        format!(
+            "the workers to list the stream again: {} inconsistent listings never read\n{}",
             fleet.server.inconsistent_listings_left(),
             fleet.log_excerpts()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        )
+    });
+    eventually(WAIT, what, || async {
+        fleet.server.inconsistent_listings_left() == 0
+    })
+    .await;
     fleet
         .wait_settled("parents closed under inconsistent listings")
         .await;

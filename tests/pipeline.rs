@@ -12,8 +12,6 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::json;
 use support::*;
 
-const WAIT: Duration = Duration::from_secs(30);
-
 fn every_type_item(key: &str) -> HashMap<String, AttributeValue> {
     let mut nested = HashMap::new();
     nested.insert("inner".to_string(), AttributeValue::S("ünïcødé ✓".into()));

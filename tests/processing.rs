@@ -11,8 +11,6 @@ use std::time::Duration;
 use serde_json::Value;
 use support::*;
 
-const WAIT: Duration = Duration::from_secs(45);
-
 /// A child for the exec processor that logs each batch's keys to `log` and
 /// fails (as a Lambda handler raising an exception would) any batch holding
 /// a key that starts with "poison".
@@ -71,27 +69,16 @@ async fn write_with_poison(client: &aws_sdk_dynamodb::Client, table: &str) {
 }
 
 async fn wait_for_file_lines(path: &Path, lines: usize) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while failed_objects(path).len() < lines {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} never got {lines} line(s)",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("{} to get {lines} line(s)", path.display());
+    eventually(WAIT, what, || async { failed_objects(path).len() >= lines }).await
 }
 
 async fn wait_for_key(dir: &Path, key: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !batches(dir).iter().flatten().any(|k| k == key) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{key} was never processed: {:?}",
-            batches(dir)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = lazy(|| format!("{key} to be processed: {:?}", batches(dir)));
+    eventually(WAIT, what, || async {
+        batches(dir).iter().flatten().any(|k| k == key)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,8 +187,7 @@ async fn with_bisect_only_the_poison_record_reaches_an_sqs_queue() {
     let worker = Worker::start(&env);
     write_with_poison(&client, &table).await;
 
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let message = loop {
+    let message = eventually(WAIT, "a message in the queue", || async {
         let received = sqs
             .receive_message()
             .queue_url(&queue_url)
@@ -209,14 +195,9 @@ async fn with_bisect_only_the_poison_record_reaches_an_sqs_queue() {
             .send()
             .await
             .unwrap();
-        if let Some(message) = received.messages.unwrap_or_default().into_iter().next() {
-            break message;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no message in the queue"
-        );
-    };
+        received.messages.unwrap_or_default().into_iter().next()
+    })
+    .await;
     wait_for_key(dir.path(), "item-9").await;
     let (status, _, logs) = worker.terminate().await;
     assert!(status.success(), "{}", logs.join("\n"));
@@ -340,15 +321,7 @@ async fn partial_failure_endpoint(
                             let body = request.into_body().collect().await.unwrap().to_bytes();
                             let event: Value = serde_json::from_slice(&body).unwrap();
                             let records = event["Records"].as_array().unwrap();
-                            let keys: Vec<String> = records
-                                .iter()
-                                .map(|r| {
-                                    r["dynamodb"]["Keys"]["pk"]["S"]
-                                        .as_str()
-                                        .unwrap()
-                                        .to_owned()
-                                })
-                                .collect();
+                            let keys = keys_of(records);
                             log.lock().unwrap().push(keys.clone());
                             let failing = records
                                 .iter()
@@ -395,15 +368,8 @@ async fn over_http_a_partial_failure_retries_only_the_failed_record_and_those_af
     for i in 0..5 {
         put(&client, &table, &format!("item-{i}"), i).await;
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while seen.lock().unwrap().len() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no retry: {:?}",
-            seen.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = lazy(|| format!("a retry: {:?}", seen.lock().unwrap()));
+    eventually(WAIT, what, || async { seen.lock().unwrap().len() >= 2 }).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (status, _, _) = worker.terminate().await;
     assert!(status.success());

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,12 +12,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
-
-const WAIT: Duration = Duration::from_secs(60);
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 struct Prometheus {
     child: Child,
@@ -31,11 +24,6 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 fn start_prometheus(target: &str) -> Prometheus {
@@ -171,22 +159,25 @@ async fn prometheus_scrapes_a_worker_and_every_dashboard_and_alert_query_works()
         .iter()
         .any(|t| title.contains(t))
     };
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let missing: Vec<&(String, String)> = panels
-            .iter()
-            .filter(|(title, _)| must_have_data(title))
-            .filter(|(_, expr)| query(&prometheus.url, &concrete(expr)).1 == 0)
-            .collect();
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no data for: {missing:#?}"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    // Prometheus scrapes once a second: no need to ask more often.
+    eventually_every(
+        Duration::from_secs(1),
+        WAIT,
+        "data for every panel",
+        || async {
+            let missing: Vec<&(String, String)> = panels
+                .iter()
+                .filter(|(title, _)| must_have_data(title))
+                .filter(|(_, expr)| query(&prometheus.url, &concrete(expr)).1 == 0)
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("no data for: {missing:#?}"))
+            }
+        },
+    )
+    .await;
     for (title, expr) in &panels {
         let (status, series, answer) = query(&prometheus.url, &concrete(expr));
         assert_eq!(status, "success", "panel {title:?}: {expr}\n{answer}");

@@ -12,8 +12,6 @@ use dynastream::streams::memory::MemoryStreams;
 use support::scripted_streams::ScriptedStreams;
 use support::*;
 
-const WAIT: Duration = Duration::from_secs(30);
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_re_enabled_stream_is_followed_from_its_start_after_the_old_one_drains() {
     let model = MemoryStreams::new();

@@ -18,8 +18,6 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{json, Value};
 use support::*;
 
-const WAIT: Duration = Duration::from_secs(60);
-
 /// A worker reading `table` from its start and delivering with `processor`.
 fn start_worker(table: &str, processor: &str, settings: &[(&str, &str)]) -> Worker {
     let mut env = worker_env(&[
@@ -47,9 +45,8 @@ async fn table_with_three_changes(key: &str) -> String {
 
 /// Receives (and deletes) messages until `count` arrived or the wait ends.
 async fn receive(sqs: &aws_sdk_sqs::Client, queue_url: &str, count: usize) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut bodies = Vec::new();
-    while bodies.len() < count && tokio::time::Instant::now() < deadline {
+    let bodies = std::sync::Mutex::new(Vec::new());
+    let _ = poll(POLL, WAIT, || async {
         let answer = sqs
             .receive_message()
             .queue_url(queue_url)
@@ -59,7 +56,8 @@ async fn receive(sqs: &aws_sdk_sqs::Client, queue_url: &str, count: usize) -> Ve
             .await
             .expect("receive");
         for message in answer.messages.unwrap_or_default() {
-            bodies.push(serde_json::from_str(message.body().unwrap()).expect("JSON body"));
+            let body: Value = serde_json::from_str(message.body().unwrap()).expect("JSON body");
+            bodies.lock().unwrap().push(body);
             sqs.delete_message()
                 .queue_url(queue_url)
                 .receipt_handle(message.receipt_handle().unwrap())
@@ -67,8 +65,10 @@ async fn receive(sqs: &aws_sdk_sqs::Client, queue_url: &str, count: usize) -> Ve
                 .await
                 .expect("delete");
         }
-    }
-    bodies
+        bodies.lock().unwrap().len() >= count
+    })
+    .await;
+    bodies.into_inner().unwrap()
 }
 
 /// Nothing more arrives for a moment: what was received is all there is.
@@ -314,10 +314,8 @@ where
     F: Fn() -> R,
     R: std::future::Future<Output = Vec<T>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while read().await.len() < count && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let every = Duration::from_millis(500);
+    let _ = poll(every, WAIT, || async { read().await.len() >= count }).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     read().await
 }
@@ -501,10 +499,7 @@ fn fail_first_batch(dir: &Path) -> String {
 
 /// Stops `worker` once its `fail_first_batch` child has seen the batch twice.
 async fn stop_after_a_retry(worker: Worker, dir: &Path) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while exec_calls(dir) < 2 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let _ = poll(POLL, WAIT, || async { exec_calls(dir) >= 2 }).await;
     stop(worker).await;
     assert!(exec_calls(dir) >= 2, "the batch was retried");
 }
@@ -614,7 +609,7 @@ struct LocalLambda {
 
 impl LocalLambda {
     fn start(records: &Path, function: &str) -> LocalLambda {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = repo();
         let mut process = std::process::Command::new("python3")
             .arg(root.join("tools/lambda_local/server.py"))
             .args(["--port", "0", "--handler", "recording_handler.handler"])
@@ -645,6 +640,12 @@ impl Drop for LocalLambda {
         signal(self.process.id(), "TERM");
         let _ = self.process.wait();
     }
+}
+
+/// Waits (at most [`WAIT`]) until the failure destination `path` holds a
+/// line; the test's own assertions say what is wrong when it never does.
+async fn wait_for_failed_lines(path: &Path) {
+    let _ = poll(POLL, WAIT, || async { !lines_of(path).is_empty() }).await;
 }
 
 fn lines_of(path: &Path) -> Vec<Value> {
@@ -689,10 +690,7 @@ async fn lambda_invokes_an_unmodified_handler_and_honours_batch_item_failures() 
             ),
         ],
     );
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while lines_of(&failed_file).is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_failed_lines(&failed_file).await;
     stop(worker).await;
     let delivered = lines_of(&records_file);
     let keys: Vec<&str> = delivered
@@ -915,10 +913,8 @@ async fn partial_failures_of_every_batch_api_retry_only_what_failed() {
                 ("DYNASTREAM_BATCH_WINDOW_MS", "1000"),
             ],
         );
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while marked_requests(api).len() < before + 2 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let retried = || async { marked_requests(api).len() >= before + 2 };
+        let _ = poll(POLL, WAIT, retried).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         stop(worker).await;
         let requests: Vec<(u64, u64)> = marked_requests(api).into_iter().skip(before).collect();
@@ -971,10 +967,7 @@ async fn a_record_over_the_size_limit_goes_to_the_destination_at_once() {
         )],
     );
     let received = receive(&sqs, &queue_url, 2).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while lines_of(&failed_file).is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_failed_lines(&failed_file).await;
     let logs = stop(worker).await;
     let keys: Vec<&str> = received
         .iter()

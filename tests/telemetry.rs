@@ -9,26 +9,11 @@ use std::time::Duration;
 use serde_json::Value;
 use support::*;
 
-const WAIT: Duration = Duration::from_secs(30);
-
+/// How long `url` took to answer `expected`.
 async fn wait_for_status(url: &str, expected: u16) -> Duration {
     let start = tokio::time::Instant::now();
-    loop {
-        if http_get(url).0 == expected {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < WAIT, "{url} never answered {expected}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The value of a sample line `name{labels} value` whose text contains every needle.
-fn sample(metrics: &str, name: &str, needles: &[&str]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && needles.iter().all(|n| l.contains(n)))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+    wait_for_http(url, expected).await;
+    start.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,20 +127,18 @@ async fn metrics_health_and_status_describe_a_running_worker() {
 
     // /status is refreshed at each look at the lease table (twice per renewal interval).
     let last = worker.records().last().unwrap()["dynamodb"]["SequenceNumber"].clone();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let status = loop {
+    let what = format!("/status to show checkpoint {last}");
+    let status = eventually(WAIT, what, || async {
         let (code, body) = http_get(&format!("{base}/status"));
         assert_eq!(code, 200);
         let status: Value = serde_json::from_str(&body).unwrap();
         if status["shards"][0]["checkpoint"] == last {
-            break status;
+            Ok(status)
+        } else {
+            Err(status)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "status never showed {last}: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     assert_eq!(status["worker"], "observed-worker");
     assert_eq!(status["shards"][0]["state"], "active");
     assert_eq!(status["leader"], true);
@@ -191,22 +174,17 @@ async fn readiness_turns_503_during_a_sigterm_shutdown_and_the_worker_exits_0() 
     worker.wait_for_log("shard consumer started", 1, WAIT).await;
     put(&client, &table, "slow", 1).await;
     // Wait until the slow batch is in flight, then ask the worker to stop.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, "the slow batch to be in flight", || async {
         let (_, metrics) = http_get(&format!("{base}/metrics"));
-        if sample(
+        sample(
             &metrics,
             "dynastream_shard_iterator_age_seconds",
             &["shard=\""],
         )
         .is_some()
             && sample(&metrics, "dynastream_api_calls_total", &["GetRecords"]).unwrap_or(0.0) >= 1.0
-        {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     signal(worker.pid(), "TERM");
     let flipped = wait_for_status(&format!("{base}/readyz"), 503).await;

@@ -10,6 +10,11 @@
 
 pub mod fault_proxy;
 pub mod scripted_streams;
+pub mod wait;
+
+// Each test binary uses its own subset.
+#[allow(unused_imports)]
+pub use wait::{eventually, eventually_every, lazy, poll, POLL, WAIT};
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -32,8 +37,19 @@ pub struct DynamoDbLocal {
     _watchdog: Mutex<Child>,
 }
 
-fn repo_root() -> PathBuf {
+/// The repository's root: scripts, adapters, dashboards and deploy files
+/// the tests run or read.
+pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A loopback port free at the time of asking, for a server the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// This test binary's DynamoDB Local, started on first use.
@@ -52,7 +68,7 @@ pub fn dynamodb_local() -> &'static DynamoDbLocal {
 /// a watchdog that stops it when this test process ends, however it ends.
 /// Returns the service's endpoint and the watchdog.
 fn start_local_service(script: &str) -> (String, Child) {
-    let script = repo_root().join("scripts").join(script);
+    let script = repo().join("scripts").join(script);
     let output = Command::new(&script)
         .args(["start", "--port", "auto"])
         .stderr(Stdio::inherit())
@@ -311,39 +327,32 @@ impl Worker {
 
     /// Waits until at least `count` records arrived; panics with the logs after `timeout`.
     pub async fn wait_for_records(&self, count: usize, timeout: Duration) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
+        let what = lazy(|| {
             let records = self.records();
-            if records.len() >= count {
-                return records;
-            }
-            if tokio::time::Instant::now() > deadline {
-                panic!(
-                    "expected {count} records, got {}: {records:#?}\nlogs:\n{}",
-                    records.len(),
-                    self.logs().join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            format!(
+                "{count} records, got {}: {records:#?}\nlogs:\n{}",
+                records.len(),
+                self.logs().join("\n")
+            )
+        });
+        eventually(timeout, what, || async {
+            let records = self.records();
+            (records.len() >= count).then_some(records)
+        })
+        .await
     }
 
     /// Waits until `count` log lines contain `needle`.
     pub async fn wait_for_log(&self, needle: &str, count: usize, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let found = self.logs().iter().filter(|l| l.contains(needle)).count();
-            if found >= count {
-                return;
-            }
-            if tokio::time::Instant::now() > deadline {
-                panic!(
-                    "expected {count} log lines with {needle:?}, got {found}\nlogs:\n{}",
-                    self.logs().join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let found = || self.logs().iter().filter(|l| l.contains(needle)).count();
+        let what = lazy(|| {
+            format!(
+                "{count} log lines with {needle:?}, got {}\nlogs:\n{}",
+                found(),
+                self.logs().join("\n")
+            )
+        });
+        eventually(timeout, what, || async { found() >= count }).await
     }
 
     /// The base URL of the worker's metrics and health endpoints, from its
@@ -383,20 +392,20 @@ impl Worker {
 
     /// Waits for the process to exit by itself.
     pub async fn wait(&mut self, timeout: Duration) -> (ExitStatus, Vec<Value>, Vec<String>) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait for dynastream") {
-                break status;
-            }
-            if tokio::time::Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "dynastream did not exit within {timeout:?}\nlogs:\n{}",
-                    self.logs().join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        // On a timeout the panic drops `self`, which kills the process.
+        let logs = &self.logs;
+        let what = lazy(|| {
+            format!(
+                "dynastream to exit\nlogs:\n{}",
+                logs.lock().unwrap().join("\n")
+            )
+        });
+        let child = &mut self.child;
+        let status = eventually(timeout, what, || {
+            let exited = child.try_wait().expect("wait for dynastream");
+            async move { exited }
+        })
+        .await;
         for reader in self.readers.drain(..) {
             let _ = reader.join();
         }
@@ -432,6 +441,28 @@ pub fn http_get(url: &str) -> (u16, String) {
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// Waits until `url` answers with status `expected`.
+pub async fn wait_for_http(url: &str, expected: u16) {
+    let what = format!("{url} to answer {expected}");
+    eventually(WAIT, what, || async {
+        match http_get(url).0 {
+            code if code == expected => Ok(()),
+            code => Err(code),
+        }
+    })
+    .await
+}
+
+/// The value of a Prometheus sample line `name{labels} value` whose text
+/// contains every needle.
+pub fn sample(metrics: &str, name: &str, needles: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && needles.iter().all(|n| l.contains(n)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// The `pk` string of each record's keys, in order.
