@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -138,6 +139,9 @@ pub struct Coordinator {
     syncer: Option<ShardSyncer>,
     health: Arc<Health>,
     tasks: TaskTracker,
+    /// Every task in `tasks` can be aborted: when the shutdown grace runs
+    /// out, none may outlive [`Coordinator::run`].
+    aborts: Vec<AbortHandle>,
     stop_consumers: CancellationToken,
     exits_tx: mpsc::UnboundedSender<(String, ShardExit)>,
     exits_rx: mpsc::UnboundedReceiver<(String, ShardExit)>,
@@ -181,6 +185,7 @@ impl Coordinator {
             syncer: Some(syncer),
             health: Health::new(),
             tasks: TaskTracker::new(),
+            aborts: Vec::new(),
             stop_consumers: CancellationToken::new(),
             exits_tx,
             exits_rx,
@@ -287,8 +292,10 @@ impl Coordinator {
         if let Some(syncer) = self.syncer.take() {
             // Owned by the coordinator: stopped with the consumers and
             // awaited with them at shutdown.
-            self.tasks
+            let task = self
+                .tasks
                 .spawn(syncer.run(self.stop_consumers.child_token()));
+            self.own(task.abort_handle());
         }
         self.next_table_check = Instant::now() + self.settings.shard_sync_interval;
         self.announce().await;
@@ -863,7 +870,7 @@ impl Coordinator {
             let span = tracing::info_span!("shard", stream = %held.stream_arn, shard = %shard_id);
             let stop = held.stop.clone();
             let exits = self.exits_tx.clone();
-            self.tasks.spawn(
+            let task = self.tasks.spawn(
                 async move {
                     let exit = consumer.run(stop).await;
                     // The coordinator owns the receiver for its whole life;
@@ -872,7 +879,14 @@ impl Coordinator {
                 }
                 .instrument(span),
             );
+            self.own(task.abort_handle());
         }
+    }
+
+    /// Keeps a task's abort handle, forgetting those of finished tasks.
+    fn own(&mut self, task: AbortHandle) {
+        self.aborts.retain(|task| !task.is_finished());
+        self.aborts.push(task);
     }
 
     /// Renews every held item concurrently: shard leases, presence, leadership.
@@ -994,6 +1008,13 @@ impl Coordinator {
                         "shards still processing after the shutdown grace period; their last batch \
                          will be processed again by the next owner"
                     );
+                    // A library user may drop its processors once `run`
+                    // returns: no call may still be running then, and none
+                    // may run after its lease was released below.
+                    for task in self.aborts.drain(..) {
+                        task.abort();
+                    }
+                    self.tasks.wait().await;
                     break;
                 }
                 _ = renew.tick() => self.renew_all().await,

@@ -777,3 +777,87 @@ async fn a_listing_that_changes_nothing_does_not_read_the_lease_table_again() {
     );
     running.stop().await;
 }
+
+/// A processor whose calls never finish; it counts the calls in flight with
+/// a guard that is dropped only when the call's future is.
+#[derive(Debug, Default)]
+struct Stuck {
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    started: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl Processor for Stuck {
+    fn name(&self) -> &str {
+        "stuck"
+    }
+
+    async fn process(&self, _batch: &Batch) -> Result<BatchOutcome, ProcessorError> {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _guard = InFlight(Arc::clone(&self.in_flight));
+        std::future::pending::<()>().await;
+        Ok(BatchOutcome::Success)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_processor_call_is_in_flight_after_run_returns() {
+    use std::sync::atomic::Ordering;
+    let streams = MemoryStreams::new();
+    let arn = streams.create_stream(TABLE, "shardId-stuck");
+    put(&streams, &arn, "shardId-stuck", 3);
+    let store = MemoryLeaseStore::new();
+    let stuck = Arc::new(Stuck::default());
+    let processor: Arc<dyn Processor> = stuck.clone();
+    let dispatcher = Arc::new(Dispatcher::new(vec![processor]));
+    let settings = settings(StartingPosition::TrimHorizon);
+    let grace = settings.shutdown_grace;
+    let coordinator = Coordinator::new(
+        settings,
+        Arc::new(streams.clone()),
+        Arc::new(store.clone()),
+        dispatcher,
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(coordinator.run(shutdown.clone()));
+    wait_until("a batch is in the processor", || {
+        stuck.in_flight.load(Ordering::SeqCst) == 1
+    })
+    .await;
+
+    let asked = Instant::now();
+    shutdown.cancel();
+    let result = tokio::time::timeout(WAIT, task)
+        .await
+        .expect("run returns once the grace ran out")
+        .expect("the coordinator task does not panic");
+    assert!(result.is_ok(), "the coordinator failed: {result:?}");
+    assert!(asked.elapsed() >= grace, "the batch had its grace period");
+    assert_eq!(
+        stuck.in_flight.load(Ordering::SeqCst),
+        0,
+        "a processor call was still running after run returned"
+    );
+    assert_eq!(stuck.started.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        owner_of(&store, "shardId-stuck"),
+        None,
+        "the lease is released"
+    );
+    assert_eq!(
+        checkpoint_of(&store, "shardId-stuck"),
+        Some(Checkpoint::TrimHorizon),
+        "the unfinished batch is not checkpointed"
+    );
+}
