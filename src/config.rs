@@ -188,6 +188,10 @@ pub struct Config {
     #[arg(long, env = "DYNASTREAM_SHARD_SYNC_INTERVAL_MS", default_value_t = 60_000, value_parser = whole_number::<1_000, 3_600_000>)]
     pub shard_sync_interval_ms: u64,
 
+    /// How often each table's current stream is looked up again and each stream listed whole, in ms (10000..=86400000).
+    #[arg(long, env = "DYNASTREAM_STREAM_REFRESH_INTERVAL_MS", default_value_t = 600_000, value_parser = whole_number::<10_000, 86_400_000>)]
+    pub stream_refresh_interval_ms: u64,
+
     /// Longest a shutdown may spend finishing in-flight batches, in ms (1000..=600000).
     #[arg(long, env = "DYNASTREAM_SHUTDOWN_GRACE_MS", default_value_t = 20_000, value_parser = whole_number::<1_000, 600_000>)]
     pub shutdown_grace_ms: u64,
@@ -480,6 +484,11 @@ impl Config {
     /// How often shards are listed again.
     pub fn shard_sync_interval(&self) -> Duration {
         Duration::from_millis(self.shard_sync_interval_ms)
+    }
+
+    /// How often tables are resolved again and streams listed whole.
+    pub fn stream_refresh_interval(&self) -> Duration {
+        Duration::from_millis(self.stream_refresh_interval_ms)
     }
 
     /// The longest wait to fill a batch.

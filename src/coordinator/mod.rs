@@ -21,9 +21,11 @@
 
 pub mod balance;
 mod discovery;
-
-use discovery::{Listing, ShardSyncer, SyncRequest};
 pub mod graph;
+mod sync_set;
+
+use discovery::{Listing, ListingDue, ShardSyncer, SyncRequest};
+use sync_set::SyncSet;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -63,8 +65,14 @@ pub struct CoordinatorSettings {
     pub lease_duration: Duration,
     /// How often held leases are renewed.
     pub renew_interval: Duration,
-    /// How often the shard-sync leader lists whole streams.
+    /// How often the shard-sync leader lists each stream's new shards (at
+    /// least; stretched to keep within a quarter of `describe_stream_rps`).
     pub shard_sync_interval: Duration,
+    /// How often each table's current stream is looked up again
+    /// (ListStreams) and each stream listed whole.
+    pub stream_refresh_interval: Duration,
+    /// DescribeStream calls per second this worker may make.
+    pub describe_stream_rps: f64,
     /// The bound on finishing in-flight batches at shutdown.
     pub shutdown_grace: Duration,
     /// Most leases this worker holds, whatever its fair share.
@@ -122,7 +130,8 @@ pub struct Coordinator {
     held: HashMap<String, Held>,
     presence: Option<Arc<HeldLease>>,
     leader: Option<Arc<HeldLease>>,
-    next_full_sync: Option<Instant>,
+    /// The leader's clock for each stream's periodic listing.
+    listing_schedule: HashMap<String, ListingDue>,
     handoff_requests: HashMap<String, Instant>,
     /// Set while the lease table cannot be found (deleted under us).
     lease_table_missing: bool,
@@ -132,9 +141,10 @@ pub struct Coordinator {
     /// Streams that replaced a table's disabled stream: read from their
     /// start whatever the starting position, since they continue the table.
     successor_streams: HashSet<String>,
-    next_table_check: Instant,
+    /// When each table's current stream is next looked up.
+    table_checks: HashMap<String, Instant>,
     last_orphan_sync: Option<Instant>,
-    sync_requests: mpsc::UnboundedSender<SyncRequest>,
+    pending: Arc<SyncSet>,
     sync_results: mpsc::UnboundedReceiver<Listing>,
     syncer: Option<ShardSyncer>,
     health: Arc<Health>,
@@ -156,9 +166,9 @@ impl Coordinator {
         dispatcher: Arc<Dispatcher>,
     ) -> Self {
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
-        let (sync_requests, requests_rx) = mpsc::unbounded_channel();
+        let pending = Arc::new(SyncSet::default());
         let (results_tx, sync_results) = mpsc::unbounded_channel();
-        let syncer = ShardSyncer::new(Arc::clone(&api), requests_rx, results_tx);
+        let syncer = ShardSyncer::new(Arc::clone(&api), Arc::clone(&pending), results_tx);
         Coordinator {
             settings,
             api,
@@ -173,14 +183,14 @@ impl Coordinator {
             held: HashMap::new(),
             presence: None,
             leader: None,
-            next_full_sync: None,
+            listing_schedule: HashMap::new(),
             handoff_requests: HashMap::new(),
             lease_table_missing: false,
             table_streams: HashMap::new(),
             successor_streams: HashSet::new(),
-            next_table_check: Instant::now(),
+            table_checks: HashMap::new(),
             last_orphan_sync: None,
-            sync_requests,
+            pending,
             sync_results,
             syncer: Some(syncer),
             health: Health::new(),
@@ -229,7 +239,8 @@ impl Coordinator {
         scan.set_missed_tick_behavior(MissedTickBehavior::Delay);
         scan.reset();
         loop {
-            let full_sync_due = self.next_full_sync;
+            let listing_due = self.next_listing_due();
+            let table_due = self.table_checks.values().min().copied();
             let next_expiry = self.next_expiry();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -238,8 +249,8 @@ impl Coordinator {
                 // Look again the moment another worker's lease would expire,
                 // rather than up to a scan interval later.
                 _ = sleep_until_opt(next_expiry) => self.balance().await,
-                _ = sleep_until_opt(full_sync_due) => self.request_full_sync(),
-                _ = tokio::time::sleep_until(self.next_table_check) => self.follow_tables().await,
+                _ = sleep_until_opt(listing_due) => self.request_due_listings(),
+                _ = sleep_until_opt(table_due) => self.follow_tables().await,
                 Some(listing) = self.sync_results.recv() => {
                     let mut changed = self.on_listing(listing).await;
                     while let Ok(listing) = self.sync_results.try_recv() {
@@ -297,7 +308,19 @@ impl Coordinator {
                 .spawn(syncer.run(self.stop_consumers.child_token()));
             self.own(task.abort_handle());
         }
-        self.next_table_check = Instant::now() + self.settings.shard_sync_interval;
+        // Each table is looked up again on its own clock, spread over the
+        // refresh interval, and at once when its stream reports trouble.
+        let now = Instant::now();
+        let refresh = self.settings.stream_refresh_interval;
+        let count = u32::try_from(self.table_streams.len())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let tables: Vec<String> = self.table_streams.keys().cloned().collect();
+        for (i, table) in tables.into_iter().enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            self.table_checks
+                .insert(table, now + refresh + refresh / count * i);
+        }
         self.announce().await;
         self.refresh_leases().await;
         self.elect_leader().await;
@@ -312,8 +335,19 @@ impl Coordinator {
     /// stream was disabled and re-enabled has a new stream: it is followed
     /// from its start, while the old stream's remaining records are drained.
     async fn follow_tables(&mut self) {
-        self.next_table_check = Instant::now() + self.settings.shard_sync_interval;
-        for (table, current) in self.table_streams.clone() {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .table_checks
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(table, _)| table.clone())
+            .collect();
+        for table in due {
+            self.table_checks
+                .insert(table.clone(), now + self.settings.stream_refresh_interval);
+            let Some(current) = self.table_streams.get(&table).cloned() else {
+                continue;
+            };
             let found = match self.api.list_streams(&table).await {
                 Ok(found) => found,
                 Err(err) => {
@@ -340,7 +374,18 @@ impl Coordinator {
             self.streams.push(newest.stream_arn.clone());
             self.streams.sort();
             self.streams.dedup();
-            self.request_sync(SyncRequest::Stream(newest.stream_arn.clone()));
+            self.schedule_listing(&newest.stream_arn);
+        }
+    }
+
+    /// Looks the table of `stream_arn` up again at once: its stream was
+    /// disabled or could not be found, so the table may have a new one.
+    fn check_table_soon(&mut self, stream_arn: &str) {
+        let now = Instant::now();
+        for (table, current) in &self.table_streams {
+            if current == stream_arn {
+                self.table_checks.insert(table.clone(), now);
+            }
         }
     }
 
@@ -544,7 +589,7 @@ impl Coordinator {
                     self.settings.lease_duration,
                     started,
                 )));
-                self.next_full_sync = Some(Instant::now());
+                self.schedule_listings();
             }
             Err(LeaseError::Conflict { .. }) => {}
             Err(err) => tracing::debug!(error = %err, "could not take the shard-sync leadership"),
@@ -562,7 +607,7 @@ impl Coordinator {
         }
         self.elect_leader().await;
         if self.leader.is_none() {
-            self.next_full_sync = None;
+            self.listing_schedule.clear();
             let due = self
                 .last_orphan_sync
                 .is_none_or(|at| at.elapsed() >= self.settings.shard_sync_interval);
@@ -671,6 +716,7 @@ impl Coordinator {
             "leader": self.leader.as_ref().is_some_and(|l| !l.is_lost()),
             "liveWorkers": view.workers,
             "streams": self.streams,
+            "shardSyncPending": self.pending.len(),
             "shards": shards,
         }));
     }

@@ -467,6 +467,18 @@ pub fn fleet(view: &FleetView) {
     }
 }
 
+// --- Shard sync (coordinator) ---
+
+/// Streams waiting for a shard listing on this worker.
+pub const SHARD_SYNC_PENDING: &str = "dynastream_shard_sync_pending";
+
+/// How many streams wait for a shard listing: bounded by the streams
+/// followed; a value that stays near that bound means listings cannot keep
+/// up with the DescribeStream rate.
+pub fn shard_sync_pending(depth: usize) {
+    gauge!(SHARD_SYNC_PENDING).set(depth as f64);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
