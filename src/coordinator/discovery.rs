@@ -18,11 +18,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::collect::CollectView;
 pub(super) use super::sync_set::SyncRequest;
 use super::sync_set::{SyncSet, Wanted};
 use super::{graph, Coordinator};
 use crate::config::StartingPosition;
-use crate::lease::{Checkpoint, ItemKind, Lease};
+use crate::lease::Lease;
 use crate::streams::{list_all_shards, ShardInfo, StreamStatus, StreamsApi, StreamsError};
 
 /// How often a listing that looks mid-split is read again before it is used anyway.
@@ -471,55 +472,16 @@ impl Coordinator {
         changed
     }
 
-    /// Deletes leases nobody needs any more: shards read to their end that
-    /// the stream no longer lists (past the 24-hour retention) and whose
-    /// children have started, and presence items of workers long gone.
+    /// Deletes the leases the [`Collector`] finds nobody needs any more.
     async fn clean_up(&mut self) -> bool {
-        let long_gone = self.settings.lease_duration * 10;
-        let mut doomed = Vec::new();
-        for lease in self.leases.values() {
-            match lease.kind() {
-                ItemKind::Worker => {
-                    let gone = self
-                        .observed
-                        .get(&lease.key)
-                        .is_some_and(|seen| seen.since.elapsed() >= long_gone);
-                    let mine = lease.owner.as_deref() == Some(self.settings.worker_id.as_str());
-                    if gone && !mine {
-                        doomed.push(lease.clone());
-                    }
-                }
-                ItemKind::Leader => {}
-                ItemKind::Shard => {
-                    if !lease.checkpoint.is_shard_end() || lease.owner.is_some() {
-                        continue;
-                    }
-                    let Some(stream) = self.stream_of(lease) else {
-                        continue;
-                    };
-                    let Some(listing) = self.listings.get(&stream) else {
-                        continue;
-                    };
-                    if listing.iter().any(|s| s.shard_id == lease.shard_id) {
-                        continue;
-                    }
-                    let children_started = self
-                        .leases
-                        .values()
-                        .filter(|child| child.parent_shard_ids.contains(&lease.shard_id))
-                        .filter(|child| self.stream_of(child).as_deref() == Some(stream.as_str()))
-                        .all(|child| {
-                            matches!(
-                                child.checkpoint,
-                                Checkpoint::Sequence(_) | Checkpoint::ShardEnd
-                            )
-                        });
-                    if children_started {
-                        doomed.push(lease.clone());
-                    }
-                }
-            }
-        }
+        let now = Instant::now();
+        let view = CollectView {
+            leases: &self.leases,
+            listings: &self.listings,
+            unchanged_for: |key: &str| self.observed.get(key).map(|seen| now - seen.since),
+            stream_of: |lease: &Lease| self.stream_of(lease),
+        };
+        let doomed = self.collector.doomed(&view);
         let deleted = !doomed.is_empty();
         for lease in doomed {
             match self.store.delete_lease(&lease).await {

@@ -20,10 +20,12 @@
 //! meanwhile) and releases every lease so other workers take them at once.
 
 pub mod balance;
+mod collect;
 mod discovery;
 pub mod graph;
 mod sync_set;
 
+use collect::Collector;
 use discovery::{Listing, ListingDue, ShardSyncer, SyncRequest};
 use sync_set::SyncSet;
 
@@ -145,6 +147,7 @@ pub struct Coordinator {
     table_checks: HashMap<String, Instant>,
     last_orphan_sync: Option<Instant>,
     pending: Arc<SyncSet>,
+    collector: Collector,
     sync_results: mpsc::UnboundedReceiver<Listing>,
     syncer: Option<ShardSyncer>,
     health: Arc<Health>,
@@ -169,6 +172,7 @@ impl Coordinator {
         let pending = Arc::new(SyncSet::default());
         let (results_tx, sync_results) = mpsc::unbounded_channel();
         let syncer = ShardSyncer::new(Arc::clone(&api), Arc::clone(&pending), results_tx);
+        let collector = Collector::new(&settings.worker_id, settings.lease_duration);
         Coordinator {
             settings,
             api,
@@ -191,6 +195,7 @@ impl Coordinator {
             table_checks: HashMap::new(),
             last_orphan_sync: None,
             pending,
+            collector,
             sync_results,
             syncer: Some(syncer),
             health: Health::new(),
