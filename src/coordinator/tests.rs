@@ -903,7 +903,7 @@ async fn listing_many_idle_streams_stays_well_below_the_describe_stream_budget()
         Arc::new(store.clone()),
         Arc::new(Dispatcher::new(vec![processor])),
     );
-    let pending = Arc::clone(&coordinator.pending);
+    let pending = coordinator.discovery.sync_set();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(coordinator.run(shutdown.clone()));
     let started = Instant::now();
