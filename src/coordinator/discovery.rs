@@ -308,3 +308,103 @@ impl Discovery {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn discovery(streams: usize) -> (Discovery, Arc<SyncSet>) {
+        let pending = Arc::new(SyncSet::default());
+        let mut discovery = Discovery::new(
+            DiscoverySettings {
+                shard_sync_interval: SECOND * 60,
+                stream_refresh_interval: SECOND * 600,
+                describe_stream_rps: 2.0,
+            },
+            Arc::clone(&pending),
+        );
+        let arns = (0..streams).map(|i| format!("arn:{i:03}")).collect();
+        discovery.follow(arns, HashMap::new(), Instant::now());
+        (discovery, pending)
+    }
+
+    fn drain(pending: &SyncSet) -> Vec<(String, bool)> {
+        std::iter::from_fn(|| pending.try_take())
+            .map(|(stream, wanted)| (stream, wanted.full))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_leader_lists_each_stream_once_per_period_spread_and_whole_once_per_refresh() {
+        let (mut discovery, pending) = discovery(200);
+        let start = Instant::now();
+        discovery.lead(start);
+        let first = drain(&pending);
+        assert_eq!(first.len(), 200);
+        assert!(
+            first.iter().all(|(_, full)| *full),
+            "the first listing is whole"
+        );
+        // 200 streams at a quarter of 2 calls a second: a 400 s period.
+        let mut per_second = Vec::new();
+        let mut listed = HashMap::<String, usize>::new();
+        let mut whole = 0;
+        for second in 1..=1_200u32 {
+            discovery.request_due_listings(start + SECOND * second);
+            let due = drain(&pending);
+            per_second.push(due.len());
+            for (stream, full) in due {
+                *listed.entry(stream).or_default() += 1;
+                whole += usize::from(full);
+            }
+        }
+        assert!(
+            per_second.iter().all(|n| *n <= 1),
+            "listings are spread, not bursts: {:?}",
+            per_second.iter().max()
+        );
+        assert_eq!(listed.len(), 200);
+        assert!(
+            listed.values().all(|n| (2..=3).contains(n)),
+            "each stream once per 400 s period"
+        );
+        assert!(
+            (200..=400).contains(&whole),
+            "whole listings once per refresh: {whole}"
+        );
+        discovery.follow_leader();
+        discovery.request_due_listings(start + SECOND * 5_000);
+        assert!(
+            drain(&pending).is_empty(),
+            "only the leader lists periodically"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_table_is_looked_up_per_refresh_or_at_once_when_its_stream_is_in_trouble() {
+        let pending = Arc::new(SyncSet::default());
+        let mut discovery = Discovery::new(
+            DiscoverySettings {
+                shard_sync_interval: SECOND * 60,
+                stream_refresh_interval: SECOND * 600,
+                describe_stream_rps: 2.0,
+            },
+            pending,
+        );
+        let start = Instant::now();
+        let tables = HashMap::from([("orders".to_owned(), "arn:old".to_owned())]);
+        discovery.follow(Vec::new(), tables, start);
+        assert!(discovery.due_tables(start + SECOND * 599).is_empty());
+        discovery.check_table_soon("arn:other", start + SECOND);
+        assert!(discovery.due_tables(start + SECOND * 2).is_empty());
+        discovery.check_table_soon("arn:old", start + SECOND * 3);
+        assert_eq!(
+            discovery.due_tables(start + SECOND * 3),
+            [("orders".to_owned(), "arn:old".to_owned())]
+        );
+        assert!(discovery.due_tables(start + SECOND * 602).is_empty());
+        assert_eq!(discovery.due_tables(start + SECOND * 603).len(), 1);
+    }
+}

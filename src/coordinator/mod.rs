@@ -11,9 +11,10 @@
 //! - every renewal interval (a third of the lease duration) it renews what it
 //!   holds: its shard leases, its presence item and, if it has it, the
 //!   shard-sync leadership;
-//! - as shard-sync leader, every sync interval it lists whole streams,
-//!   creates missing leases and deletes leases of shards long gone
-//!   ([`discovery`]).
+//! - as shard-sync leader, it lists each stream on its own clock (new
+//!   shards only; whole once per refresh interval), creates missing leases
+//!   and deletes leases of shards long gone: [`discovery`] decides what to
+//!   list and when, the syncer task lists, the collector picks what to delete.
 //!
 //! Each consumer reports how it ended with one [`ShardExit`]. On shutdown the
 //! coordinator stops the consumers, waits for in-flight batches (renewing
