@@ -202,6 +202,10 @@ pub struct Config {
     #[arg(long = "shard-sync-interval-ms", env = "DYNASTREAM_SHARD_SYNC_INTERVAL_MS", value_name = "MS", default_value = "60000", value_parser = millis::<1_000, 3_600_000>)]
     pub shard_sync_interval: Duration,
 
+    /// How often each table's current stream is looked up again and each stream listed whole, in ms (10000..=86400000).
+    #[arg(long = "stream-refresh-interval-ms", env = "DYNASTREAM_STREAM_REFRESH_INTERVAL_MS", value_name = "MS", default_value = "600000", value_parser = millis::<10_000, 86_400_000>)]
+    pub stream_refresh_interval: Duration,
+
     /// Longest a shutdown may spend finishing in-flight batches, in ms (1000..=600000).
     #[arg(long = "shutdown-grace-ms", env = "DYNASTREAM_SHUTDOWN_GRACE_MS", value_name = "MS", default_value = "20000", value_parser = millis::<1_000, 600_000>)]
     pub shutdown_grace: Duration,

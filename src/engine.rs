@@ -145,6 +145,8 @@ impl Engine {
             lease_duration: config.lease_duration,
             renew_interval: config.renew_interval(),
             shard_sync_interval: config.shard_sync_interval,
+            stream_refresh_interval: config.stream_refresh_interval,
+            describe_stream_rps: config.describe_stream_rps,
             shutdown_grace: config.shutdown_grace,
             max_leases: config.max_leases_per_worker.map(NonZeroUsize::get),
             shard: ShardSettings {

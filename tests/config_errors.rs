@@ -79,6 +79,11 @@ fn every_numeric_setting_states_its_range() {
             "from 1000 to 3600000",
         ),
         ("DYNASTREAM_SHUTDOWN_GRACE_MS", "0", "from 1000 to 600000"),
+        (
+            "DYNASTREAM_STREAM_REFRESH_INTERVAL_MS",
+            "9999",
+            "from 10000 to 86400000",
+        ),
     ] {
         assert_config_error(
             &[("DYNASTREAM_TABLES", "orders"), (variable, bad)],

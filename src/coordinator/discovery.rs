@@ -1,366 +1,410 @@
-//! Discovery: listing shards, creating their leases, finding children, and
-//! removing leases of shards that are long gone.
+//! Discovery: which streams this worker follows and when each is listed.
 //!
-//! Listings go through DescribeStream, which is limited per account and
-//! which each worker spaces to its configured rate, so a full listing of many
-//! streams can take seconds. It therefore runs in its own task, the
-//! [`ShardSyncer`], and never holds up lease renewals or takeovers: the
-//! coordinator sends it [`SyncRequest`]s and acts on the [`Listing`]s it
-//! sends back. Whole-stream listings are requested by the shard-sync leader
-//! only, plus once by any worker that finds a configured stream without a
-//! single lease. A worker whose shard ends asks for that shard's children.
+//! [`Discovery`] owns the configured tables' current streams, the latest
+//! listing of each stream, and the clocks that decide when a listing or a
+//! table lookup is due; requests go into the [`SyncSet`] that the
+//! [`super::syncer::ShardSyncer`] serves. Periodic listings are made by the
+//! shard-sync leader only, each stream on its own clock spread over the
+//! period, plus once by any worker that finds a configured stream without a
+//! single lease; a worker whose shard ends asks for that shard's children.
+//! A table's stream is looked up again once per refresh interval, or at
+//! once when its stream is disabled or cannot be found.
+//!
+//! Everything here is synchronous and takes the current time as an
+//! argument: the coordinator's loop carries out what it asks for.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use super::{graph, Coordinator};
-use crate::config::StartingPosition;
-use crate::lease::{Checkpoint, ItemKind, Lease};
-use crate::streams::{list_all_shards, ShardInfo, StreamStatus, StreamsApi};
+pub(super) use super::sync_set::SyncRequest;
+use super::sync_set::SyncSet;
+use super::syncer::Listing;
+use crate::lease::Lease;
+use crate::streams::ShardInfo;
 
-/// How often a listing that looks mid-split is read again before it is used anyway.
-const INCONSISTENT_LISTING_RETRIES: u32 = 3;
+/// The share of the worker's DescribeStream rate the leader's periodic
+/// listings may use; the rest is for children of ended shards and for
+/// other workers' first listings.
+const LISTING_SHARE: f64 = 0.25;
 
-/// What the coordinator asks the syncer to list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum SyncRequest {
-    /// Every shard of a stream.
-    Stream(String),
-    /// The children of a shard that ended.
-    ChildrenOf {
-        /// The stream.
-        stream_arn: String,
-        /// The shard that ended.
-        shard_id: String,
-    },
+/// When the leader next lists a stream.
+#[derive(Debug, Clone, Copy)]
+struct ListingDue {
+    /// The next listing (of new shards only, unless a full one is due).
+    next: Instant,
+    /// From when the next listing is a whole one.
+    next_full: Instant,
 }
 
-/// What the syncer found.
-#[derive(Debug, Clone)]
-pub(super) struct Listing {
-    pub stream_arn: String,
-    /// The stream's status, for whole-stream listings.
-    pub status: Option<StreamStatus>,
-    pub shards: Vec<ShardInfo>,
-    /// `true` for a whole-stream listing, `false` for children only.
-    pub complete: bool,
+/// How often discovery lists and looks up.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DiscoverySettings {
+    /// The shortest period between two periodic listings of a stream.
+    pub shard_sync_interval: Duration,
+    /// How often tables are looked up again and streams listed whole.
+    pub stream_refresh_interval: Duration,
+    /// DescribeStream calls per second this worker may make.
+    pub describe_stream_rps: f64,
 }
 
-/// Lists shards on request, in its own task.
-pub(super) struct ShardSyncer {
-    api: Arc<dyn StreamsApi>,
-    requests: mpsc::UnboundedReceiver<SyncRequest>,
-    listings: mpsc::UnboundedSender<Listing>,
+/// The streams followed, their listings, and the clocks of both.
+#[derive(Debug)]
+pub(super) struct Discovery {
+    settings: DiscoverySettings,
+    /// Every stream followed, sorted.
+    pub streams: Vec<String>,
+    /// The shards each stream is known to have.
+    pub listings: HashMap<String, Vec<ShardInfo>>,
+    /// The current stream of each configured table, to notice a stream
+    /// disabled and re-enabled (a new ARN).
+    pub table_streams: HashMap<String, String>,
+    /// Streams that replaced a table's disabled stream: read from their
+    /// start whatever the starting position, since they continue the table.
+    pub successor_streams: HashSet<String>,
+    /// When each table's current stream is next looked up.
+    table_checks: HashMap<String, Instant>,
+    /// The leader's clock for each stream's periodic listing.
+    listing_schedule: HashMap<String, ListingDue>,
+    /// When this worker, not being the leader, last listed streams without leases.
+    last_orphan_sync: Option<Instant>,
+    pending: Arc<SyncSet>,
 }
 
-impl ShardSyncer {
-    pub(super) fn new(
-        api: Arc<dyn StreamsApi>,
-        requests: mpsc::UnboundedReceiver<SyncRequest>,
-        listings: mpsc::UnboundedSender<Listing>,
-    ) -> Self {
-        ShardSyncer {
-            api,
-            requests,
-            listings,
+impl Discovery {
+    /// Discovery over the given set of pending listings.
+    pub(super) fn new(settings: DiscoverySettings, pending: Arc<SyncSet>) -> Self {
+        Discovery {
+            settings,
+            streams: Vec::new(),
+            listings: HashMap::new(),
+            table_streams: HashMap::new(),
+            successor_streams: HashSet::new(),
+            table_checks: HashMap::new(),
+            listing_schedule: HashMap::new(),
+            last_orphan_sync: None,
+            pending,
         }
     }
 
-    /// Serves requests until `stop` fires or the coordinator goes away.
-    pub(super) async fn run(mut self, stop: CancellationToken) {
-        loop {
-            let request = tokio::select! {
-                _ = stop.cancelled() => return,
-                request = self.requests.recv() => match request {
-                    Some(request) => request,
-                    None => return,
-                },
-            };
-            let listing = tokio::select! {
-                _ = stop.cancelled() => return,
-                listing = self.serve(request) => listing,
-            };
-            if let Some(listing) = listing {
-                if self.listings.send(listing).is_err() {
-                    return;
-                }
-            }
-        }
-    }
-
-    async fn serve(&self, request: SyncRequest) -> Option<Listing> {
-        match request {
-            SyncRequest::Stream(stream_arn) => self.list_stream(stream_arn).await,
-            SyncRequest::ChildrenOf {
-                stream_arn,
-                shard_id,
-            } => {
-                let page = self
-                    .api
-                    .describe_stream(&stream_arn, None, Some(&shard_id))
-                    .await;
-                let children: Vec<ShardInfo> = match page {
-                    // DynamoDB Local ignores the filter: a whole single page
-                    // still holds the children; a partial one may not.
-                    Ok(page) if page.last_evaluated_shard_id.is_none() => {
-                        graph::children_of(&page.shards, &shard_id)
-                            .into_iter()
-                            .cloned()
-                            .collect()
-                    }
-                    Ok(_) => Vec::new(),
-                    Err(err) => {
-                        tracing::warn!(shard = %shard_id, error = %err, "could not list the children of an ended shard");
-                        Vec::new()
-                    }
-                };
-                if children.is_empty() {
-                    // Not listed yet, or a partial answer: a full listing
-                    // of this stream settles both.
-                    return self.list_stream(stream_arn).await;
-                }
-                Some(Listing {
-                    stream_arn,
-                    status: None,
-                    shards: children,
-                    complete: false,
-                })
-            }
-        }
-    }
-
-    async fn list_stream(&self, stream_arn: String) -> Option<Listing> {
-        let mut attempt = 0;
-        loop {
-            match list_all_shards(self.api.as_ref(), &stream_arn).await {
-                Ok((status, shards)) => {
-                    if graph::is_inconsistent(&shards) && attempt < INCONSISTENT_LISTING_RETRIES {
-                        attempt += 1;
-                        tracing::info!(stream = %stream_arn, attempt, "the listing shows a parent open beside its child; reading it again");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
-                    return Some(Listing {
-                        stream_arn,
-                        status: Some(status),
-                        shards,
-                        complete: true,
-                    });
-                }
-                Err(err) => {
-                    tracing::warn!(stream = %stream_arn, error = %err, "could not list the stream's shards; will retry");
-                    return None;
-                }
-            }
-        }
-    }
-}
-
-impl Coordinator {
-    /// The leader's periodic work: ask for every stream's listing.
-    pub(super) fn request_full_sync(&mut self) {
-        self.next_full_sync = self
-            .leader
-            .as_ref()
-            .filter(|leader| !leader.is_lost())
-            .map(|_| Instant::now() + self.settings.shard_sync_interval);
-        for stream_arn in self.streams.clone() {
-            self.request_sync(SyncRequest::Stream(stream_arn));
-        }
-    }
-
-    /// Asks for the listing of the configured streams that have no lease at all yet.
-    pub(super) fn request_sync_of_streams_without_leases(&mut self) {
-        let orphans: Vec<String> = self
-            .streams
-            .iter()
-            .filter(|arn| !self.shard_keys.keys().any(|(stream, _)| stream == *arn))
-            .cloned()
-            .collect();
-        for stream_arn in orphans {
-            self.request_sync(SyncRequest::Stream(stream_arn));
-        }
-    }
-
-    pub(super) fn request_sync(&mut self, request: SyncRequest) {
-        // The syncer lives as long as the coordinator; a failed send means
-        // it has stopped for shutdown, when listings no longer matter.
-        let _ = self.sync_requests.send(request);
-    }
-
-    /// Acts on a listing: creates missing leases and, for the leader after a
-    /// whole-stream listing, deletes the ones no longer needed. Returns
-    /// whether the lease table may have changed, so that the caller reads it
-    /// again only then: a worker following hundreds of quiet streams gets a
-    /// listing every half second, and reading the whole lease table twice
-    /// for each was most of its idle cost.
-    pub(super) async fn on_listing(&mut self, listing: Listing) -> bool {
-        let stream_arn = listing.stream_arn.clone();
-        if listing.complete {
-            self.listings
-                .insert(stream_arn.clone(), listing.shards.clone());
-        } else if let Some(known) = self.listings.get_mut(&stream_arn) {
-            for child in &listing.shards {
-                if !known.iter().any(|s| s.shard_id == child.shard_id) {
-                    known.push(child.clone());
-                }
-            }
-        }
-        let unknown = listing
-            .shards
-            .iter()
-            .any(|shard| self.lease_of(&stream_arn, &shard.shard_id).is_none());
-        // A lookup of an ended shard's children is rare and its children
-        // should start at once: always worth a fresh look.
-        let mut changed = !listing.complete;
-        if unknown {
-            // Another worker may have created them since the last read.
-            self.refresh_leases().await;
-            changed = self
-                .create_missing_leases(&stream_arn, &listing.shards)
-                .await;
-        }
-        if listing.status == Some(StreamStatus::Disabled)
-            && self.drained(&stream_arn, &listing.shards)
-        {
-            // Nothing more will ever be written to it: stop listing it.
-            tracing::info!(stream = %stream_arn, "the stream is disabled and every record it held was read; no longer following it");
-            self.streams.retain(|s| s != &stream_arn);
-            self.listings.remove(&stream_arn);
-            return true;
-        }
-        if listing.complete && self.leader.as_ref().is_some_and(|l| !l.is_lost()) {
-            changed |= self.clean_up().await;
-        }
-        changed
-    }
-
-    /// Whether every shard of a listing has been read to its end.
-    fn drained(&self, stream_arn: &str, shards: &[ShardInfo]) -> bool {
-        shards.iter().all(|shard| {
-            self.lease_of(stream_arn, &shard.shard_id)
-                .is_some_and(|lease| lease.checkpoint.is_shard_end())
-        })
-    }
-
-    /// Creates a lease for each shard that has none; returns whether any
-    /// lease was created here or found created by another worker.
-    pub(super) async fn create_missing_leases(
+    /// Starts following the resolved streams; each table is looked up again
+    /// on its own clock, spread over the refresh interval.
+    pub(super) fn follow(
         &mut self,
-        stream_arn: &str,
-        shards: &[ShardInfo],
-    ) -> bool {
-        let mut changed = false;
-        let first_sight = !self
-            .shard_keys
-            .keys()
-            .any(|(stream, _)| stream == stream_arn);
-        for shard in shards {
-            if self.lease_of(stream_arn, &shard.shard_id).is_some() {
+        mut streams: Vec<String>,
+        table_streams: HashMap<String, String>,
+        now: Instant,
+    ) {
+        streams.extend(table_streams.values().cloned());
+        streams.sort();
+        streams.dedup();
+        self.streams = streams;
+        let refresh = self.settings.stream_refresh_interval;
+        let count = u32::try_from(table_streams.len())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        for (i, table) in table_streams.keys().enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            self.table_checks
+                .insert(table.clone(), now + refresh + refresh / count * i);
+        }
+        self.table_streams = table_streams;
+    }
+
+    /// The set of pending listings, for tests that watch its size.
+    #[cfg(test)]
+    pub(super) fn sync_set(&self) -> Arc<SyncSet> {
+        Arc::clone(&self.pending)
+    }
+
+    /// How many streams wait for a listing.
+    pub(super) fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// How often the leader lists each stream: the sync interval, stretched
+    /// so that periodic listings use at most [`LISTING_SHARE`] of the
+    /// DescribeStream rate however many streams there are.
+    fn listing_period(&self) -> Duration {
+        let budget = (self.settings.describe_stream_rps * LISTING_SHARE).max(0.001);
+        let needed = Duration::from_secs_f64(self.streams.len() as f64 / budget);
+        self.settings.shard_sync_interval.max(needed)
+    }
+
+    /// On becoming the leader: every stream is listed in full at once, then
+    /// each on its own clock, spread evenly over the period so the listings
+    /// do not arrive in bursts.
+    pub(super) fn lead(&mut self, now: Instant) {
+        let period = self.listing_period();
+        let refresh = self.settings.stream_refresh_interval;
+        let count = u32::try_from(self.streams.len()).unwrap_or(u32::MAX).max(1);
+        self.listing_schedule.clear();
+        for (i, stream) in self.streams.iter().enumerate() {
+            self.pending.add(SyncRequest::Full(stream.clone()));
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            self.listing_schedule.insert(
+                stream.clone(),
+                ListingDue {
+                    next: now + period + period / count * i,
+                    next_full: now + refresh + refresh / count * i,
+                },
+            );
+        }
+    }
+
+    /// On losing (or not having) the leadership: periodic listings stop.
+    pub(super) fn follow_leader(&mut self) {
+        self.listing_schedule.clear();
+    }
+
+    /// When the leader's next periodic listing is due.
+    pub(super) fn next_listing_due(&self) -> Option<Instant> {
+        self.listing_schedule.values().map(|due| due.next).min()
+    }
+
+    /// Asks for the listings now due: of new shards only, or of whole
+    /// streams once per refresh interval (to notice shards trimmed past
+    /// retention).
+    pub(super) fn request_due_listings(&mut self, now: Instant) {
+        let period = self.listing_period();
+        let refresh = self.settings.stream_refresh_interval;
+        for (stream, due) in &mut self.listing_schedule {
+            if due.next > now {
                 continue;
             }
-            let starting_position = if self.successor_streams.contains(stream_arn) {
-                StartingPosition::TrimHorizon
+            due.next = now + period;
+            if due.next_full <= now {
+                due.next_full = now + refresh;
+                self.pending.add(SyncRequest::Full(stream.clone()));
             } else {
-                self.settings.starting_position
-            };
-            let checkpoint = graph::initial_checkpoint(shard, first_sight, starting_position);
-            let mut lease = Lease::new(
-                stream_arn,
-                &shard.shard_id,
-                shard.parent_shard_id.as_deref(),
-                checkpoint,
-            );
-            if let Some(other) = self.leases.get(&shard.shard_id) {
-                tracing::warn!(shard = %shard.shard_id, stream = %stream_arn, other_stream = ?other.stream_arn,
-                    "another stream's lease has this shard id; using a stream-qualified lease key");
-                lease.key = Lease::qualified_key(stream_arn, &shard.shard_id);
-            }
-            match self.store.create_lease_if_absent(&lease).await {
-                Ok(true) => {
-                    tracing::info!(stream = %stream_arn, shard = %shard.shard_id, checkpoint = %lease.checkpoint, "created a lease");
-                    self.shard_keys.insert(
-                        (stream_arn.to_owned(), shard.shard_id.clone()),
-                        lease.key.clone(),
-                    );
-                    self.leases.insert(lease.key.clone(), lease);
-                    changed = true;
-                }
-                Ok(false) => changed = true,
-                Err(err) => {
-                    tracing::warn!(shard = %shard.shard_id, error = %err, "could not create a lease; will retry");
-                }
+                self.pending.add(SyncRequest::Newer(stream.clone()));
             }
         }
-        changed
     }
 
-    /// Deletes leases nobody needs any more: shards read to their end that
-    /// the stream no longer lists (past the 24-hour retention) and whose
-    /// children have started, and presence items of workers long gone.
-    async fn clean_up(&mut self) -> bool {
-        let long_gone = self.settings.lease_duration * 10;
-        let mut doomed = Vec::new();
-        for lease in self.leases.values() {
-            match lease.kind() {
-                ItemKind::Worker => {
-                    let gone = self
-                        .observed
-                        .get(&lease.key)
-                        .is_some_and(|seen| seen.since.elapsed() >= long_gone);
-                    let mine = lease.owner.as_deref() == Some(self.settings.worker_id.as_str());
-                    if gone && !mine {
-                        doomed.push(lease.clone());
-                    }
-                }
-                ItemKind::Leader => {}
-                ItemKind::Shard => {
-                    if !lease.checkpoint.is_shard_end() || lease.owner.is_some() {
-                        continue;
-                    }
-                    let Some(stream) = self.stream_of(lease) else {
-                        continue;
-                    };
-                    let Some(listing) = self.listings.get(&stream) else {
-                        continue;
-                    };
-                    if listing.iter().any(|s| s.shard_id == lease.shard_id) {
-                        continue;
-                    }
-                    let children_started = self
-                        .leases
-                        .values()
-                        .filter(|child| child.parent_shard_ids.contains(&lease.shard_id))
-                        .filter(|child| self.stream_of(child).as_deref() == Some(stream.as_str()))
-                        .all(|child| {
-                            matches!(
-                                child.checkpoint,
-                                Checkpoint::Sequence(_) | Checkpoint::ShardEnd
-                            )
-                        });
-                    if children_started {
-                        doomed.push(lease.clone());
-                    }
+    /// For a worker that is not the leader: once per sync interval, asks for
+    /// the listing of the streams that have no lease at all yet.
+    pub(super) fn request_orphans(&mut self, now: Instant, has_lease: impl Fn(&str) -> bool) {
+        let due = self
+            .last_orphan_sync
+            .is_none_or(|at| now - at >= self.settings.shard_sync_interval);
+        if !due {
+            return;
+        }
+        self.last_orphan_sync = Some(now);
+        for stream in &self.streams {
+            if !has_lease(stream) {
+                self.pending.add(SyncRequest::Full(stream.clone()));
+            }
+        }
+    }
+
+    /// Asks for a listing.
+    pub(super) fn request(&self, request: SyncRequest) {
+        self.pending.add(request);
+    }
+
+    /// Follows a table's new stream (its old one was disabled and enabled
+    /// again), listing it at once and then, for the leader, periodically.
+    pub(super) fn follow_successor(
+        &mut self,
+        table: &str,
+        stream: &str,
+        is_leader: bool,
+        now: Instant,
+    ) {
+        self.table_streams
+            .insert(table.to_owned(), stream.to_owned());
+        self.successor_streams.insert(stream.to_owned());
+        self.streams.push(stream.to_owned());
+        self.streams.sort();
+        self.streams.dedup();
+        self.pending.add(SyncRequest::Full(stream.to_owned()));
+        if is_leader {
+            self.listing_schedule.insert(
+                stream.to_owned(),
+                ListingDue {
+                    next: now + self.listing_period(),
+                    next_full: now + self.settings.stream_refresh_interval,
+                },
+            );
+        }
+    }
+
+    /// Stops following a stream: no listing of it is asked for any more.
+    pub(super) fn forget_stream(&mut self, stream_arn: &str) {
+        self.streams.retain(|s| s != stream_arn);
+        self.listings.remove(stream_arn);
+        self.listing_schedule.remove(stream_arn);
+        self.pending.forget(stream_arn);
+    }
+
+    /// When the next table lookup is due.
+    pub(super) fn next_table_due(&self) -> Option<Instant> {
+        self.table_checks.values().min().copied()
+    }
+
+    /// The tables whose stream is due to be looked up, with their current
+    /// stream; each is rescheduled a refresh interval later.
+    pub(super) fn due_tables(&mut self, now: Instant) -> Vec<(String, String)> {
+        let mut due = Vec::new();
+        for (table, at) in &mut self.table_checks {
+            if *at > now {
+                continue;
+            }
+            *at = now + self.settings.stream_refresh_interval;
+            if let Some(current) = self.table_streams.get(table) {
+                due.push((table.clone(), current.clone()));
+            }
+        }
+        due
+    }
+
+    /// Looks the table of `stream_arn` up again at once: its stream was
+    /// disabled or could not be found, so the table may have a new one.
+    pub(super) fn check_table_soon(&mut self, stream_arn: &str, now: Instant) {
+        for (table, current) in &self.table_streams {
+            if current == stream_arn {
+                self.table_checks.insert(table.clone(), now);
+            }
+        }
+    }
+
+    /// Records a listing's shards: replaces the stream's listing when whole,
+    /// adds the new shards otherwise. `false` for a stream no longer followed.
+    pub(super) fn record(&mut self, listing: &Listing) -> bool {
+        if !self.streams.contains(&listing.stream_arn) {
+            return false;
+        }
+        if listing.complete {
+            self.listings
+                .insert(listing.stream_arn.clone(), listing.shards.clone());
+        } else {
+            let known = self.listings.entry(listing.stream_arn.clone()).or_default();
+            for shard in &listing.shards {
+                if !known.iter().any(|s| s.shard_id == shard.shard_id) {
+                    known.push(shard.clone());
                 }
             }
         }
-        let deleted = !doomed.is_empty();
-        for lease in doomed {
-            match self.store.delete_lease(&lease).await {
-                Ok(()) => {
-                    tracing::info!(lease = %lease.key, "deleted a lease that is no longer needed");
-                    self.leases.remove(&lease.key);
-                }
-                Err(err) => {
-                    tracing::debug!(lease = %lease.key, error = %err, "could not delete a lease")
-                }
+        true
+    }
+
+    /// The stream a shard lease belongs to, if it is one followed; leases
+    /// written without one (KCL tables) are placed by the listings.
+    pub(super) fn stream_of(&self, lease: &Lease) -> Option<String> {
+        match lease.stream_arn.as_deref() {
+            Some(arn) => self.streams.iter().find(|s| *s == arn).cloned(),
+            None => {
+                let listed = self
+                    .listings
+                    .iter()
+                    .find(|(_, shards)| shards.iter().any(|s| s.shard_id == lease.shard_id))
+                    .map(|(arn, _)| arn.clone());
+                listed.or_else(|| (self.streams.len() == 1).then(|| self.streams[0].clone()))
             }
         }
-        self.index_shard_leases();
-        deleted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn discovery(streams: usize) -> (Discovery, Arc<SyncSet>) {
+        let pending = Arc::new(SyncSet::default());
+        let mut discovery = Discovery::new(
+            DiscoverySettings {
+                shard_sync_interval: SECOND * 60,
+                stream_refresh_interval: SECOND * 600,
+                describe_stream_rps: 2.0,
+            },
+            Arc::clone(&pending),
+        );
+        let arns = (0..streams).map(|i| format!("arn:{i:03}")).collect();
+        discovery.follow(arns, HashMap::new(), Instant::now());
+        (discovery, pending)
+    }
+
+    fn drain(pending: &SyncSet) -> Vec<(String, bool)> {
+        std::iter::from_fn(|| pending.try_take())
+            .map(|(stream, wanted)| (stream, wanted.full))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_leader_lists_each_stream_once_per_period_spread_and_whole_once_per_refresh() {
+        let (mut discovery, pending) = discovery(200);
+        let start = Instant::now();
+        discovery.lead(start);
+        let first = drain(&pending);
+        assert_eq!(first.len(), 200);
+        assert!(
+            first.iter().all(|(_, full)| *full),
+            "the first listing is whole"
+        );
+        // 200 streams at a quarter of 2 calls a second: a 400 s period.
+        let mut per_second = Vec::new();
+        let mut listed = HashMap::<String, usize>::new();
+        let mut whole = 0;
+        for second in 1..=1_200u32 {
+            discovery.request_due_listings(start + SECOND * second);
+            let due = drain(&pending);
+            per_second.push(due.len());
+            for (stream, full) in due {
+                *listed.entry(stream).or_default() += 1;
+                whole += usize::from(full);
+            }
+        }
+        assert!(
+            per_second.iter().all(|n| *n <= 1),
+            "listings are spread, not bursts: {:?}",
+            per_second.iter().max()
+        );
+        assert_eq!(listed.len(), 200);
+        assert!(
+            listed.values().all(|n| (2..=3).contains(n)),
+            "each stream once per 400 s period"
+        );
+        assert!(
+            (200..=400).contains(&whole),
+            "whole listings once per refresh: {whole}"
+        );
+        discovery.follow_leader();
+        discovery.request_due_listings(start + SECOND * 5_000);
+        assert!(
+            drain(&pending).is_empty(),
+            "only the leader lists periodically"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_table_is_looked_up_per_refresh_or_at_once_when_its_stream_is_in_trouble() {
+        let pending = Arc::new(SyncSet::default());
+        let mut discovery = Discovery::new(
+            DiscoverySettings {
+                shard_sync_interval: SECOND * 60,
+                stream_refresh_interval: SECOND * 600,
+                describe_stream_rps: 2.0,
+            },
+            pending,
+        );
+        let start = Instant::now();
+        let tables = HashMap::from([("orders".to_owned(), "arn:old".to_owned())]);
+        discovery.follow(Vec::new(), tables, start);
+        assert!(discovery.due_tables(start + SECOND * 599).is_empty());
+        discovery.check_table_soon("arn:other", start + SECOND);
+        assert!(discovery.due_tables(start + SECOND * 2).is_empty());
+        discovery.check_table_soon("arn:old", start + SECOND * 3);
+        assert_eq!(
+            discovery.due_tables(start + SECOND * 3),
+            [("orders".to_owned(), "arn:old".to_owned())]
+        );
+        assert!(discovery.due_tables(start + SECOND * 602).is_empty());
+        assert_eq!(discovery.due_tables(start + SECOND * 603).len(), 1);
     }
 }

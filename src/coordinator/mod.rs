@@ -11,25 +11,33 @@
 //! - every renewal interval (a third of the lease duration) it renews what it
 //!   holds: its shard leases, its presence item and, if it has it, the
 //!   shard-sync leadership;
-//! - as shard-sync leader, every sync interval it lists whole streams,
-//!   creates missing leases and deletes leases of shards long gone
-//!   ([`discovery`]).
+//! - as shard-sync leader, it lists each stream on its own clock (new
+//!   shards only; whole once per refresh interval), creates missing leases
+//!   and deletes leases of shards long gone: [`discovery`] decides what to
+//!   list and when, the syncer task lists, the collector picks what to delete.
 //!
 //! Each consumer reports how it ended with one [`ShardExit`]. On shutdown the
 //! coordinator stops the consumers, waits for in-flight batches (renewing
 //! meanwhile) and releases every lease so other workers take them at once.
 
 pub mod balance;
+mod collect;
 mod discovery;
-
-use discovery::{Listing, ShardSyncer, SyncRequest};
 pub mod graph;
+mod sync_set;
+mod syncer;
+
+use collect::{CollectView, Collector};
+use discovery::{Discovery, DiscoverySettings, SyncRequest};
+use sync_set::SyncSet;
+use syncer::{Listing, ShardSyncer};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,7 +51,7 @@ use crate::lease::held::HeldLease;
 use crate::lease::{ItemKind, Lease, LeaseError, LeaseStore};
 use crate::retry::{retry, Attempt, RetryError, Retryable};
 use crate::shard::{ShardConsumer, ShardExit, ShardSettings};
-use crate::streams::{newest_stream, ShardInfo, StreamsApi, StreamsError};
+use crate::streams::{newest_stream, ShardInfo, StreamStatus, StreamsApi, StreamsError};
 use crate::telemetry::events::{
     LeaseHandedOver, LeaseLost, LeaseReleased, LeaseRenewFailed, LeaseRequested, LeaseStolen,
     LeaseTaken, LostBy,
@@ -66,8 +74,14 @@ pub struct CoordinatorSettings {
     pub lease_duration: Duration,
     /// How often held leases are renewed.
     pub renew_interval: Duration,
-    /// How often the shard-sync leader lists whole streams.
+    /// How often the shard-sync leader lists each stream's new shards (at
+    /// least; stretched to keep within a quarter of `describe_stream_rps`).
     pub shard_sync_interval: Duration,
+    /// How often each table's current stream is looked up again
+    /// (ListStreams) and each stream listed whole.
+    pub stream_refresh_interval: Duration,
+    /// DescribeStream calls per second this worker may make.
+    pub describe_stream_rps: f64,
     /// The bound on finishing in-flight batches at shutdown.
     pub shutdown_grace: Duration,
     /// Most leases this worker holds, whatever its fair share.
@@ -116,8 +130,7 @@ pub struct Coordinator {
     api: Arc<dyn StreamsApi>,
     store: Arc<dyn LeaseStore>,
     dispatcher: Arc<Dispatcher>,
-    streams: Vec<String>,
-    listings: HashMap<String, Vec<ShardInfo>>,
+    discovery: Discovery,
     leases: HashMap<String, Lease>,
     shard_keys: HashMap<(String, String), String>,
     observed: HashMap<String, Observation>,
@@ -125,23 +138,17 @@ pub struct Coordinator {
     held: HashMap<String, Held>,
     presence: Option<Arc<HeldLease>>,
     leader: Option<Arc<HeldLease>>,
-    next_full_sync: Option<Instant>,
     handoff_requests: HashMap<String, Instant>,
     /// Set while the lease table cannot be found (deleted under us).
     lease_table_missing: bool,
-    /// The current stream of each configured table, to notice a stream
-    /// disabled and re-enabled (a new ARN).
-    table_streams: HashMap<String, String>,
-    /// Streams that replaced a table's disabled stream: read from their
-    /// start whatever the starting position, since they continue the table.
-    successor_streams: HashSet<String>,
-    next_table_check: Instant,
-    last_orphan_sync: Option<Instant>,
-    sync_requests: mpsc::UnboundedSender<SyncRequest>,
+    collector: Collector,
     sync_results: mpsc::UnboundedReceiver<Listing>,
     syncer: Option<ShardSyncer>,
     health: Arc<Health>,
     tasks: TaskTracker,
+    /// Every task in `tasks` can be aborted: when the shutdown grace runs
+    /// out, none may outlive [`Coordinator::run`].
+    aborts: Vec<AbortHandle>,
     stop_consumers: CancellationToken,
     exits_tx: mpsc::UnboundedSender<(String, ShardExit)>,
     exits_rx: mpsc::UnboundedReceiver<(String, ShardExit)>,
@@ -156,16 +163,24 @@ impl Coordinator {
         dispatcher: Arc<Dispatcher>,
     ) -> Self {
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
-        let (sync_requests, requests_rx) = mpsc::unbounded_channel();
+        let pending = Arc::new(SyncSet::default());
         let (results_tx, sync_results) = mpsc::unbounded_channel();
-        let syncer = ShardSyncer::new(Arc::clone(&api), requests_rx, results_tx);
+        let syncer = ShardSyncer::new(Arc::clone(&api), Arc::clone(&pending), results_tx);
+        let collector = Collector::new(&settings.worker_id, settings.lease_duration);
+        let discovery = Discovery::new(
+            DiscoverySettings {
+                shard_sync_interval: settings.shard_sync_interval,
+                stream_refresh_interval: settings.stream_refresh_interval,
+                describe_stream_rps: settings.describe_stream_rps,
+            },
+            Arc::clone(&pending),
+        );
         Coordinator {
             settings,
             api,
             store,
             dispatcher,
-            streams: Vec::new(),
-            listings: HashMap::new(),
+            discovery,
             leases: HashMap::new(),
             shard_keys: HashMap::new(),
             observed: HashMap::new(),
@@ -173,18 +188,14 @@ impl Coordinator {
             held: HashMap::new(),
             presence: None,
             leader: None,
-            next_full_sync: None,
             handoff_requests: HashMap::new(),
             lease_table_missing: false,
-            table_streams: HashMap::new(),
-            successor_streams: HashSet::new(),
-            next_table_check: Instant::now(),
-            last_orphan_sync: None,
-            sync_requests,
+            collector,
             sync_results,
             syncer: Some(syncer),
             health: Health::new(),
             tasks: TaskTracker::new(),
+            aborts: Vec::new(),
             stop_consumers: CancellationToken::new(),
             exits_tx,
             exits_rx,
@@ -217,7 +228,7 @@ impl Coordinator {
         }
         tracing::info!(
             worker = %self.settings.worker_id,
-            streams = self.streams.len(),
+            streams = self.discovery.streams.len(),
             "coordinator running"
         );
         self.health.set_ready(true);
@@ -228,7 +239,8 @@ impl Coordinator {
         scan.set_missed_tick_behavior(MissedTickBehavior::Delay);
         scan.reset();
         loop {
-            let full_sync_due = self.next_full_sync;
+            let listing_due = self.discovery.next_listing_due();
+            let table_due = self.discovery.next_table_due();
             let next_expiry = self.next_expiry();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -237,8 +249,8 @@ impl Coordinator {
                 // Look again the moment another worker's lease would expire,
                 // rather than up to a scan interval later.
                 _ = sleep_until_opt(next_expiry) => self.balance().await,
-                _ = sleep_until_opt(full_sync_due) => self.request_full_sync(),
-                _ = tokio::time::sleep_until(self.next_table_check) => self.follow_tables().await,
+                _ = sleep_until_opt(listing_due) => self.discovery.request_due_listings(Instant::now()),
+                _ = sleep_until_opt(table_due) => self.follow_tables().await,
                 Some(listing) = self.sync_results.recv() => {
                     let mut changed = self.on_listing(listing).await;
                     while let Ok(listing) = self.sync_results.try_recv() {
@@ -260,7 +272,7 @@ impl Coordinator {
         retry_until_done("create the lease table", shutdown, || store.ensure_table())
             .await
             .map_err(Error::Lease)?;
-        let mut streams = self.settings.stream_arns.clone();
+        let mut table_streams = HashMap::new();
         for table in self.settings.tables.clone() {
             let api = Arc::clone(&self.api);
             let found = retry_until_done("list the table's streams", shutdown, || {
@@ -277,24 +289,25 @@ impl Coordinator {
             match newest_stream(&found) {
                 Some(stream) => {
                     tracing::info!(%table, stream = %stream.stream_arn, "resolved the table's stream");
-                    streams.push(stream.stream_arn.clone());
-                    self.table_streams
-                        .insert(table.clone(), stream.stream_arn.clone());
+                    table_streams.insert(table.clone(), stream.stream_arn.clone());
                 }
                 None if shutdown.is_cancelled() => return Ok(()),
                 None => return Err(Error::NoStream { table }),
             }
         }
-        streams.sort();
-        streams.dedup();
-        self.streams = streams;
+        self.discovery.follow(
+            self.settings.stream_arns.clone(),
+            table_streams,
+            Instant::now(),
+        );
         if let Some(syncer) = self.syncer.take() {
             // Owned by the coordinator: stopped with the consumers and
             // awaited with them at shutdown.
-            self.tasks
+            let task = self
+                .tasks
                 .spawn(syncer.run(self.stop_consumers.child_token()));
+            self.own(task.abort_handle());
         }
-        self.next_table_check = Instant::now() + self.settings.shard_sync_interval;
         self.announce().await;
         self.refresh_leases().await;
         self.elect_leader().await;
@@ -309,8 +322,8 @@ impl Coordinator {
     /// stream was disabled and re-enabled has a new stream: it is followed
     /// from its start, while the old stream's remaining records are drained.
     async fn follow_tables(&mut self) {
-        self.next_table_check = Instant::now() + self.settings.shard_sync_interval;
-        for (table, current) in self.table_streams.clone() {
+        let now = Instant::now();
+        for (table, current) in self.discovery.due_tables(now) {
             let found = match self.api.list_streams(&table).await {
                 Ok(found) => found,
                 Err(err) => {
@@ -331,13 +344,9 @@ impl Coordinator {
                 "the table has a new stream (its stream was disabled and enabled again); \
                  following it from its start, after the old one's remaining records"
             );
-            self.table_streams
-                .insert(table.clone(), newest.stream_arn.clone());
-            self.successor_streams.insert(newest.stream_arn.clone());
-            self.streams.push(newest.stream_arn.clone());
-            self.streams.sort();
-            self.streams.dedup();
-            self.request_sync(SyncRequest::Stream(newest.stream_arn.clone()));
+            let is_leader = self.leader.is_some();
+            self.discovery
+                .follow_successor(&table, &newest.stream_arn, is_leader, now);
         }
     }
 
@@ -458,17 +467,7 @@ impl Coordinator {
 
     /// The stream a shard lease belongs to, if it is one of ours.
     fn stream_of(&self, lease: &Lease) -> Option<String> {
-        match lease.stream_arn.as_deref() {
-            Some(arn) => self.streams.iter().find(|s| *s == arn).cloned(),
-            None => {
-                let listed = self
-                    .listings
-                    .iter()
-                    .find(|(_, shards)| shards.iter().any(|s| s.shard_id == lease.shard_id))
-                    .map(|(arn, _)| arn.clone());
-                listed.or_else(|| (self.streams.len() == 1).then(|| self.streams[0].clone()))
-            }
-        }
+        self.discovery.stream_of(lease)
     }
 
     fn lease_of(&self, stream_arn: &str, shard_id: &str) -> Option<&Lease> {
@@ -541,7 +540,7 @@ impl Coordinator {
                     self.settings.lease_duration,
                     started,
                 )));
-                self.next_full_sync = Some(Instant::now());
+                self.discovery.lead(Instant::now());
             }
             Err(LeaseError::Conflict { .. }) => {}
             Err(err) => tracing::debug!(error = %err, "could not take the shard-sync leadership"),
@@ -559,14 +558,11 @@ impl Coordinator {
         }
         self.elect_leader().await;
         if self.leader.is_none() {
-            self.next_full_sync = None;
-            let due = self
-                .last_orphan_sync
-                .is_none_or(|at| at.elapsed() >= self.settings.shard_sync_interval);
-            if due {
-                self.last_orphan_sync = Some(Instant::now());
-                self.request_sync_of_streams_without_leases();
-            }
+            self.discovery.follow_leader();
+            let shard_keys = &self.shard_keys;
+            self.discovery.request_orphans(Instant::now(), |stream| {
+                shard_keys.keys().any(|(leased, _)| leased == stream)
+            });
         }
         self.reconcile_held().await;
         let steal_quiet_period = self.settings.lease_duration * 2;
@@ -615,7 +611,7 @@ impl Coordinator {
             ..metrics::FleetView::default()
         };
         let mut shards = Vec::new();
-        for stream in &self.streams {
+        for stream in &self.discovery.streams {
             let label = metrics::stream_label(stream);
             view.leases_held.insert(label.clone(), 0);
             view.unowned.insert(label, 0);
@@ -667,7 +663,8 @@ impl Coordinator {
             "ready": self.health.is_ready(),
             "leader": self.leader.as_ref().is_some_and(|l| !l.is_lost()),
             "liveWorkers": view.workers,
-            "streams": self.streams,
+            "streams": self.discovery.streams,
+            "shardSyncPending": self.discovery.pending(),
             "shards": shards,
         }));
     }
@@ -837,6 +834,7 @@ impl Coordinator {
 
     fn start_ready_shards(&mut self) {
         let listed: HashSet<String> = self
+            .discovery
             .listings
             .values()
             .flat_map(|shards| shards.iter().map(|s| s.shard_id.clone()))
@@ -878,7 +876,7 @@ impl Coordinator {
             let span = tracing::info_span!("shard", stream = %held.stream_arn, shard = %shard_id);
             let stop = held.stop.clone();
             let exits = self.exits_tx.clone();
-            self.tasks.spawn(
+            let task = self.tasks.spawn(
                 async move {
                     let exit = consumer.run(stop).await;
                     // The coordinator owns the receiver for its whole life;
@@ -887,7 +885,14 @@ impl Coordinator {
                 }
                 .instrument(span),
             );
+            self.own(task.abort_handle());
         }
+    }
+
+    /// Keeps a task's abort handle, forgetting those of finished tasks.
+    fn own(&mut self, task: AbortHandle) {
+        self.aborts.retain(|task| !task.is_finished());
+        self.aborts.push(task);
     }
 
     /// Renews every held item concurrently: shard leases, presence, leadership.
@@ -951,7 +956,7 @@ impl Coordinator {
                 if let Err(err) = held.lease.release().await {
                     tracing::warn!(shard = %shard_id, error = %err, "could not release an ended shard's lease");
                 }
-                self.request_sync(SyncRequest::ChildrenOf {
+                self.discovery.request(SyncRequest::ChildrenOf {
                     stream_arn: held.stream_arn.clone(),
                     shard_id: shard_id.clone(),
                 });
@@ -1013,6 +1018,13 @@ impl Coordinator {
                         "shards still processing after the shutdown grace period; their last batch \
                          will be processed again by the next owner"
                     );
+                    // A library user may drop its processors once `run`
+                    // returns: no call may still be running then, and none
+                    // may run after its lease was released below.
+                    for task in self.aborts.drain(..) {
+                        task.abort();
+                    }
+                    self.tasks.wait().await;
                     break;
                 }
                 _ = renew.tick() => self.renew_all().await,
@@ -1075,6 +1087,135 @@ impl Coordinator {
             }
         }
         tracing::info!(released, "leases released; worker stopped");
+    }
+
+    /// Acts on a listing: creates missing leases and, for the leader after a
+    /// whole-stream listing, deletes the ones no longer needed. Returns
+    /// whether the lease table may have changed, so that the caller reads it
+    /// again only then: a worker following hundreds of quiet streams gets a
+    /// listing every half second, and reading the whole lease table twice
+    /// for each was most of its idle cost.
+    async fn on_listing(&mut self, listing: Listing) -> bool {
+        let stream_arn = listing.stream_arn.clone();
+        if listing.missing {
+            self.discovery.check_table_soon(&stream_arn, Instant::now());
+            return false;
+        }
+        if !self.discovery.record(&listing) {
+            // Asked for before the stream was dropped.
+            return false;
+        }
+        let unknown = listing
+            .shards
+            .iter()
+            .any(|shard| self.lease_of(&stream_arn, &shard.shard_id).is_none());
+        // New shards or ended ones are rare and their children should start
+        // at once: always worth a fresh look.
+        let mut changed = !listing.complete;
+        if unknown {
+            // Another worker may have created them since the last read.
+            self.refresh_leases().await;
+            changed = self
+                .create_missing_leases(&stream_arn, &listing.shards)
+                .await;
+        }
+        if listing.status == Some(StreamStatus::Disabled) {
+            // Its table may have a new stream already.
+            self.discovery.check_table_soon(&stream_arn, Instant::now());
+            let known = self.discovery.listings.get(&stream_arn).cloned();
+            if known.is_some_and(|known| self.drained(&stream_arn, &known)) {
+                // Nothing more will ever be written to it: stop listing it.
+                tracing::info!(stream = %stream_arn, "the stream is disabled and every record it held was read; no longer following it");
+                self.discovery.forget_stream(&stream_arn);
+                return true;
+            }
+        }
+        if listing.complete && self.leader.as_ref().is_some_and(|l| !l.is_lost()) {
+            changed |= self.clean_up().await;
+        }
+        changed
+    }
+
+    /// Whether every shard of a listing has been read to its end.
+    fn drained(&self, stream_arn: &str, shards: &[ShardInfo]) -> bool {
+        shards.iter().all(|shard| {
+            self.lease_of(stream_arn, &shard.shard_id)
+                .is_some_and(|lease| lease.checkpoint.is_shard_end())
+        })
+    }
+
+    /// Creates a lease for each shard that has none; returns whether any
+    /// lease was created here or found created by another worker.
+    async fn create_missing_leases(&mut self, stream_arn: &str, shards: &[ShardInfo]) -> bool {
+        let mut changed = false;
+        let first_sight = !self
+            .shard_keys
+            .keys()
+            .any(|(stream, _)| stream == stream_arn);
+        for shard in shards {
+            if self.lease_of(stream_arn, &shard.shard_id).is_some() {
+                continue;
+            }
+            let starting_position = if self.discovery.successor_streams.contains(stream_arn) {
+                StartingPosition::TrimHorizon
+            } else {
+                self.settings.starting_position
+            };
+            let checkpoint = graph::initial_checkpoint(shard, first_sight, starting_position);
+            let mut lease = Lease::new(
+                stream_arn,
+                &shard.shard_id,
+                shard.parent_shard_id.as_deref(),
+                checkpoint,
+            );
+            if let Some(other) = self.leases.get(&shard.shard_id) {
+                tracing::warn!(shard = %shard.shard_id, stream = %stream_arn, other_stream = ?other.stream_arn,
+                    "another stream's lease has this shard id; using a stream-qualified lease key");
+                lease.key = Lease::qualified_key(stream_arn, &shard.shard_id);
+            }
+            match self.store.create_lease_if_absent(&lease).await {
+                Ok(true) => {
+                    tracing::info!(stream = %stream_arn, shard = %shard.shard_id, checkpoint = %lease.checkpoint, "created a lease");
+                    self.shard_keys.insert(
+                        (stream_arn.to_owned(), shard.shard_id.clone()),
+                        lease.key.clone(),
+                    );
+                    self.leases.insert(lease.key.clone(), lease);
+                    changed = true;
+                }
+                Ok(false) => changed = true,
+                Err(err) => {
+                    tracing::warn!(shard = %shard.shard_id, error = %err, "could not create a lease; will retry");
+                }
+            }
+        }
+        changed
+    }
+
+    /// Deletes the leases the [`Collector`] finds nobody needs any more.
+    async fn clean_up(&mut self) -> bool {
+        let now = Instant::now();
+        let view = CollectView {
+            leases: &self.leases,
+            listings: &self.discovery.listings,
+            unchanged_for: |key: &str| self.observed.get(key).map(|seen| now - seen.since),
+            stream_of: |lease: &Lease| self.stream_of(lease),
+        };
+        let doomed = self.collector.doomed(&view);
+        let deleted = !doomed.is_empty();
+        for lease in doomed {
+            match self.store.delete_lease(&lease).await {
+                Ok(()) => {
+                    tracing::info!(lease = %lease.key, "deleted a lease that is no longer needed");
+                    self.leases.remove(&lease.key);
+                }
+                Err(err) => {
+                    tracing::debug!(lease = %lease.key, error = %err, "could not delete a lease")
+                }
+            }
+        }
+        self.index_shard_leases();
+        deleted
     }
 }
 

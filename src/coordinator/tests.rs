@@ -50,6 +50,8 @@ fn settings(starting_position: StartingPosition) -> CoordinatorSettings {
         lease_duration: Duration::from_secs(6),
         renew_interval: Duration::from_secs(1),
         shard_sync_interval: Duration::from_secs(2),
+        stream_refresh_interval: Duration::from_secs(10),
+        describe_stream_rps: 10.0,
         shutdown_grace: Duration::from_secs(5),
         max_leases: None,
         shard: ShardSettings {
@@ -776,4 +778,191 @@ async fn a_listing_that_changes_nothing_does_not_read_the_lease_table_again() {
          for the {listings} listings that found nothing new"
     );
     running.stop().await;
+}
+
+/// A processor whose calls never finish; it counts the calls in flight with
+/// a guard that is dropped only when the call's future is.
+#[derive(Debug, Default)]
+struct Stuck {
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    started: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl Processor for Stuck {
+    fn name(&self) -> &str {
+        "stuck"
+    }
+
+    async fn process(&self, _batch: &Batch) -> Result<BatchOutcome, ProcessorError> {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _guard = InFlight(Arc::clone(&self.in_flight));
+        std::future::pending::<()>().await;
+        Ok(BatchOutcome::Success)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_processor_call_is_in_flight_after_run_returns() {
+    use std::sync::atomic::Ordering;
+    let streams = MemoryStreams::new();
+    let arn = streams.create_stream(TABLE, "shardId-stuck");
+    put(&streams, &arn, "shardId-stuck", 3);
+    let store = MemoryLeaseStore::new();
+    let stuck = Arc::new(Stuck::default());
+    let processor: Arc<dyn Processor> = stuck.clone();
+    let dispatcher = Arc::new(Dispatcher::new(vec![processor]));
+    let settings = settings(StartingPosition::TrimHorizon);
+    let grace = settings.shutdown_grace;
+    let coordinator = Coordinator::new(
+        settings,
+        Arc::new(streams.clone()),
+        Arc::new(store.clone()),
+        dispatcher,
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(coordinator.run(shutdown.clone()));
+    wait_until("a batch is in the processor", || {
+        stuck.in_flight.load(Ordering::SeqCst) == 1
+    })
+    .await;
+
+    let asked = Instant::now();
+    shutdown.cancel();
+    let result = tokio::time::timeout(WAIT, task)
+        .await
+        .expect("run returns once the grace ran out")
+        .expect("the coordinator task does not panic");
+    assert!(result.is_ok(), "the coordinator failed: {result:?}");
+    assert!(asked.elapsed() >= grace, "the batch had its grace period");
+    assert_eq!(
+        stuck.in_flight.load(Ordering::SeqCst),
+        0,
+        "a processor call was still running after run returned"
+    );
+    assert_eq!(stuck.started.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        owner_of(&store, "shardId-stuck"),
+        None,
+        "the lease is released"
+    );
+    assert_eq!(
+        checkpoint_of(&store, "shardId-stuck"),
+        Some(Checkpoint::TrimHorizon),
+        "the unfinished batch is not checkpointed"
+    );
+}
+
+/// 200 idle tables of one shard each, one worker at the default 2
+/// DescribeStream calls a second: once every shard is listed, the periodic
+/// listings stay well below that budget (a quarter of it, and one call per
+/// stream per listing), the tables' streams are looked up again only once per
+/// refresh interval, and no stream ever waits twice in the sync set.
+#[tokio::test(start_paused = true)]
+async fn listing_many_idle_streams_stays_well_below_the_describe_stream_budget() {
+    use crate::streams::rate_limit::DescribeRateLimit;
+    const TABLES: usize = 200;
+    let streams = MemoryStreams::new();
+    let tables: Vec<String> = (0..TABLES).map(|i| format!("table-{i:03}")).collect();
+    for table in &tables {
+        streams.create_stream(table, &format!("shardId-{table}"));
+    }
+    let store = MemoryLeaseStore::new();
+    let recorder = Recorder::new(&store);
+    let rps = 2.0;
+    let settings = CoordinatorSettings {
+        tables: tables.clone(),
+        lease_duration: Duration::from_secs(30),
+        renew_interval: Duration::from_secs(10),
+        shard_sync_interval: Duration::from_secs(60),
+        stream_refresh_interval: Duration::from_secs(600),
+        describe_stream_rps: rps,
+        shard: ShardSettings {
+            idle_poll_interval: Duration::from_secs(10),
+            idle_after: Duration::ZERO,
+            ..settings(StartingPosition::TrimHorizon).shard
+        },
+        ..settings(StartingPosition::TrimHorizon)
+    };
+    let refresh = settings.stream_refresh_interval;
+    let processor: Arc<dyn Processor> = recorder.clone();
+    let coordinator = Coordinator::new(
+        settings,
+        Arc::new(DescribeRateLimit::new(streams.clone(), rps)),
+        Arc::new(store.clone()),
+        Arc::new(Dispatcher::new(vec![processor])),
+    );
+    let pending = coordinator.discovery.sync_set();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(coordinator.run(shutdown.clone()));
+    let started = Instant::now();
+    let mut most_pending = 0;
+    let all_leased = || {
+        tables
+            .iter()
+            .all(|t| owner_of(&store, &format!("shardId-{t}")).as_deref() == Some(ME))
+    };
+    while !all_leased() {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "timed out waiting for every shard to be leased"
+        );
+        most_pending = most_pending.max(pending.len());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // 200 listings at 2 a second take 100 s; nothing is listed twice meanwhile.
+    let first_listing = started.elapsed();
+    let describes = streams.calls("DescribeStream");
+    assert!(
+        first_listing <= Duration::from_secs(110),
+        "the first listing took {first_listing:?}"
+    );
+    assert!(
+        describes <= TABLES as u64 + 5,
+        "{describes} DescribeStream calls for the first listing of {TABLES} streams"
+    );
+
+    let window = Duration::from_secs(1_200);
+    let lists_before = streams.calls("ListStreams");
+    let describes_before = streams.calls("DescribeStream");
+    let until = Instant::now() + window;
+    while Instant::now() < until {
+        most_pending = most_pending.max(pending.len());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let describes = streams.calls("DescribeStream") - describes_before;
+    let lists = streams.calls("ListStreams") - lists_before;
+    // A quarter of the budget over the window, plus one round of slack.
+    let describe_bound = (rps / 4.0 * window.as_secs_f64()) as u64 + TABLES as u64;
+    assert!(
+        describes <= describe_bound,
+        "{describes} DescribeStream calls in {window:?} (at most {describe_bound}; the budget is {})",
+        (rps * window.as_secs_f64()) as u64
+    );
+    let refreshes = (window.as_secs() / refresh.as_secs()) + 1;
+    assert!(
+        lists <= TABLES as u64 * refreshes,
+        "{lists} ListStreams calls in {window:?}: at most one per table per {refresh:?}"
+    );
+    assert!(
+        most_pending <= TABLES,
+        "{most_pending} entries pending for {TABLES} streams"
+    );
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("the coordinator stops")
+        .expect("no panic")
+        .expect("no error");
 }

@@ -12,7 +12,9 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 
 use super::events::*;
 use super::handles::{processor_duration, ApiMetrics, StreamMetrics, TargetMetrics};
-use super::metrics::{fleet, BatchOutcomeLabel, CallOutcome, FleetView, TargetRequestOutcome, ALL};
+use super::metrics::{
+    fleet, shard_sync_pending, BatchOutcomeLabel, CallOutcome, FleetView, TargetRequestOutcome, ALL,
+};
 use crate::record::{EventName, SequenceNumber, StreamRecord};
 use crate::streams::memory::test_record;
 
@@ -125,6 +127,7 @@ fn emitted() -> BTreeMap<String, BTreeSet<String>> {
             position: &"TRIM_HORIZON",
         }
         .emit();
+        shard_sync_pending(3);
         fleet(&FleetView {
             leases_held: [("orders".to_owned(), 1)].into(),
             workers: 1,

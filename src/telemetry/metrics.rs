@@ -60,6 +60,9 @@ pub const TARGET_RECORDS: &str = "dynastream_target_records_total";
 /// Always 1, labelled with the version.
 pub const BUILD_INFO: &str = "dynastream_build_info";
 
+/// Streams waiting for a shard listing on this worker.
+pub const SHARD_SYNC_PENDING: &str = "dynastream_shard_sync_pending";
+
 /// Every metric name, for checks that dashboards and alerts use only these.
 pub const ALL: &[&str] = &[
     RECORDS,
@@ -81,6 +84,7 @@ pub const ALL: &[&str] = &[
     TARGET_REQUESTS,
     TARGET_REQUEST_DURATION,
     TARGET_RECORDS,
+    SHARD_SYNC_PENDING,
     BUILD_INFO,
 ];
 
@@ -312,6 +316,10 @@ fn describe() {
         "Records a delivery target handled by outcome (delivered, throttled, failed, rejected)."
     );
     describe_gauge!(
+        SHARD_SYNC_PENDING,
+        "Streams waiting for a shard listing; at most the streams followed."
+    );
+    describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label says which build runs."
     );
@@ -387,6 +395,15 @@ pub fn fleet(view: &FleetView) {
     for (stream, count) in &view.unowned {
         gauge!(SHARDS_UNOWNED, "stream" => stream.clone()).set(*count as f64);
     }
+}
+
+// --- Shard sync (coordinator) ---
+
+/// How many streams wait for a shard listing: bounded by the streams
+/// followed; a value that stays near that bound means listings cannot keep
+/// up with the DescribeStream rate.
+pub fn shard_sync_pending(depth: usize) {
+    gauge!(SHARD_SYNC_PENDING).set(depth as f64);
 }
 
 #[cfg(test)]
