@@ -25,6 +25,7 @@ use crate::dispatch::{Dispatcher, Undelivered};
 use crate::lease::held::HeldLease;
 use crate::lease::{Checkpoint, LeaseError};
 use crate::record::{SequenceNumber, StreamRecord};
+use crate::retry::{retry, Attempt};
 use crate::streams::{
     IteratorPosition, RecordsPage, StreamsApi, StreamsError, MAX_RECORDS_PER_READ,
 };
@@ -442,27 +443,29 @@ impl ShardConsumer {
     }
 
     /// Writes a checkpoint, retrying transient failures while the lease is
-    /// still valid. `false` when the lease is gone: the shard must stop.
+    /// still valid (even during shutdown: the last batch must be recorded).
+    /// `false` when the lease is gone: the shard must stop.
     async fn checkpoint(&self, checkpoint: &Checkpoint) -> bool {
-        let mut backoff = Backoff::for_aws_calls();
-        loop {
+        let never = CancellationToken::new();
+        let written = retry(&mut Backoff::for_aws_calls(), &never, || async {
             match self.lease.checkpoint(checkpoint).await {
-                Ok(()) => return true,
+                Ok(()) => Attempt::Done(()),
                 Err(LeaseError::Conflict { .. }) => {
                     tracing::warn!(%checkpoint, "checkpoint refused: another worker owns the lease now");
-                    return false;
+                    Attempt::Fail(())
                 }
                 Err(err) if err.is_retryable() && self.lease.is_valid() => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "checkpoint failed; retrying");
-                    tokio::time::sleep(delay).await;
+                    tracing::warn!(error = %err, "checkpoint failed; retrying");
+                    Attempt::Retry(())
                 }
                 Err(err) => {
                     tracing::error!(error = %err, %checkpoint, "checkpoint failed; giving the shard up so the next owner resumes from the last checkpoint");
-                    return false;
+                    Attempt::Fail(())
                 }
             }
-        }
+        })
+        .await;
+        written.is_ok()
     }
 
     async fn finish_shard(&self) -> ShardExit {
