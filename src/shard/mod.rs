@@ -19,6 +19,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod cursor;
+
 use crate::backoff::Backoff;
 use crate::config::OnTrimmed;
 use crate::dispatch::{Dispatcher, Undelivered};
@@ -26,10 +28,9 @@ use crate::lease::held::HeldLease;
 use crate::lease::{Checkpoint, LeaseError};
 use crate::record::{SequenceNumber, StreamRecord};
 use crate::retry::{retry, Attempt};
-use crate::streams::{
-    IteratorPosition, RecordsPage, StreamsApi, StreamsError, MAX_RECORDS_PER_READ,
-};
+use crate::streams::{IteratorPosition, StreamsApi};
 use crate::telemetry::metrics;
+use cursor::{Cursor, Read};
 
 /// How a shard consumer reads.
 #[derive(Debug, Clone)]
@@ -141,7 +142,7 @@ impl ShardConsumer {
     /// and checkpointed first.
     pub async fn run(self, shutdown: CancellationToken) -> ShardExit {
         let checkpoint = self.lease.snapshot().await.checkpoint;
-        let mut position = match checkpoint {
+        let position = match checkpoint {
             Checkpoint::ShardEnd => return ShardExit::Ended,
             Checkpoint::TrimHorizon => IteratorPosition::TrimHorizon,
             Checkpoint::Latest => IteratorPosition::Latest,
@@ -158,13 +159,17 @@ impl ShardConsumer {
             .settings()
             .max_bytes
             .saturating_mul(lanes as u64);
-        let mut announced = false;
-        let mut iterator: Option<String> = None;
-        let mut backoff = Backoff::for_aws_calls();
+        let mut cursor = Cursor::new(
+            Arc::clone(&self.api),
+            Arc::clone(&self.stream_arn),
+            Arc::clone(&self.shard_id),
+            self.settings.on_trimmed,
+            self.lease.lost().clone(),
+            position,
+        );
         let mut gathered: Vec<Arc<StreamRecord>> = Vec::new();
         let mut gathered_bytes = 0u64;
         let mut window_closes: Option<Instant> = None;
-        let mut read_ahead: Option<(String, Result<RecordsPage, StreamsError>)> = None;
         let mut last_records_at = Instant::now();
         loop {
             if shutdown.is_cancelled() {
@@ -173,73 +178,20 @@ impl ShardConsumer {
             if self.lease.is_lost() {
                 return ShardExit::LeaseLost;
             }
-            let (current, answer) = match read_ahead.take() {
-                Some(answered) => answered,
-                None => {
-                    let current = match iterator.take() {
-                        Some(current) => current,
-                        None => {
-                            // A fresh iterator starts after the last checkpoint:
-                            // anything gathered since is read again.
-                            gathered.clear();
-                            gathered_bytes = 0;
-                            window_closes = None;
-                            let answer = tokio::select! {
-                                _ = shutdown.cancelled() => return ShardExit::Stopped,
-                                _ = self.lease.lost().cancelled() => return ShardExit::LeaseLost,
-                                answer = self.api.get_shard_iterator(&self.stream_arn, &self.shard_id, &position) => answer,
-                            };
-                            match answer {
-                                Ok(Some(fresh)) => {
-                                    backoff.reset();
-                                    if !announced {
-                                        announced = true;
-                                        tracing::info!(position = ?position, "shard consumer started");
-                                    }
-                                    fresh
-                                }
-                                Ok(None) => return self.finish_shard().await,
-                                Err(err) => match self
-                                    .on_read_error(err, &mut position, &mut backoff, &shutdown)
-                                    .await
-                                {
-                                    Step::Continue => continue,
-                                    Step::Exit(exit) => return exit,
-                                },
-                            }
-                        }
-                    };
-                    let limit = target_records
-                        .saturating_sub(gathered.len())
-                        .clamp(1, MAX_RECORDS_PER_READ as usize)
-                        as u32;
-                    let answer = tokio::select! {
-                        _ = shutdown.cancelled() => return ShardExit::Stopped,
-                        _ = self.lease.lost().cancelled() => return ShardExit::LeaseLost,
-                        answer = self.api.get_records(&self.stream_arn, &current, limit) => answer,
-                    };
-                    (current, answer)
-                }
-            };
-            let page = match answer {
-                Ok(page) => {
-                    backoff.reset();
+            let limit = target_records.saturating_sub(gathered.len());
+            let page = match cursor.next(limit, &shutdown).await {
+                Read::Page { page, restarted } => {
+                    if restarted {
+                        // A fresh iterator starts after the last checkpoint:
+                        // anything gathered since is read again.
+                        gathered.clear();
+                        gathered_bytes = 0;
+                        window_closes = None;
+                    }
                     page
                 }
-                Err(err) => {
-                    // A transient failure keeps the iterator; anything that
-                    // invalidates it leaves `iterator` empty to re-acquire.
-                    if err.is_retryable() {
-                        iterator = Some(current);
-                    }
-                    match self
-                        .on_read_error(err, &mut position, &mut backoff, &shutdown)
-                        .await
-                    {
-                        Step::Continue => continue,
-                        Step::Exit(exit) => return exit,
-                    }
-                }
+                Read::End => return self.finish_shard().await,
+                Read::Exit(exit) => return exit,
             };
             let was_empty = page.records.is_empty();
             if !was_empty {
@@ -269,29 +221,27 @@ impl ShardConsumer {
                     .map(|r| r.sequence_number().clone())
                     .expect("a non-empty batch has a last record");
                 // The next page is read while this batch is processed and
-                // checkpointed, so a busy shard costs one round trip per
-                // batch, not two. It is only read: nothing in it reaches a
+                // checkpointed. It is only read: nothing in it reaches a
                 // processor before this batch's checkpoint is written.
-                let next = match (&page.next_iterator, was_empty) {
-                    (Some(next), false) => Some(next.clone()),
-                    _ => None,
+                let read_ahead = async {
+                    if !was_empty {
+                        cursor.read_ahead(target_records, &shutdown).await;
+                    }
                 };
-                let (step, answered) = tokio::join!(
+                let (step, ()) = tokio::join!(
                     self.process_and_checkpoint(batch, &last, &shutdown),
-                    self.read_ahead(next, target_records, &shutdown),
+                    read_ahead,
                 );
                 if let Step::Exit(exit) = step {
                     return exit;
                 }
-                position = IteratorPosition::AfterSequenceNumber(last);
-                if answered.is_some() {
-                    read_ahead = answered;
+                cursor.checkpointed(last);
+                if cursor.has_page_ahead() {
                     continue;
                 }
             }
-            match page.next_iterator {
-                None => return self.finish_shard().await,
-                Some(next) => iterator = Some(next),
+            if shard_closed {
+                return self.finish_shard().await;
             }
             if was_empty {
                 // Nothing new: wait the poll interval, or less if a
@@ -310,85 +260,6 @@ impl ShardConsumer {
                     _ = tokio::time::sleep(pause) => {}
                 }
             }
-        }
-    }
-
-    async fn on_read_error(
-        &self,
-        err: StreamsError,
-        position: &mut IteratorPosition,
-        backoff: &mut Backoff,
-        shutdown: &CancellationToken,
-    ) -> Step {
-        match err {
-            StreamsError::ExpiredIterator(message) => {
-                tracing::info!(%message, "shard iterator expired; re-acquiring from the last processed record");
-                Step::Continue
-            }
-            StreamsError::TrimmedData(message) if *position == IteratorPosition::Latest => {
-                // A LATEST iterator asks for nothing older than itself, so no
-                // record was lost. DynamoDB Local answers this way for a LATEST
-                // iterator on a shard that was empty when it was issued; every
-                // record now in the shard came after that point.
-                tracing::debug!(%message, "LATEST iterator refused as trimmed; reading the shard from its start");
-                *position = IteratorPosition::TrimHorizon;
-                Step::Continue
-            }
-            StreamsError::TrimmedData(message) => {
-                metrics::trimmed_data(&self.stream_label);
-                if self.settings.on_trimmed == OnTrimmed::Stop {
-                    let reason = format!(
-                        "the shard position {position:?} fell behind the stream's 24-hour retention \
-                         (records were lost before they could be read) and DYNASTREAM_ON_TRIMMED=stop: \
-                         the shard stops here until an operator acts ({message})"
-                    );
-                    tracing::error!(%reason, "shard stopped on trimmed data");
-                    return Step::Exit(ShardExit::Halted(reason));
-                }
-                tracing::error!(
-                    %message,
-                    position = ?position,
-                    "the shard position fell behind the stream's 24-hour retention: records were \
-                     lost before they could be read; continuing from the oldest record still held"
-                );
-                *position = IteratorPosition::TrimHorizon;
-                Step::Continue
-            }
-            StreamsError::NotFound(message) => {
-                tracing::warn!(%message, "shard no longer exists (trimmed away); treating it as ended");
-                Step::Exit(self.finish_shard().await)
-            }
-            err if err.is_retryable() => {
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "stream read failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => Step::Exit(ShardExit::Stopped),
-                    _ = self.lease.lost().cancelled() => Step::Exit(ShardExit::LeaseLost),
-                    _ = tokio::time::sleep(delay) => Step::Continue,
-                }
-            }
-            err => {
-                tracing::error!(error = %err, "stream read failed and cannot be retried");
-                Step::Exit(ShardExit::Failed(err.to_string()))
-            }
-        }
-    }
-
-    /// GetRecords on `iterator` (when there is one), given up on shutdown
-    /// or when the lease is lost. Returns the iterator with the answer, so
-    /// that a failed read can be retried or re-acquired like any other.
-    async fn read_ahead(
-        &self,
-        iterator: Option<String>,
-        limit: usize,
-        shutdown: &CancellationToken,
-    ) -> Option<(String, Result<RecordsPage, StreamsError>)> {
-        let iterator = iterator?;
-        let limit = limit.clamp(1, MAX_RECORDS_PER_READ as usize) as u32;
-        tokio::select! {
-            _ = shutdown.cancelled() => None,
-            _ = self.lease.lost().cancelled() => None,
-            answer = self.api.get_records(&self.stream_arn, &iterator, limit) => Some((iterator, answer)),
         }
     }
 
