@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 mod cursor;
+mod gather;
 
 use crate::backoff::Backoff;
 use crate::config::OnTrimmed;
@@ -31,6 +32,7 @@ use crate::retry::{retry, Attempt};
 use crate::streams::{IteratorPosition, StreamsApi};
 use crate::telemetry::metrics;
 use cursor::{Cursor, Read};
+use gather::Gatherer;
 
 /// How a shard consumer reads.
 #[derive(Debug, Clone)]
@@ -107,11 +109,6 @@ fn age_of(created_epoch_secs: Option<i64>) -> f64 {
     (now - created as f64).max(0.0)
 }
 
-enum Step {
-    Continue,
-    Exit(ShardExit),
-}
-
 impl ShardConsumer {
     /// A consumer for `shard_id` of `stream_arn`, under `lease`.
     pub fn new(
@@ -141,8 +138,7 @@ impl ShardConsumer {
     /// fatal error occurs. On shutdown a batch being processed is finished
     /// and checkpointed first.
     pub async fn run(self, shutdown: CancellationToken) -> ShardExit {
-        let checkpoint = self.lease.snapshot().await.checkpoint;
-        let position = match checkpoint {
+        let position = match self.lease.snapshot().await.checkpoint {
             Checkpoint::ShardEnd => return ShardExit::Ended,
             Checkpoint::TrimHorizon => IteratorPosition::TrimHorizon,
             Checkpoint::Latest => IteratorPosition::Latest,
@@ -151,14 +147,6 @@ impl ShardConsumer {
         for processor in self.dispatcher.processors() {
             processor.shard_started(&self.stream_arn, &self.shard_id);
         }
-        let lanes = self.dispatcher.settings().parallelization_factor.max(1);
-        // Enough records for every lane to get a full batch.
-        let target_records = (self.settings.batch_size as usize).saturating_mul(lanes);
-        let target_bytes = self
-            .dispatcher
-            .settings()
-            .max_bytes
-            .saturating_mul(lanes as u64);
         let mut cursor = Cursor::new(
             Arc::clone(&self.api),
             Arc::clone(&self.stream_arn),
@@ -167,9 +155,7 @@ impl ShardConsumer {
             self.lease.lost().clone(),
             position,
         );
-        let mut gathered: Vec<Arc<StreamRecord>> = Vec::new();
-        let mut gathered_bytes = 0u64;
-        let mut window_closes: Option<Instant> = None;
+        let mut gatherer = self.gatherer();
         let mut last_records_at = Instant::now();
         loop {
             if shutdown.is_cancelled() {
@@ -178,15 +164,10 @@ impl ShardConsumer {
             if self.lease.is_lost() {
                 return ShardExit::LeaseLost;
             }
-            let limit = target_records.saturating_sub(gathered.len());
-            let page = match cursor.next(limit, &shutdown).await {
+            let page = match cursor.next(gatherer.room(), &shutdown).await {
                 Read::Page { page, restarted } => {
                     if restarted {
-                        // A fresh iterator starts after the last checkpoint:
-                        // anything gathered since is read again.
-                        gathered.clear();
-                        gathered_bytes = 0;
-                        window_closes = None;
+                        gatherer.restart();
                     }
                     page
                 }
@@ -202,40 +183,23 @@ impl ShardConsumer {
                 .last()
                 .and_then(|r| r.dynamodb.approximate_creation_date_time);
             metrics::iterator_age(&self.stream_label, &self.shard_id, age_of(newest));
-            for record in page.records {
-                gathered_bytes += record.dynamodb.size_bytes.max(0) as u64;
-                gathered.push(Arc::new(record));
-            }
-            if !gathered.is_empty() && window_closes.is_none() {
-                window_closes = Some(Instant::now() + self.settings.batch_window);
-            }
             let shard_closed = page.next_iterator.is_none();
-            let full = gathered.len() >= target_records || gathered_bytes >= target_bytes;
-            let window_over = window_closes.is_some_and(|at| Instant::now() >= at);
-            if !gathered.is_empty() && (full || window_over || shard_closed) {
-                let batch = std::mem::take(&mut gathered);
-                gathered_bytes = 0;
-                window_closes = None;
-                let last = batch
-                    .last()
-                    .map(|r| r.sequence_number().clone())
-                    .expect("a non-empty batch has a last record");
+            gatherer.add(page.records);
+            if let Some(batch) = gatherer.take_batch(shard_closed) {
                 // The next page is read while this batch is processed and
                 // checkpointed. It is only read: nothing in it reaches a
                 // processor before this batch's checkpoint is written.
                 let read_ahead = async {
                     if !was_empty {
-                        cursor.read_ahead(target_records, &shutdown).await;
+                        cursor.read_ahead(gatherer.room(), &shutdown).await;
                     }
                 };
-                let (step, ()) = tokio::join!(
-                    self.process_and_checkpoint(batch, &last, &shutdown),
-                    read_ahead,
-                );
-                if let Step::Exit(exit) = step {
-                    return exit;
+                let (done, ()) =
+                    tokio::join!(self.process_and_checkpoint(batch, &shutdown), read_ahead);
+                match done {
+                    Ok(last) => cursor.checkpointed(last),
+                    Err(exit) => return exit,
                 }
-                cursor.checkpointed(last);
                 if cursor.has_page_ahead() {
                     continue;
                 }
@@ -244,16 +208,7 @@ impl ShardConsumer {
                 return self.finish_shard().await;
             }
             if was_empty {
-                // Nothing new: wait the poll interval, or less if a
-                // gathered batch's window closes sooner.
-                let mut pause = if last_records_at.elapsed() >= self.settings.idle_after {
-                    self.settings.idle_poll_interval
-                } else {
-                    self.settings.poll_interval
-                };
-                if let Some(at) = window_closes {
-                    pause = pause.min(at.saturating_duration_since(Instant::now()));
-                }
+                let pause = self.poll_pause(last_records_at, &gatherer);
                 tokio::select! {
                     _ = shutdown.cancelled() => return ShardExit::Stopped,
                     _ = self.lease.lost().cancelled() => return ShardExit::LeaseLost,
@@ -263,21 +218,50 @@ impl ShardConsumer {
         }
     }
 
+    /// A gatherer that fills a batch for every lane.
+    fn gatherer(&self) -> Gatherer {
+        let dispatch = self.dispatcher.settings();
+        let lanes = dispatch.parallelization_factor.max(1);
+        Gatherer::new(
+            (self.settings.batch_size as usize).saturating_mul(lanes),
+            dispatch.max_bytes.saturating_mul(lanes as u64),
+            self.settings.batch_window,
+        )
+    }
+
+    /// The wait after an empty read: the poll interval (longer once the
+    /// shard has been idle), or less if a gathered batch's window closes sooner.
+    fn poll_pause(&self, last_records_at: Instant, gatherer: &Gatherer) -> Duration {
+        let pause = if last_records_at.elapsed() >= self.settings.idle_after {
+            self.settings.idle_poll_interval
+        } else {
+            self.settings.poll_interval
+        };
+        gatherer
+            .window_closes_in()
+            .map_or(pause, |closes| pause.min(closes))
+    }
+
+    /// Dispatches a batch and checkpoints its last record; returns that
+    /// record's sequence number, or how the shard must end.
     async fn process_and_checkpoint(
         &self,
         batch: Vec<Arc<StreamRecord>>,
-        last: &SequenceNumber,
         shutdown: &CancellationToken,
-    ) -> Step {
+    ) -> Result<SequenceNumber, ShardExit> {
+        let last = batch
+            .last()
+            .map(|r| r.sequence_number().clone())
+            .expect("a non-empty batch has a last record");
         // Records flow only under a lease we can still vouch for; if renewals
         // are failing, wait for one to succeed (or for the lease to be lost).
         while !self.lease.is_valid() {
             if self.lease.is_lost() {
-                return Step::Exit(ShardExit::LeaseLost);
+                return Err(ShardExit::LeaseLost);
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return Step::Exit(ShardExit::Stopped),
-                _ = self.lease.lost().cancelled() => return Step::Exit(ShardExit::LeaseLost),
+                _ = shutdown.cancelled() => return Err(ShardExit::Stopped),
+                _ = self.lease.lost().cancelled() => return Err(ShardExit::LeaseLost),
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         }
@@ -294,9 +278,9 @@ impl ShardConsumer {
             .await;
         let report = match outcome {
             Ok(report) => report,
-            Err(Undelivered::LeaseLost) => return Step::Exit(ShardExit::LeaseLost),
-            Err(Undelivered::ShuttingDown) => return Step::Exit(ShardExit::Stopped),
-            Err(Undelivered::Halted(reason)) => return Step::Exit(ShardExit::Halted(reason)),
+            Err(Undelivered::LeaseLost) => return Err(ShardExit::LeaseLost),
+            Err(Undelivered::ShuttingDown) => return Err(ShardExit::Stopped),
+            Err(Undelivered::Halted(reason)) => return Err(ShardExit::Halted(reason)),
         };
         if self.checkpoint(&Checkpoint::Sequence(last.clone())).await {
             tracing::debug!(
@@ -307,9 +291,9 @@ impl ShardConsumer {
                 checkpoint = %last,
                 "batch done and checkpointed"
             );
-            Step::Continue
+            Ok(last)
         } else {
-            Step::Exit(ShardExit::LeaseLost)
+            Err(ShardExit::LeaseLost)
         }
     }
 
