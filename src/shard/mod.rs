@@ -29,7 +29,7 @@ use crate::lease::held::HeldLease;
 use crate::lease::{Checkpoint, LeaseError};
 use crate::record::{SequenceNumber, StreamRecord};
 use crate::retry::{retry, Attempt};
-use crate::streams::{IteratorPosition, StreamsApi};
+use crate::streams::{IteratorPosition, RecordsPage, StreamsApi};
 use crate::telemetry::metrics;
 use cursor::{Cursor, Read};
 use gather::Gatherer;
@@ -144,17 +144,10 @@ impl ShardConsumer {
             Checkpoint::Latest => IteratorPosition::Latest,
             Checkpoint::Sequence(seq) => IteratorPosition::AfterSequenceNumber(seq),
         };
+        let mut cursor = self.cursor(position);
         for processor in self.dispatcher.processors() {
             processor.shard_started(&self.stream_arn, &self.shard_id);
         }
-        let mut cursor = Cursor::new(
-            Arc::clone(&self.api),
-            Arc::clone(&self.stream_arn),
-            Arc::clone(&self.shard_id),
-            self.settings.on_trimmed,
-            self.lease.lost().clone(),
-            position,
-        );
         let mut gatherer = self.gatherer();
         let mut last_records_at = Instant::now();
         loop {
@@ -164,25 +157,14 @@ impl ShardConsumer {
             if self.lease.is_lost() {
                 return ShardExit::LeaseLost;
             }
-            let page = match cursor.next(gatherer.room(), &shutdown).await {
-                Read::Page { page, restarted } => {
-                    if restarted {
-                        gatherer.restart();
-                    }
-                    page
-                }
-                Read::End => return self.finish_shard().await,
-                Read::Exit(exit) => return exit,
+            let page = match self.next_page(&mut cursor, &mut gatherer, &shutdown).await {
+                Ok(page) => page,
+                Err(exit) => return exit,
             };
             let was_empty = page.records.is_empty();
             if !was_empty {
                 last_records_at = Instant::now();
             }
-            let newest = page
-                .records
-                .last()
-                .and_then(|r| r.dynamodb.approximate_creation_date_time);
-            metrics::iterator_age(&self.stream_label, &self.shard_id, age_of(newest));
             let shard_closed = page.next_iterator.is_none();
             gatherer.add(page.records);
             if let Some(batch) = gatherer.take_batch(shard_closed) {
@@ -216,6 +198,44 @@ impl ShardConsumer {
                 }
             }
         }
+    }
+
+    /// The next page from the cursor, with the gatherer restarted when the
+    /// cursor restarted from the checkpoint; `Err` when the shard must end.
+    async fn next_page(
+        &self,
+        cursor: &mut Cursor,
+        gatherer: &mut Gatherer,
+        shutdown: &CancellationToken,
+    ) -> Result<RecordsPage, ShardExit> {
+        let page = match cursor.next(gatherer.room(), shutdown).await {
+            Read::Page { page, restarted } => {
+                if restarted {
+                    gatherer.restart();
+                }
+                page
+            }
+            Read::End => return Err(self.finish_shard().await),
+            Read::Exit(exit) => return Err(exit),
+        };
+        let newest = page
+            .records
+            .last()
+            .and_then(|r| r.dynamodb.approximate_creation_date_time);
+        metrics::iterator_age(&self.stream_label, &self.shard_id, age_of(newest));
+        Ok(page)
+    }
+
+    /// A cursor into this shard from `position`, stopping with the lease.
+    fn cursor(&self, position: IteratorPosition) -> Cursor {
+        Cursor::new(
+            Arc::clone(&self.api),
+            Arc::clone(&self.stream_arn),
+            Arc::clone(&self.shard_id),
+            self.settings.on_trimmed,
+            self.lease.lost().clone(),
+            position,
+        )
     }
 
     /// A gatherer that fills a batch for every lane.
