@@ -87,6 +87,21 @@ impl<E> RetryError<E> {
 pub async fn retry<T, E, F, Fut>(
     backoff: &mut Backoff,
     cancellation: &CancellationToken,
+    operation: F,
+) -> Result<T, RetryError<E>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Attempt<T, E>>,
+{
+    retry_unless_any(backoff, &[cancellation], operation).await
+}
+
+/// [`retry`] for a caller that must stop waiting on any of several tokens
+/// (a shard stops on shutdown and on losing its lease); the caller tells
+/// which one fired by asking them.
+pub async fn retry_unless_any<T, E, F, Fut>(
+    backoff: &mut Backoff,
+    cancellations: &[&CancellationToken],
     mut operation: F,
 ) -> Result<T, RetryError<E>>
 where
@@ -98,17 +113,25 @@ where
             Attempt::Done(value) => return Ok(value),
             Attempt::Fail(err) => return Err(RetryError::Failed(err)),
             Attempt::Retry(err) => {
-                if cancellation.is_cancelled() {
+                if cancellations.iter().any(|c| c.is_cancelled()) {
                     return Err(RetryError::Cancelled(err));
                 }
                 let delay = backoff.next_delay();
                 tokio::select! {
-                    _ = cancellation.cancelled() => return Err(RetryError::Cancelled(err)),
+                    _ = any_cancelled(cancellations) => return Err(RetryError::Cancelled(err)),
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
         }
     }
+}
+
+/// Completes when any of `tokens` is cancelled (never, for none).
+async fn any_cancelled(tokens: &[&CancellationToken]) {
+    if tokens.is_empty() {
+        return std::future::pending().await;
+    }
+    futures::future::select_all(tokens.iter().map(|token| Box::pin(token.cancelled()))).await;
 }
 
 #[cfg(test)]
@@ -187,6 +210,34 @@ mod tests {
         .await;
         assert_eq!(result, Err(RetryError::Cancelled("throttled")));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn any_of_several_tokens_ends_the_wait() {
+        let shutdown = CancellationToken::new();
+        let lease_lost = CancellationToken::new();
+        let calls = AtomicU32::new(0);
+        let lose_later = {
+            let lease_lost = lease_lost.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                lease_lost.cancel();
+            }
+        };
+        let started = tokio::time::Instant::now();
+        let mut backoff = Backoff::new(Duration::from_secs(10), Duration::from_secs(10));
+        let tokens = [&shutdown, &lease_lost];
+        let (result, ()) = tokio::join!(
+            retry_unless_any(&mut backoff, &tokens, || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Attempt::<(), _>::Retry("busy")
+            }),
+            lose_later
+        );
+        assert_eq!(result, Err(RetryError::Cancelled("busy")));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // The 5..=10 s wait ended when the second token fired, not later.
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
     }
 
     #[test]

@@ -37,6 +37,7 @@ use crate::backoff::Backoff;
 use crate::filter::FilterSet;
 use crate::processor::{Batch, BatchOutcome, Processor, ProcessorError};
 use crate::record::{SequenceNumber, StreamRecord};
+use crate::retry::{retry_unless_any, Attempt, RetryError};
 use destination::{FailedBatch, FailureDestination, FailureReason};
 
 use crate::telemetry::events::{RecordsSentToDestination, ShardHalted};
@@ -126,6 +127,64 @@ struct Chunk {
     records: Vec<Arc<StreamRecord>>,
     failed_attempts: u32,
     last_error: Option<String>,
+}
+
+impl Chunk {
+    fn new(records: Vec<Arc<StreamRecord>>) -> Self {
+        Chunk {
+            records,
+            failed_attempts: 0,
+            last_error: None,
+        }
+    }
+}
+
+/// What one lane of a dispatch works for and listens to.
+struct Lane<'a> {
+    stream_arn: &'a Arc<str>,
+    shard_id: &'a Arc<str>,
+    /// The stream's metric label, computed once per lane.
+    stream: Arc<StreamMetrics>,
+    lease_lost: &'a CancellationToken,
+    shutdown: &'a CancellationToken,
+}
+
+impl Lane<'_> {
+    /// Why the lane stopped waiting: the lease went, or the worker is stopping.
+    fn stopped(&self) -> Undelivered {
+        if self.lease_lost.is_cancelled() {
+            Undelivered::LeaseLost
+        } else {
+            Undelivered::ShuttingDown
+        }
+    }
+}
+
+/// How a chunk's attempts ended well.
+enum Settled {
+    /// Every record succeeded (or the named failures were all stored): the
+    /// lane's backoff starts again.
+    Succeeded,
+    /// The chunk's records went to the destination.
+    Stored,
+}
+
+/// Why an attempt at a chunk did not settle it.
+enum Setback {
+    /// The processors failed; retried after a backoff delay.
+    Failed,
+    /// Bisected into two halves, each tried in turn from the front of the lane.
+    Bisected(Chunk, Chunk),
+    /// Records could not be stored, or the lane had to stop.
+    Undelivered(Undelivered),
+}
+
+impl Dispatched {
+    fn add(&mut self, other: &Dispatched) {
+        self.processed += other.processed;
+        self.filtered += other.filtered;
+        self.sent_to_destination += other.sent_to_destination;
+    }
 }
 
 impl Dispatcher {
@@ -232,154 +291,202 @@ impl Dispatcher {
         lease_lost: &CancellationToken,
         shutdown: &CancellationToken,
     ) -> Result<Dispatched, Undelivered> {
+        let lane = Lane {
+            stream_arn,
+            shard_id,
+            stream: StreamMetrics::of(stream_arn),
+            lease_lost,
+            shutdown,
+        };
         let mut report = Dispatched::default();
         let mut queue: VecDeque<Chunk> =
             chunks(records, self.settings.batch_size, self.settings.max_bytes)
                 .into_iter()
-                .map(|records| Chunk {
-                    records,
-                    failed_attempts: 0,
-                    last_error: None,
-                })
+                .map(Chunk::new)
                 .collect();
+        // One backoff per lane, reset only when a chunk succeeds: a lane
+        // whose chunks keep failing keeps slowing down across them.
         let mut backoff = Backoff::new(self.settings.retry_base, self.settings.retry_max);
-        let stream = StreamMetrics::of(stream_arn);
-        while let Some(mut chunk) = queue.pop_front() {
-            if let Some(too_old) = self.split_off_too_old(&mut chunk) {
-                report.sent_to_destination += too_old.records.len();
-                self.give_up(
-                    stream_arn,
-                    shard_id,
-                    too_old,
-                    FailureReason::RecordTooOld,
-                    lease_lost,
-                    shutdown,
-                )
-                .await?;
-                if chunk.records.is_empty() {
-                    continue;
+        while let Some(chunk) = queue.pop_front() {
+            let state = tokio::sync::Mutex::new((chunk, Dispatched::default()));
+            let settled = retry_unless_any(&mut backoff, &[lease_lost, shutdown], || {
+                self.try_chunk(&lane, &state)
+            })
+            .await;
+            report.add(&state.into_inner().1);
+            match settled {
+                Ok(Settled::Succeeded) => backoff.reset(),
+                Ok(Settled::Stored) => {}
+                Err(RetryError::Failed(Setback::Bisected(first, second))) => {
+                    queue.push_front(second);
+                    queue.push_front(first);
+                }
+                Err(RetryError::Failed(Setback::Undelivered(why))) => return Err(why),
+                Err(RetryError::Failed(Setback::Failed)) | Err(RetryError::Cancelled(_)) => {
+                    return Err(lane.stopped());
                 }
             }
-            let batch = Batch {
-                stream_arn: Arc::clone(stream_arn),
-                shard_id: Arc::clone(shard_id),
-                records: chunk.records.clone(),
-            };
-            let mut known_failures = false;
-            let error = match self.attempt(&batch).await {
-                Ok(()) => {
-                    stream.batch(BatchOutcomeLabel::Success);
-                    stream.processed(&chunk.records);
-                    report.processed += chunk.records.len();
-                    backoff.reset();
-                    continue;
-                }
-                Err(AttemptError::Partial {
-                    first_failed,
-                    error,
-                }) => {
-                    // Lambda's contract: the records before the earliest
-                    // failure succeeded; retry from it on.
-                    stream.batch(BatchOutcomeLabel::PartialFailure);
-                    stream.processed(&chunk.records[..first_failed]);
-                    report.processed += first_failed;
-                    chunk.records.drain(..first_failed);
-                    error
-                }
-                Err(AttemptError::Records(failures)) => {
-                    stream.batch(BatchOutcomeLabel::PartialFailure);
-                    let (rejected, retry) = self.sort_out_failures(&stream, &mut chunk, failures);
-                    report.processed += chunk.records.len() - rejected.len() - retry.len();
-                    if !rejected.is_empty() {
-                        let error = rejected[0].1.message.clone();
-                        let given_up = Chunk {
-                            records: rejected.into_iter().map(|(r, _)| r).collect(),
-                            failed_attempts: chunk.failed_attempts + 1,
-                            last_error: Some(error),
-                        };
-                        report.sent_to_destination += given_up.records.len();
-                        self.give_up(
-                            stream_arn,
-                            shard_id,
-                            given_up,
-                            FailureReason::Rejected,
-                            lease_lost,
-                            shutdown,
-                        )
-                        .await?;
-                    }
-                    let Some(error) = retry.first().map(|(_, e)| e.clone()) else {
-                        backoff.reset();
-                        continue;
+        }
+        Ok(report)
+    }
+
+    /// One attempt at a chunk, as [`retry_unless_any`] sees it: records too
+    /// old to retry are stored first, what succeeds is counted in the
+    /// report, what failed for good is stored, and the rest stays in the
+    /// chunk to be retried, split in halves or given up on.
+    async fn try_chunk(
+        &self,
+        lane: &Lane<'_>,
+        state: &tokio::sync::Mutex<(Chunk, Dispatched)>,
+    ) -> Attempt<Settled, Setback> {
+        let mut guard = state.lock().await;
+        let (chunk, report) = &mut *guard;
+        if let Some(too_old) = self.split_off_too_old(chunk) {
+            report.sent_to_destination += too_old.records.len();
+            if let Err(why) = self
+                .give_up(lane, too_old, FailureReason::RecordTooOld)
+                .await
+            {
+                return Attempt::Fail(Setback::Undelivered(why));
+            }
+            if chunk.records.is_empty() {
+                return Attempt::Done(Settled::Stored);
+            }
+        }
+        match self.deliver(lane, chunk, report).await {
+            Ok(None) => Attempt::Done(Settled::Succeeded),
+            Ok(Some((error, known_failures))) => {
+                self.after_failure(lane, chunk, report, error, known_failures)
+                    .await
+            }
+            Err(why) => Attempt::Fail(Setback::Undelivered(why)),
+        }
+    }
+
+    /// Hands `chunk` to every processor once and accounts for the answer:
+    /// the records that succeeded leave the chunk, those refused for good
+    /// are stored. `Some` with the error (and whether the processors named
+    /// the failed records) when records are left to retry.
+    async fn deliver(
+        &self,
+        lane: &Lane<'_>,
+        chunk: &mut Chunk,
+        report: &mut Dispatched,
+    ) -> Result<Option<(ProcessorError, bool)>, Undelivered> {
+        let batch = Batch {
+            stream_arn: Arc::clone(lane.stream_arn),
+            shard_id: Arc::clone(lane.shard_id),
+            records: chunk.records.clone(),
+        };
+        let stream = &lane.stream;
+        match self.attempt(&batch).await {
+            Ok(()) => {
+                stream.batch(BatchOutcomeLabel::Success);
+                stream.processed(&chunk.records);
+                report.processed += chunk.records.len();
+                Ok(None)
+            }
+            Err(AttemptError::Partial {
+                first_failed,
+                error,
+            }) => {
+                // Lambda's contract: the records before the earliest
+                // failure succeeded; retry from it on.
+                stream.batch(BatchOutcomeLabel::PartialFailure);
+                stream.processed(&chunk.records[..first_failed]);
+                report.processed += first_failed;
+                chunk.records.drain(..first_failed);
+                Ok(Some((error, false)))
+            }
+            Err(AttemptError::Records(failures)) => {
+                stream.batch(BatchOutcomeLabel::PartialFailure);
+                let (rejected, retry) = self.sort_out_failures(stream, chunk, failures);
+                report.processed += chunk.records.len() - rejected.len() - retry.len();
+                if !rejected.is_empty() {
+                    let given_up = Chunk {
+                        last_error: Some(rejected[0].1.message.clone()),
+                        records: rejected.into_iter().map(|(r, _)| r).collect(),
+                        failed_attempts: chunk.failed_attempts + 1,
                     };
-                    chunk.records = retry.into_iter().map(|(r, _)| r).collect();
-                    known_failures = true;
-                    error
+                    report.sent_to_destination += given_up.records.len();
+                    self.give_up(lane, given_up, FailureReason::Rejected)
+                        .await?;
                 }
-                Err(AttemptError::Whole(error)) => {
-                    stream.batch(BatchOutcomeLabel::Failure);
-                    error
-                }
+                let Some(error) = retry.first().map(|(_, e)| e.clone()) else {
+                    return Ok(None);
+                };
+                chunk.records = retry.into_iter().map(|(r, _)| r).collect();
+                Ok(Some((error, true)))
+            }
+            Err(AttemptError::Whole(error)) => {
+                stream.batch(BatchOutcomeLabel::Failure);
+                Ok(Some((error, false)))
+            }
+        }
+    }
+
+    /// After a failed attempt: split the chunk in halves (bisecting), store
+    /// it (its attempts ran out), or retry it.
+    async fn after_failure(
+        &self,
+        lane: &Lane<'_>,
+        chunk: &mut Chunk,
+        report: &mut Dispatched,
+        error: ProcessorError,
+        known_failures: bool,
+    ) -> Attempt<Settled, Setback> {
+        chunk.last_error = Some(error.message.clone());
+        // Bisecting isolates failing records; a processor that named
+        // them has done that already.
+        if self.settings.bisect_on_error && chunk.records.len() > 1 && !known_failures {
+            // Splitting is not a retry: both halves keep the attempts used so far.
+            let second = chunk.records.split_off(chunk.records.len() / 2);
+            tracing::warn!(
+                records = chunk.records.len() + second.len(),
+                error = %error.message,
+                "batch failed; bisecting it to isolate the failing records"
+            );
+            let second = Chunk {
+                records: second,
+                failed_attempts: chunk.failed_attempts,
+                last_error: chunk.last_error.clone(),
             };
-            chunk.last_error = Some(error.message.clone());
-            // Bisecting isolates failing records; a processor that named
-            // them has done that already.
-            if self.settings.bisect_on_error && chunk.records.len() > 1 && !known_failures {
-                // Splitting is not a retry: both halves keep the attempts used so far.
-                let second = chunk.records.split_off(chunk.records.len() / 2);
-                tracing::warn!(
-                    records = chunk.records.len() + second.len(),
-                    error = %error.message,
-                    "batch failed; bisecting it to isolate the failing records"
-                );
-                queue.push_front(Chunk {
-                    records: second,
-                    failed_attempts: chunk.failed_attempts,
-                    last_error: chunk.last_error.clone(),
-                });
-                queue.push_front(chunk);
-                continue;
-            }
-            chunk.failed_attempts += 1;
-            let exhausted = self
-                .settings
-                .max_retry_attempts
-                .is_some_and(|max| chunk.failed_attempts > max)
-                || !error.retryable && self.destination.is_some();
-            if exhausted {
-                tracing::error!(
-                    records = chunk.records.len(),
-                    attempts = chunk.failed_attempts,
-                    first_sequence_number = %first_sequence(&chunk.records),
-                    error = %error.message,
-                    "batch failed on every allowed attempt"
-                );
-                report.sent_to_destination += chunk.records.len();
-                self.give_up(
-                    stream_arn,
-                    shard_id,
-                    chunk,
-                    FailureReason::RetriesExhausted,
-                    lease_lost,
-                    shutdown,
-                )
-                .await?;
-                continue;
-            }
-            let delay = backoff.next_delay();
+            let first = std::mem::replace(chunk, Chunk::new(Vec::new()));
+            return Attempt::Fail(Setback::Bisected(first, second));
+        }
+        chunk.failed_attempts += 1;
+        let exhausted = self
+            .settings
+            .max_retry_attempts
+            .is_some_and(|max| chunk.failed_attempts > max)
+            || !error.retryable && self.destination.is_some();
+        if !exhausted {
             tracing::error!(
                 attempt = chunk.failed_attempts,
                 records = chunk.records.len(),
                 first_sequence_number = %first_sequence(&chunk.records),
                 retryable = error.retryable,
-                retry_in_ms = delay.as_millis() as u64,
                 error = %error.message,
                 "batch failed; the lane waits and retries it"
             );
-            wait(delay, lease_lost, shutdown).await?;
-            queue.push_front(chunk);
+            return Attempt::Retry(Setback::Failed);
         }
-        Ok(report)
+        tracing::error!(
+            records = chunk.records.len(),
+            attempts = chunk.failed_attempts,
+            first_sequence_number = %first_sequence(&chunk.records),
+            error = %error.message,
+            "batch failed on every allowed attempt"
+        );
+        report.sent_to_destination += chunk.records.len();
+        let given_up = std::mem::replace(chunk, Chunk::new(Vec::new()));
+        match self
+            .give_up(lane, given_up, FailureReason::RetriesExhausted)
+            .await
+        {
+            Ok(()) => Attempt::Done(Settled::Stored),
+            Err(why) => Attempt::Fail(Setback::Undelivered(why)),
+        }
     }
 
     /// Splits a chunk's named failures into the records refused for good and
@@ -455,12 +562,9 @@ impl Dispatcher {
     /// itself until it takes them; halts the shard when there is none.
     async fn give_up(
         &self,
-        stream_arn: &Arc<str>,
-        shard_id: &Arc<str>,
+        lane: &Lane<'_>,
         chunk: Chunk,
         reason: FailureReason,
-        lease_lost: &CancellationToken,
-        shutdown: &CancellationToken,
     ) -> Result<(), Undelivered> {
         let Some(destination) = &self.destination else {
             let message = format!(
@@ -475,8 +579,8 @@ impl Dispatcher {
         };
         let failed = FailedBatch {
             reason,
-            stream_arn: stream_arn.to_string(),
-            shard_id: shard_id.to_string(),
+            stream_arn: lane.stream_arn.to_string(),
+            shard_id: lane.shard_id.to_string(),
             start_sequence_number: first_sequence(&chunk.records),
             end_sequence_number: chunk
                 .records
@@ -494,27 +598,29 @@ impl Dispatcher {
             records: chunk.records,
         };
         let mut backoff = Backoff::new(self.settings.retry_base, self.settings.retry_max);
-        loop {
+        let sent = retry_unless_any(&mut backoff, &[lane.lease_lost, lane.shutdown], || async {
             match destination.send(&failed).await {
-                Ok(()) => {
-                    RecordsSentToDestination {
-                        stream: &StreamMetrics::of(stream_arn),
-                        destination: destination.kind(),
-                        records: failed.record_count,
-                        start: &failed.start_sequence_number,
-                        end: &failed.end_sequence_number,
-                        reason: &reason,
-                    }
-                    .emit();
-                    return Ok(());
-                }
+                Ok(()) => Attempt::Done(()),
                 Err(err) => {
-                    let delay = backoff.next_delay();
-                    tracing::error!(error = %err, retry_in_ms = delay.as_millis() as u64, "could not write to the failure destination; retrying");
-                    wait(delay, lease_lost, shutdown).await?;
+                    tracing::error!(error = %err, "could not write to the failure destination; retrying");
+                    Attempt::<(), ()>::Retry(())
                 }
             }
+        })
+        .await;
+        if sent.is_err() {
+            return Err(lane.stopped());
         }
+        RecordsSentToDestination {
+            stream: &lane.stream,
+            destination: destination.kind(),
+            records: failed.record_count,
+            start: &failed.start_sequence_number,
+            end: &failed.end_sequence_number,
+            reason: &reason,
+        }
+        .emit();
+        Ok(())
     }
 
     /// One attempt: every processor, in order, with the same chunk.
@@ -616,18 +722,6 @@ fn first_sequence(records: &[Arc<StreamRecord>]) -> String {
         .first()
         .map(|r| r.sequence_number().to_string())
         .unwrap_or_default()
-}
-
-async fn wait(
-    delay: Duration,
-    lease_lost: &CancellationToken,
-    shutdown: &CancellationToken,
-) -> Result<(), Undelivered> {
-    tokio::select! {
-        _ = lease_lost.cancelled() => Err(Undelivered::LeaseLost),
-        _ = shutdown.cancelled() => Err(Undelivered::ShuttingDown),
-        _ = tokio::time::sleep(delay) => Ok(()),
-    }
 }
 
 /// The lane of a record: a hash of its item key, so one key always lands

@@ -19,17 +19,20 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod cursor;
+mod gather;
+
 use crate::backoff::Backoff;
 use crate::config::OnTrimmed;
 use crate::dispatch::{Dispatcher, Undelivered};
 use crate::lease::held::HeldLease;
 use crate::lease::{Checkpoint, LeaseError};
 use crate::record::{SequenceNumber, StreamRecord};
-use crate::streams::{
-    IteratorPosition, RecordsPage, StreamsApi, StreamsError, MAX_RECORDS_PER_READ,
-};
-use crate::telemetry::events::{IteratorExpired, TrimmedDataSkipped, TrimmedDataStopped};
+use crate::retry::{retry, Attempt};
+use crate::streams::{IteratorPosition, RecordsPage, StreamsApi};
 use crate::telemetry::metrics;
+use cursor::{Cursor, Read};
+use gather::Gatherer;
 
 /// How a shard consumer reads.
 #[derive(Debug, Clone)]
@@ -106,11 +109,6 @@ fn age_of(created_epoch_secs: Option<i64>) -> f64 {
     (now - created as f64).max(0.0)
 }
 
-enum Step {
-    Continue,
-    Exit(ShardExit),
-}
-
 impl ShardConsumer {
     /// A consumer for `shard_id` of `stream_arn`, under `lease`.
     pub fn new(
@@ -137,31 +135,17 @@ impl ShardConsumer {
     /// fatal error occurs. On shutdown a batch being processed is finished
     /// and checkpointed first.
     pub async fn run(self, shutdown: CancellationToken) -> ShardExit {
-        let checkpoint = self.lease.snapshot().await.checkpoint;
-        let mut position = match checkpoint {
+        let position = match self.lease.snapshot().await.checkpoint {
             Checkpoint::ShardEnd => return ShardExit::Ended,
             Checkpoint::TrimHorizon => IteratorPosition::TrimHorizon,
             Checkpoint::Latest => IteratorPosition::Latest,
             Checkpoint::Sequence(seq) => IteratorPosition::AfterSequenceNumber(seq),
         };
+        let mut cursor = self.cursor(position);
         for processor in self.dispatcher.processors() {
             processor.shard_started(&self.stream_arn, &self.shard_id);
         }
-        let lanes = self.dispatcher.settings().parallelization_factor.max(1);
-        // Enough records for every lane to get a full batch.
-        let target_records = (self.settings.batch_size as usize).saturating_mul(lanes);
-        let target_bytes = self
-            .dispatcher
-            .settings()
-            .max_bytes
-            .saturating_mul(lanes as u64);
-        let mut announced = false;
-        let mut iterator: Option<String> = None;
-        let mut backoff = Backoff::for_aws_calls();
-        let mut gathered: Vec<Arc<StreamRecord>> = Vec::new();
-        let mut gathered_bytes = 0u64;
-        let mut window_closes: Option<Instant> = None;
-        let mut read_ahead: Option<(String, Result<RecordsPage, StreamsError>)> = None;
+        let mut gatherer = self.gatherer();
         let mut last_records_at = Instant::now();
         loop {
             if shutdown.is_cancelled() {
@@ -170,137 +154,40 @@ impl ShardConsumer {
             if self.lease.is_lost() {
                 return ShardExit::LeaseLost;
             }
-            let (current, answer) = match read_ahead.take() {
-                Some(answered) => answered,
-                None => {
-                    let current = match iterator.take() {
-                        Some(current) => current,
-                        None => {
-                            // A fresh iterator starts after the last checkpoint:
-                            // anything gathered since is read again.
-                            gathered.clear();
-                            gathered_bytes = 0;
-                            window_closes = None;
-                            let answer = tokio::select! {
-                                _ = shutdown.cancelled() => return ShardExit::Stopped,
-                                _ = self.lease.lost().cancelled() => return ShardExit::LeaseLost,
-                                answer = self.api.get_shard_iterator(&self.stream_arn, &self.shard_id, &position) => answer,
-                            };
-                            match answer {
-                                Ok(Some(fresh)) => {
-                                    backoff.reset();
-                                    if !announced {
-                                        announced = true;
-                                        tracing::info!(position = ?position, "shard consumer started");
-                                    }
-                                    fresh
-                                }
-                                Ok(None) => return self.finish_shard().await,
-                                Err(err) => match self
-                                    .on_read_error(err, &mut position, &mut backoff, &shutdown)
-                                    .await
-                                {
-                                    Step::Continue => continue,
-                                    Step::Exit(exit) => return exit,
-                                },
-                            }
-                        }
-                    };
-                    let limit = target_records
-                        .saturating_sub(gathered.len())
-                        .clamp(1, MAX_RECORDS_PER_READ as usize)
-                        as u32;
-                    let answer = tokio::select! {
-                        _ = shutdown.cancelled() => return ShardExit::Stopped,
-                        _ = self.lease.lost().cancelled() => return ShardExit::LeaseLost,
-                        answer = self.api.get_records(&self.stream_arn, &current, limit) => answer,
-                    };
-                    (current, answer)
-                }
-            };
-            let page = match answer {
-                Ok(page) => {
-                    backoff.reset();
-                    page
-                }
-                Err(err) => {
-                    // A transient failure keeps the iterator; anything that
-                    // invalidates it leaves `iterator` empty to re-acquire.
-                    if err.is_retryable() {
-                        iterator = Some(current);
-                    }
-                    match self
-                        .on_read_error(err, &mut position, &mut backoff, &shutdown)
-                        .await
-                    {
-                        Step::Continue => continue,
-                        Step::Exit(exit) => return exit,
-                    }
-                }
+            let page = match self.next_page(&mut cursor, &mut gatherer, &shutdown).await {
+                Ok(page) => page,
+                Err(exit) => return exit,
             };
             let was_empty = page.records.is_empty();
             if !was_empty {
                 last_records_at = Instant::now();
             }
-            let newest = page
-                .records
-                .last()
-                .and_then(|r| r.dynamodb.approximate_creation_date_time);
-            self.metrics.iterator_age(age_of(newest));
-            for record in page.records {
-                gathered_bytes += record.dynamodb.size_bytes.max(0) as u64;
-                gathered.push(Arc::new(record));
-            }
-            if !gathered.is_empty() && window_closes.is_none() {
-                window_closes = Some(Instant::now() + self.settings.batch_window);
-            }
             let shard_closed = page.next_iterator.is_none();
-            let full = gathered.len() >= target_records || gathered_bytes >= target_bytes;
-            let window_over = window_closes.is_some_and(|at| Instant::now() >= at);
-            if !gathered.is_empty() && (full || window_over || shard_closed) {
-                let batch = std::mem::take(&mut gathered);
-                gathered_bytes = 0;
-                window_closes = None;
-                let last = batch
-                    .last()
-                    .map(|r| r.sequence_number().clone())
-                    .expect("a non-empty batch has a last record");
+            gatherer.add(page.records);
+            if let Some(batch) = gatherer.take_batch(shard_closed) {
                 // The next page is read while this batch is processed and
-                // checkpointed, so a busy shard costs one round trip per
-                // batch, not two. It is only read: nothing in it reaches a
+                // checkpointed. It is only read: nothing in it reaches a
                 // processor before this batch's checkpoint is written.
-                let next = match (&page.next_iterator, was_empty) {
-                    (Some(next), false) => Some(next.clone()),
-                    _ => None,
+                let read_ahead = async {
+                    if !was_empty {
+                        cursor.read_ahead(gatherer.room(), &shutdown).await;
+                    }
                 };
-                let (step, answered) = tokio::join!(
-                    self.process_and_checkpoint(batch, &last, &shutdown),
-                    self.read_ahead(next, target_records, &shutdown),
-                );
-                if let Step::Exit(exit) = step {
-                    return exit;
+                let (done, ()) =
+                    tokio::join!(self.process_and_checkpoint(batch, &shutdown), read_ahead);
+                match done {
+                    Ok(last) => cursor.checkpointed(last),
+                    Err(exit) => return exit,
                 }
-                position = IteratorPosition::AfterSequenceNumber(last);
-                if answered.is_some() {
-                    read_ahead = answered;
+                if cursor.has_page_ahead() {
                     continue;
                 }
             }
-            match page.next_iterator {
-                None => return self.finish_shard().await,
-                Some(next) => iterator = Some(next),
+            if shard_closed {
+                return self.finish_shard().await;
             }
             if was_empty {
-                // Nothing new: wait the poll interval, or less if a
-                // gathered batch's window closes sooner.
-                let mut pause = if last_records_at.elapsed() >= self.settings.idle_after {
-                    self.settings.idle_poll_interval
-                } else {
-                    self.settings.poll_interval
-                };
-                if let Some(at) = window_closes {
-                    pause = pause.min(at.saturating_duration_since(Instant::now()));
-                }
+                let pause = self.poll_pause(last_records_at, &gatherer);
                 tokio::select! {
                     _ = shutdown.cancelled() => return ShardExit::Stopped,
                     _ = self.lease.lost().cancelled() => return ShardExit::LeaseLost,
@@ -310,103 +197,88 @@ impl ShardConsumer {
         }
     }
 
-    async fn on_read_error(
+    /// The next page from the cursor, with the gatherer restarted when the
+    /// cursor restarted from the checkpoint; `Err` when the shard must end.
+    async fn next_page(
         &self,
-        err: StreamsError,
-        position: &mut IteratorPosition,
-        backoff: &mut Backoff,
+        cursor: &mut Cursor,
+        gatherer: &mut Gatherer,
         shutdown: &CancellationToken,
-    ) -> Step {
-        match err {
-            StreamsError::ExpiredIterator(message) => {
-                IteratorExpired { message: &message }.emit();
-                Step::Continue
-            }
-            StreamsError::TrimmedData(message) if *position == IteratorPosition::Latest => {
-                // A LATEST iterator asks for nothing older than itself, so no
-                // record was lost. DynamoDB Local answers this way for a LATEST
-                // iterator on a shard that was empty when it was issued; every
-                // record now in the shard came after that point.
-                tracing::debug!(%message, "LATEST iterator refused as trimmed; reading the shard from its start");
-                *position = IteratorPosition::TrimHorizon;
-                Step::Continue
-            }
-            StreamsError::TrimmedData(message) => {
-                if self.settings.on_trimmed == OnTrimmed::Stop {
-                    let reason = format!(
-                        "the shard position {position:?} fell behind the stream's 24-hour retention \
-                         (records were lost before they could be read) and DYNASTREAM_ON_TRIMMED=stop: \
-                         the shard stops here until an operator acts ({message})"
-                    );
-                    TrimmedDataStopped {
-                        stream: self.metrics.stream(),
-                        reason: &reason,
-                    }
-                    .emit();
-                    return Step::Exit(ShardExit::Halted(reason));
+    ) -> Result<RecordsPage, ShardExit> {
+        let page = match cursor.next(gatherer.room(), shutdown).await {
+            Read::Page { page, restarted } => {
+                if restarted {
+                    gatherer.restart();
                 }
-                TrimmedDataSkipped {
-                    stream: self.metrics.stream(),
-                    message: &message,
-                    position,
-                }
-                .emit();
-                *position = IteratorPosition::TrimHorizon;
-                Step::Continue
+                page
             }
-            StreamsError::NotFound(message) => {
-                tracing::warn!(%message, "shard no longer exists (trimmed away); treating it as ended");
-                Step::Exit(self.finish_shard().await)
-            }
-            err if err.is_retryable() => {
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "stream read failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => Step::Exit(ShardExit::Stopped),
-                    _ = self.lease.lost().cancelled() => Step::Exit(ShardExit::LeaseLost),
-                    _ = tokio::time::sleep(delay) => Step::Continue,
-                }
-            }
-            err => {
-                tracing::error!(error = %err, "stream read failed and cannot be retried");
-                Step::Exit(ShardExit::Failed(err.to_string()))
-            }
-        }
+            Read::End => return Err(self.finish_shard().await),
+            Read::Exit(exit) => return Err(exit),
+        };
+        let newest = page
+            .records
+            .last()
+            .and_then(|r| r.dynamodb.approximate_creation_date_time);
+        self.metrics.iterator_age(age_of(newest));
+        Ok(page)
     }
 
-    /// GetRecords on `iterator` (when there is one), given up on shutdown
-    /// or when the lease is lost. Returns the iterator with the answer, so
-    /// that a failed read can be retried or re-acquired like any other.
-    async fn read_ahead(
-        &self,
-        iterator: Option<String>,
-        limit: usize,
-        shutdown: &CancellationToken,
-    ) -> Option<(String, Result<RecordsPage, StreamsError>)> {
-        let iterator = iterator?;
-        let limit = limit.clamp(1, MAX_RECORDS_PER_READ as usize) as u32;
-        tokio::select! {
-            _ = shutdown.cancelled() => None,
-            _ = self.lease.lost().cancelled() => None,
-            answer = self.api.get_records(&self.stream_arn, &iterator, limit) => Some((iterator, answer)),
-        }
+    /// A cursor into this shard from `position`, stopping with the lease.
+    fn cursor(&self, position: IteratorPosition) -> Cursor {
+        Cursor::new(
+            Arc::clone(&self.api),
+            Arc::clone(&self.stream_arn),
+            Arc::clone(&self.shard_id),
+            self.settings.on_trimmed,
+            self.lease.lost().clone(),
+            position,
+        )
     }
 
+    /// A gatherer that fills a batch for every lane.
+    fn gatherer(&self) -> Gatherer {
+        let dispatch = self.dispatcher.settings();
+        let lanes = dispatch.parallelization_factor.max(1);
+        Gatherer::new(
+            (self.settings.batch_size as usize).saturating_mul(lanes),
+            dispatch.max_bytes.saturating_mul(lanes as u64),
+            self.settings.batch_window,
+        )
+    }
+
+    /// The wait after an empty read: the poll interval (longer once the
+    /// shard has been idle), or less if a gathered batch's window closes sooner.
+    fn poll_pause(&self, last_records_at: Instant, gatherer: &Gatherer) -> Duration {
+        let pause = if last_records_at.elapsed() >= self.settings.idle_after {
+            self.settings.idle_poll_interval
+        } else {
+            self.settings.poll_interval
+        };
+        gatherer
+            .window_closes_in()
+            .map_or(pause, |closes| pause.min(closes))
+    }
+
+    /// Dispatches a batch and checkpoints its last record; returns that
+    /// record's sequence number, or how the shard must end.
     async fn process_and_checkpoint(
         &self,
         batch: Vec<Arc<StreamRecord>>,
-        last: &SequenceNumber,
         shutdown: &CancellationToken,
-    ) -> Step {
+    ) -> Result<SequenceNumber, ShardExit> {
+        let last = batch
+            .last()
+            .map(|r| r.sequence_number().clone())
+            .expect("a non-empty batch has a last record");
         // Records flow only under a lease we can still vouch for; if renewals
         // are failing, wait for one to succeed (or for the lease to be lost).
         while !self.lease.is_valid() {
             if self.lease.is_lost() {
-                return Step::Exit(ShardExit::LeaseLost);
+                return Err(ShardExit::LeaseLost);
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return Step::Exit(ShardExit::Stopped),
-                _ = self.lease.lost().cancelled() => return Step::Exit(ShardExit::LeaseLost),
+                _ = shutdown.cancelled() => return Err(ShardExit::Stopped),
+                _ = self.lease.lost().cancelled() => return Err(ShardExit::LeaseLost),
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         }
@@ -423,9 +295,9 @@ impl ShardConsumer {
             .await;
         let report = match outcome {
             Ok(report) => report,
-            Err(Undelivered::LeaseLost) => return Step::Exit(ShardExit::LeaseLost),
-            Err(Undelivered::ShuttingDown) => return Step::Exit(ShardExit::Stopped),
-            Err(Undelivered::Halted(reason)) => return Step::Exit(ShardExit::Halted(reason)),
+            Err(Undelivered::LeaseLost) => return Err(ShardExit::LeaseLost),
+            Err(Undelivered::ShuttingDown) => return Err(ShardExit::Stopped),
+            Err(Undelivered::Halted(reason)) => return Err(ShardExit::Halted(reason)),
         };
         if self.checkpoint(&Checkpoint::Sequence(last.clone())).await {
             tracing::debug!(
@@ -436,34 +308,36 @@ impl ShardConsumer {
                 checkpoint = %last,
                 "batch done and checkpointed"
             );
-            Step::Continue
+            Ok(last)
         } else {
-            Step::Exit(ShardExit::LeaseLost)
+            Err(ShardExit::LeaseLost)
         }
     }
 
     /// Writes a checkpoint, retrying transient failures while the lease is
-    /// still valid. `false` when the lease is gone: the shard must stop.
+    /// still valid (even during shutdown: the last batch must be recorded).
+    /// `false` when the lease is gone: the shard must stop.
     async fn checkpoint(&self, checkpoint: &Checkpoint) -> bool {
-        let mut backoff = Backoff::for_aws_calls();
-        loop {
+        let never = CancellationToken::new();
+        let written = retry(&mut Backoff::for_aws_calls(), &never, || async {
             match self.lease.checkpoint(checkpoint).await {
-                Ok(()) => return true,
+                Ok(()) => Attempt::Done(()),
                 Err(LeaseError::Conflict { .. }) => {
                     tracing::warn!(%checkpoint, "checkpoint refused: another worker owns the lease now");
-                    return false;
+                    Attempt::Fail(())
                 }
                 Err(err) if err.is_retryable() && self.lease.is_valid() => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "checkpoint failed; retrying");
-                    tokio::time::sleep(delay).await;
+                    tracing::warn!(error = %err, "checkpoint failed; retrying");
+                    Attempt::Retry(())
                 }
                 Err(err) => {
                     tracing::error!(error = %err, %checkpoint, "checkpoint failed; giving the shard up so the next owner resumes from the last checkpoint");
-                    return false;
+                    Attempt::Fail(())
                 }
             }
-        }
+        })
+        .await;
+        written.is_ok()
     }
 
     async fn finish_shard(&self) -> ShardExit {
