@@ -4,17 +4,22 @@
 //!
 //! - [`config`]: every setting, from flags and `DYNASTREAM_*` variables.
 //! - [`streams`]: the [`streams::StreamsApi`] trait over DynamoDB Streams reads,
-//!   its SDK implementation and an in-memory fake.
+//!   its SDK implementation and an in-memory fake (only under `cfg(test)` or
+//!   the `testing` feature, like the lease store's).
 //! - [`lease`]: the lease table (KCL layout), the [`lease::LeaseStore`] trait and
 //!   the protocol for a lease a worker holds.
 //! - [`coordinator`]: resolves streams, builds the shard graph, takes leases and
 //!   owns one shard task per held lease.
-//! - [`shard`]: one shard's loop: iterator, GetRecords, dispatch, checkpoint.
+//! - [`shard`]: one shard's loop: a GetRecords cursor, a batch gatherer,
+//!   dispatch, checkpoint.
 //! - [`filter`]: Lambda's FilterCriteria, matched against the typed record.
 //! - [`dispatch`]: gets each batch through every processor, with retries.
 //! - [`processor`]: the [`processor::Processor`] trait and the built-ins.
 //! - [`record`]: the record model, in exactly Lambda's event shape.
-//! - [`telemetry`]: logs, to standard error.
+//! - [`telemetry`]: logs, metrics kept per stream and shard, and events that
+//!   log and count together.
+//! - [`retry`]: the one retry loop every AWS call and processor batch goes
+//!   through, with [`backoff`]'s delays.
 //!
 //! [`Engine`] ties them together; `src/main.rs` only parses the configuration
 //! and calls it.
@@ -36,6 +41,9 @@ pub mod retry;
 pub mod shard;
 pub mod streams;
 pub mod telemetry;
+
+#[cfg(test)]
+mod test_support;
 
 mod engine;
 

@@ -11,10 +11,6 @@ use tokio::time::Instant;
 use crate::processor::{Batch, BatchOutcome, Processor, ProcessorError};
 use crate::record::SequenceNumber;
 
-/// How long a unit test waits for something that should happen, in virtual
-/// time (the tests run with `start_paused`, so this costs nothing real).
-pub(crate) const WAIT: Duration = Duration::from_secs(120);
-
 /// Locks `mutex`, ignoring poisoning: an assertion that failed while holding
 /// it should not turn every later check into a second, confusing panic.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -23,12 +19,19 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Waits until `condition` holds, polling every 10 ms; panics naming `what`
-/// after `timeout`.
-pub(crate) async fn eventually(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+/// Waits until `condition` holds, polling every 10 ms (of virtual time,
+/// under `start_paused`); after `timeout` panics with what `describe` says
+/// about the state it gave up on.
+pub(crate) async fn eventually(
+    timeout: Duration,
+    mut condition: impl FnMut() -> bool,
+    describe: impl FnOnce() -> String,
+) {
     let deadline = Instant::now() + timeout;
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        if Instant::now() >= deadline {
+            panic!("{}", describe());
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

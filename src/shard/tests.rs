@@ -6,7 +6,7 @@
 //! `process`, acts at an exact point of the loop (inject an expiry, steal the
 //! lease, request shutdown, fail).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,6 +23,7 @@ use crate::processor::{Batch, BatchOutcome, Processor, ProcessorError};
 use crate::record::{EventName, SequenceNumber};
 use crate::streams::memory::{MemoryStreams, Operation};
 use crate::streams::StreamsError;
+use crate::test_support::{eventually, lock, Recorder};
 
 const SHARD: &str = "shardId-00000001";
 const ME: &str = "worker-a";
@@ -31,12 +32,6 @@ const ME: &str = "worker-a";
 const LEASE_DURATION: Duration = Duration::from_secs(600);
 /// A bound on each run, in paused (virtual) time.
 const WAIT: Duration = Duration::from_secs(60);
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// One checkpoint write the consumer attempted, and whether the store took it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,83 +90,20 @@ impl LeaseStore for RecordingStore {
     }
 }
 
-/// Runs inside `process` with the attempt's index (0-based, counting retries).
-type Hook = Box<dyn Fn(usize, &Batch) -> Result<(), ProcessorError> + Send + Sync>;
-
-/// A processor that records every attempt, in order, with its virtual time.
-struct Recorder {
-    attempts: Mutex<Vec<(Instant, Vec<SequenceNumber>)>>,
-    events: Mutex<Vec<String>>,
-    hook: Hook,
+/// The shared recorder, checking that every batch comes from this shard.
+fn recorder() -> Arc<Recorder> {
+    recording(|_, _| Ok(()))
 }
 
-impl Recorder {
-    fn new() -> Arc<Self> {
-        Recorder::with_hook(|_, _| Ok(()))
-    }
-
-    fn with_hook(
-        hook: impl Fn(usize, &Batch) -> Result<(), ProcessorError> + Send + Sync + 'static,
-    ) -> Arc<Self> {
-        Arc::new(Recorder {
-            attempts: Mutex::new(Vec::new()),
-            events: Mutex::new(Vec::new()),
-            hook: Box::new(hook),
-        })
-    }
-
-    /// The sequence numbers of every attempt, one list per attempt.
-    fn attempts(&self) -> Vec<Vec<SequenceNumber>> {
-        lock(&self.attempts)
-            .iter()
-            .map(|(_, seqs)| seqs.clone())
-            .collect()
-    }
-
-    /// Every record handed over, in order, retries included.
-    fn delivered(&self) -> Vec<SequenceNumber> {
-        self.attempts().concat()
-    }
-
-    fn events(&self) -> Vec<String> {
-        lock(&self.events).clone()
-    }
-}
-
-#[async_trait]
-impl Processor for Recorder {
-    fn name(&self) -> &str {
-        "recorder"
-    }
-
-    async fn process(&self, batch: &Batch) -> Result<BatchOutcome, ProcessorError> {
+/// The shared recorder with `hook` run inside `process` (0-based attempt
+/// index, retries counted).
+fn recording(
+    hook: impl Fn(usize, &Batch) -> Result<(), ProcessorError> + Send + Sync + 'static,
+) -> Arc<Recorder> {
+    Recorder::with_hook(move |attempt, batch| {
         assert_eq!(&*batch.shard_id, SHARD);
-        let index = {
-            let mut attempts = lock(&self.attempts);
-            attempts.push((
-                Instant::now(),
-                batch
-                    .records
-                    .iter()
-                    .map(|r| r.sequence_number().clone())
-                    .collect(),
-            ));
-            attempts.len() - 1
-        };
-        (self.hook)(index, batch).map(|()| BatchOutcome::Success)
-    }
-
-    fn shard_started(&self, _stream_arn: &str, shard_id: &str) {
-        lock(&self.events).push(format!("started {shard_id}"));
-    }
-
-    fn lease_lost(&self, _stream_arn: &str, shard_id: &str) {
-        lock(&self.events).push(format!("lease lost {shard_id}"));
-    }
-
-    fn shard_ended(&self, _stream_arn: &str, shard_id: &str) {
-        lock(&self.events).push(format!("ended {shard_id}"));
-    }
+        hook(attempt, batch)
+    })
 }
 
 /// A stream with one open shard, and a lease on it held by [`ME`].
@@ -262,15 +194,17 @@ impl Fixture {
     }
 
     async fn wait_for_checkpoint(&self, expected: &Checkpoint) {
-        let deadline = Instant::now() + WAIT;
-        while &self.stored().checkpoint != expected {
-            assert!(
-                Instant::now() < deadline,
-                "checkpoint never reached {expected}; it is {}",
-                self.stored().checkpoint
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually(
+            WAIT,
+            || &self.stored().checkpoint == expected,
+            || {
+                format!(
+                    "checkpoint never reached {expected}; it is {}",
+                    self.stored().checkpoint
+                )
+            },
+        )
+        .await;
     }
 }
 
@@ -307,7 +241,7 @@ async fn a_closed_shard_read_to_its_end_is_checkpointed_shard_end() {
     let fixture = Fixture::new(Checkpoint::TrimHorizon).await;
     let seqs = fixture.put(5);
     fixture.close();
-    let recorder = Recorder::new();
+    let recorder = recorder();
 
     let exit = run_to_exit(
         fixture.consumer(recorder.clone(), 2),
@@ -348,7 +282,7 @@ async fn a_lease_already_at_shard_end_is_not_read_again() {
     let fixture = Fixture::new(Checkpoint::ShardEnd).await;
     fixture.put(2);
     fixture.close();
-    let recorder = Recorder::new();
+    let recorder = recorder();
 
     let exit = run_to_exit(
         fixture.consumer(recorder.clone(), 10),
@@ -370,7 +304,7 @@ async fn an_expired_iterator_resumes_after_the_last_checkpoint() {
     // While the first batch is processed, the iterator for the next read
     // expires: the next GetRecords fails with ExpiredIterator.
     let streams = fixture.streams.clone();
-    let recorder = Recorder::with_hook(move |attempt, _| {
+    let recorder = recording(move |attempt, _| {
         if attempt == 0 {
             streams.fail_next(
                 Operation::GetRecords,
@@ -432,7 +366,7 @@ async fn an_expired_iterator_resumes_after_a_checkpoint_from_a_previous_owner() 
         Operation::GetRecords,
         StreamsError::ExpiredIterator("Iterator expired".into()),
     );
-    let recorder = Recorder::new();
+    let recorder = recorder();
 
     let exit = run_to_exit(
         fixture.consumer(recorder.clone(), 10),
@@ -459,7 +393,7 @@ async fn throttling_is_retried_with_backoff_and_records_are_delivered_once() {
     fixture
         .streams
         .fail_next(Operation::GetRecords, throttled("GetRecords"));
-    let recorder = Recorder::new();
+    let recorder = recorder();
     let started = Instant::now();
 
     let exit = run_to_exit(
@@ -499,7 +433,7 @@ async fn throttling_is_retried_with_backoff_and_records_are_delivered_once() {
 async fn a_stolen_lease_stops_the_consumer_and_its_checkpoint_is_refused() {
     let fixture = Fixture::new(Checkpoint::TrimHorizon).await;
     let first = fixture.put(2);
-    let recorder = Recorder::new();
+    let recorder = recorder();
     let shutdown = CancellationToken::new();
     let consumer = fixture.consumer(recorder.clone(), 10);
     let task = tokio::spawn(consumer.run(shutdown.clone()));
@@ -554,7 +488,7 @@ async fn shutdown_during_a_batch_finishes_and_checkpoints_it() {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     // Shutdown is requested while the second batch is being processed.
-    let recorder = Recorder::with_hook(move |attempt, _| {
+    let recorder = recording(move |attempt, _| {
         if attempt == 1 {
             stop.cancel();
         }
@@ -583,7 +517,7 @@ async fn shutdown_during_a_batch_finishes_and_checkpoints_it() {
 async fn shutdown_while_waiting_for_records_keeps_the_last_checkpoint() {
     let fixture = Fixture::new(Checkpoint::TrimHorizon).await;
     let seqs = fixture.put(3);
-    let recorder = Recorder::new();
+    let recorder = recorder();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(fixture.consumer(recorder.clone(), 10).run(shutdown.clone()));
     fixture
@@ -612,7 +546,7 @@ async fn shutdown_while_a_failing_batch_waits_for_its_retry_does_not_checkpoint_
     let seqs = fixture.put(2);
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
-    let recorder = Recorder::with_hook(move |_, _| {
+    let recorder = recording(move |_, _| {
         stop.cancel();
         Err(ProcessorError::retryable("downstream unavailable"))
     });
@@ -629,7 +563,7 @@ async fn shutdown_while_a_failing_batch_waits_for_its_retry_does_not_checkpoint_
 async fn a_processor_failing_twice_is_retried_and_checkpointed_once() {
     let fixture = Fixture::new(Checkpoint::TrimHorizon).await;
     let seqs = fixture.put(3);
-    let recorder = Recorder::with_hook(|attempt, _| {
+    let recorder = recording(|attempt, _| {
         if attempt < 2 {
             Err(ProcessorError::retryable(format!("failure {attempt}")))
         } else {
@@ -658,7 +592,7 @@ async fn a_processor_failing_twice_is_retried_and_checkpointed_once() {
         "one checkpoint, after the success"
     );
     // The dispatcher's default backoff starts at 200 ms with equal jitter.
-    let times: Vec<Instant> = lock(&recorder.attempts).iter().map(|(t, _)| *t).collect();
+    let times: Vec<Instant> = recorder.attempt_log().iter().map(|a| a.at).collect();
     assert!(times[1] - times[0] >= Duration::from_millis(100));
     assert!(times[2] - times[1] >= Duration::from_millis(200));
 }
@@ -667,7 +601,7 @@ async fn a_processor_failing_twice_is_retried_and_checkpointed_once() {
 async fn a_shard_whose_lease_was_stolen_is_not_reported_ended() {
     let fixture = Fixture::new(Checkpoint::TrimHorizon).await;
     let seqs = fixture.put(2);
-    let recorder = Recorder::new();
+    let recorder = recorder();
     let task = tokio::spawn(
         fixture
             .consumer(recorder.clone(), 10)
@@ -714,7 +648,7 @@ async fn a_shard_whose_lease_was_stolen_is_not_reported_ended() {
 #[tokio::test(start_paused = true)]
 async fn a_batch_window_gathers_records_from_several_reads_into_one_batch() {
     let fixture = Fixture::new(Checkpoint::TrimHorizon).await;
-    let recorder = Recorder::new();
+    let recorder = recorder();
     let dispatcher = Dispatcher::new(vec![recorder.clone()]);
     let consumer = ShardConsumer::new(
         &fixture.arn,
@@ -770,7 +704,7 @@ async fn with_on_trimmed_stop_a_trimmed_position_halts_the_shard() {
         crate::streams::memory::Operation::GetShardIterator,
         StreamsError::TrimmedData("position is before the trim horizon".into()),
     );
-    let recorder = Recorder::new();
+    let recorder = recorder();
     let consumer = ShardConsumer::new(
         &fixture.arn,
         SHARD,
@@ -859,7 +793,7 @@ async fn the_next_page_is_read_during_a_batch_but_dispatched_only_after_its_chec
 #[tokio::test(start_paused = true)]
 async fn a_shard_quiet_for_idle_after_is_polled_slowly_until_records_arrive() {
     let fixture = Fixture::new(Checkpoint::TrimHorizon).await;
-    let recorder = Recorder::new();
+    let recorder = recorder();
     let shutdown = CancellationToken::new();
     let settings = ShardSettings::default();
     let consumer = fixture.consumer(recorder.clone(), 10);
