@@ -24,11 +24,13 @@ pub mod balance;
 mod collect;
 mod discovery;
 pub mod graph;
+mod state;
 mod sync_set;
 mod syncer;
 
 use collect::{CollectView, Collector};
 use discovery::{Discovery, DiscoverySettings, SyncRequest};
+use state::{Handoff, ShardState};
 use sync_set::SyncSet;
 use syncer::{Listing, ShardSyncer};
 
@@ -102,16 +104,9 @@ impl CoordinatorSettings {
 struct Held {
     lease: Arc<HeldLease>,
     stream_arn: String,
-    running: bool,
-    /// Set when the shard halted on records it could neither process nor
-    /// store: the lease is kept (so no other worker reads past them) and the
-    /// shard is not restarted until the worker is.
-    halted: Option<String>,
+    state: ShardState,
     /// Stops this shard's consumer at its next batch boundary.
     stop: CancellationToken,
-    /// Set when another worker asked for the lease: the consumer is stopping
-    /// at a batch boundary, and the lease goes to that worker when it has.
-    handing_off: bool,
 }
 
 /// What the coordinator last saw of an item, to judge expiry on its own
@@ -629,11 +624,11 @@ impl Coordinator {
                 continue;
             };
             *view.leases_held.entry(label).or_default() += 1;
-            let state = if held.halted.is_some() {
+            let state = if held.state.halted().is_some() {
                 "halted"
             } else if lease.checkpoint.is_shard_end() {
                 "ended"
-            } else if held.running {
+            } else if held.state.has_consumer() {
                 "active"
             } else {
                 "waiting_for_parent"
@@ -649,13 +644,17 @@ impl Coordinator {
                 "checkpoint": lease.checkpoint.as_stored(),
                 "leaseCounter": lease.counter,
                 "parents": lease.parent_shard_ids,
-                "halted": held.halted,
-                "handingOff": held.handing_off,
+                "halted": held.state.halted(),
+                "handingOff": held.state.is_handing_off(),
             }));
         }
         metrics::fleet(&view);
         // A halted shard needs an operator: the worker stops counting as ready.
-        let halted = self.held.values().filter(|h| h.halted.is_some()).count();
+        let halted = self
+            .held
+            .values()
+            .filter(|h| h.state.halted().is_some())
+            .count();
         self.health
             .set_ready(halted == 0 && !self.lease_table_missing);
         self.health.set_status(serde_json::json!({
@@ -684,13 +683,16 @@ impl Coordinator {
             match table {
                 Some(lease) if lease.is_owned_by(&me) => {
                     let asked = lease.pending_owner.as_deref().filter(|p| *p != me);
-                    if let (Some(requester), false) = (asked, held.handing_off) {
-                        tracing::info!(shard = %lease.shard_id, to = %requester, "another worker asked for this lease; handing it over after the batch in flight");
-                        held.handing_off = true;
-                        held.stop.cancel();
-                        if !held.running {
-                            self.hand_over(&key).await;
-                        }
+                    let Some(requester) = asked else { continue };
+                    // A shard already handing off was asked before; a halted
+                    // one keeps its lease.
+                    let Ok(when) = held.state.request_handoff(requester) else {
+                        continue;
+                    };
+                    tracing::info!(shard = %lease.shard_id, to = %requester, "another worker asked for this lease; handing it over after the batch in flight");
+                    held.stop.cancel();
+                    if when == Handoff::Now {
+                        self.hand_over(&key).await;
                     }
                 }
                 _ => {
@@ -702,7 +704,7 @@ impl Coordinator {
                         .emit();
                         held.lease.abandon();
                     }
-                    if !held.running {
+                    if held.state.forget_when_lost() {
                         self.held.remove(&key);
                     }
                 }
@@ -816,10 +818,8 @@ impl Coordinator {
                     Held {
                         lease: Arc::new(held),
                         stream_arn,
-                        running: false,
-                        halted: None,
+                        state: ShardState::WaitingForParents,
                         stop: self.stop_consumers.child_token(),
-                        handing_off: false,
                     },
                 );
             }
@@ -842,7 +842,7 @@ impl Coordinator {
         let ready: Vec<String> = self
             .held
             .iter()
-            .filter(|(_, held)| !held.running && !held.lease.is_lost() && !held.handing_off)
+            .filter(|(_, held)| held.state.may_start() && !held.lease.is_lost())
             .filter(|(key, held)| {
                 self.leases.get(*key).is_some_and(|lease| {
                     lease.is_owned_by(&self.settings.worker_id)
@@ -864,7 +864,9 @@ impl Coordinator {
                 .get(&key)
                 .map(|l| l.shard_id.clone())
                 .unwrap_or_else(|| key.clone());
-            held.running = true;
+            if held.state.start().is_err() {
+                continue;
+            }
             let consumer = ShardConsumer::new(
                 &held.stream_arn,
                 &shard_id,
@@ -925,7 +927,11 @@ impl Coordinator {
                         by: LostBy::Renewal,
                     }
                     .emit();
-                    if self.held.get(&key).is_some_and(|held| !held.running) {
+                    if self
+                        .held
+                        .get(&key)
+                        .is_some_and(|held| held.state.forget_when_lost())
+                    {
                         self.held.remove(&key);
                     }
                 }
@@ -967,7 +973,7 @@ impl Coordinator {
                     processor.lease_lost(&held.stream_arn, &shard_id);
                 }
             }
-            ShardExit::Stopped if held.handing_off => {
+            ShardExit::Stopped if held.state.is_handing_off() => {
                 self.held.insert(key.clone(), held);
                 self.hand_over(&key).await;
             }
@@ -979,14 +985,11 @@ impl Coordinator {
                     "shard halted: its lease is kept so no worker reads past the failed records; \
                      set DYNASTREAM_ON_FAILURE or fix the processor, then restart this worker"
                 );
-                self.held.insert(
-                    key,
-                    Held {
-                        halted: Some(reason),
-                        running: true,
-                        ..held
-                    },
-                );
+                let mut held = held;
+                if let Err(refused) = held.state.halt(reason) {
+                    tracing::warn!(shard = %shard_id, %refused, "an impossible shard exit");
+                }
+                self.held.insert(key, held);
             }
             ShardExit::Failed(reason) => {
                 tracing::error!(shard = %shard_id, %reason, "shard consumer failed; releasing its lease so it is retried");
