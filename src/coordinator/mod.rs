@@ -24,17 +24,19 @@ pub mod balance;
 mod collect;
 mod discovery;
 pub mod graph;
+mod lease_view;
 mod state;
 mod sync_set;
 mod syncer;
 
 use collect::{CollectView, Collector};
 use discovery::{Discovery, DiscoverySettings, SyncRequest};
+use lease_view::{LeaseView, Observations};
 use state::{Handoff, ShardState};
 use sync_set::SyncSet;
 use syncer::{Listing, ShardSyncer};
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,16 +111,6 @@ struct Held {
     stop: CancellationToken,
 }
 
-/// What the coordinator last saw of an item, to judge expiry on its own
-/// clock: a counter that has not moved for a whole lease duration means its
-/// owner is gone. Wall clocks of other hosts are never compared.
-struct Observation {
-    counter: u64,
-    owner: Option<String>,
-    since: Instant,
-    stolen_at: Option<Instant>,
-}
-
 /// Runs one worker's share of the application.
 pub struct Coordinator {
     settings: CoordinatorSettings,
@@ -128,7 +120,7 @@ pub struct Coordinator {
     discovery: Discovery,
     leases: HashMap<String, Lease>,
     shard_keys: HashMap<(String, String), String>,
-    observed: HashMap<String, Observation>,
+    observed: Observations,
     reported_malformed: HashSet<String>,
     held: HashMap<String, Held>,
     presence: Option<Arc<HeldLease>>,
@@ -178,7 +170,7 @@ impl Coordinator {
             discovery,
             leases: HashMap::new(),
             shard_keys: HashMap::new(),
-            observed: HashMap::new(),
+            observed: Observations::default(),
             reported_malformed: HashSet::new(),
             held: HashMap::new(),
             presence: None,
@@ -410,37 +402,12 @@ impl Coordinator {
                 tracing::error!(error = %text, "skipping a lease-table item that is not a lease");
             }
         }
-        let now = Instant::now();
-        let mut leases = HashMap::with_capacity(scan.leases.len());
-        for lease in scan.leases {
-            match self.observed.get_mut(&lease.key) {
-                Some(seen) if seen.counter == lease.counter && seen.owner == lease.owner => {}
-                Some(seen) => {
-                    let stolen =
-                        seen.owner.is_some() && lease.owner.is_some() && seen.owner != lease.owner;
-                    seen.counter = lease.counter;
-                    seen.owner = lease.owner.clone();
-                    seen.since = now;
-                    if stolen {
-                        seen.stolen_at = Some(now);
-                    }
-                }
-                None => {
-                    self.observed.insert(
-                        lease.key.clone(),
-                        Observation {
-                            counter: lease.counter,
-                            owner: lease.owner.clone(),
-                            since: now,
-                            stolen_at: None,
-                        },
-                    );
-                }
-            }
-            leases.insert(lease.key.clone(), lease);
-        }
-        self.observed.retain(|key, _| leases.contains_key(key));
-        self.leases = leases;
+        self.leases = scan
+            .leases
+            .into_iter()
+            .map(|lease| (lease.key.clone(), lease))
+            .collect();
+        self.observed.observe(&self.leases, Instant::now());
         self.index_shard_leases();
         true
     }
@@ -471,36 +438,29 @@ impl Coordinator {
             .and_then(|key| self.leases.get(key))
     }
 
+    /// The lease table as last read, judged at this instant.
+    fn view(&self) -> LeaseView<'_> {
+        LeaseView {
+            me: &self.settings.worker_id,
+            leases: &self.leases,
+            observed: &self.observed,
+            lease_duration: self.settings.lease_duration,
+            now: Instant::now(),
+        }
+    }
+
     fn is_expired(&self, lease: &Lease) -> bool {
-        lease.owner.is_some()
-            && self
-                .observed
-                .get(&lease.key)
-                .is_some_and(|seen| seen.since.elapsed() >= self.settings.lease_duration)
+        self.view().is_expired(lease)
     }
 
     /// When the next lease held by another worker would expire if its
     /// counter does not move again.
     fn next_expiry(&self) -> Option<Instant> {
-        let now = Instant::now();
-        self.observed
-            .iter()
-            .filter(|(_, seen)| {
-                seen.owner
-                    .as_deref()
-                    .is_some_and(|owner| owner != self.settings.worker_id)
-            })
-            .map(|(_, seen)| seen.since + self.settings.lease_duration)
-            .filter(|expiry| *expiry > now)
-            .min()
-    }
-
-    fn live_workers(&self) -> BTreeSet<String> {
-        self.leases
-            .values()
-            .filter(|lease| lease.kind() == ItemKind::Worker && !self.is_expired(lease))
-            .filter_map(|lease| lease.owner.clone())
-            .collect()
+        self.observed.next_expiry(
+            &self.settings.worker_id,
+            self.settings.lease_duration,
+            Instant::now(),
+        )
     }
 
     /// Takes the shard-sync leadership when nobody holds it.
@@ -560,38 +520,15 @@ impl Coordinator {
             });
         }
         self.reconcile_held().await;
-        let steal_quiet_period = self.settings.lease_duration * 2;
-        let states: Vec<balance::LeaseState> = self
-            .leases
-            .values()
-            .filter(|lease| lease.kind() == ItemKind::Shard)
-            .filter(|lease| !lease.checkpoint.is_shard_end())
-            .filter(|lease| self.stream_of(lease).is_some())
-            .map(|lease| balance::LeaseState {
-                key: lease.key.clone(),
-                owner: lease.owner.clone(),
-                expired: self.is_expired(lease),
-                recently_stolen: self
-                    .observed
-                    .get(&lease.key)
-                    .and_then(|seen| seen.stolen_at)
-                    .is_some_and(|at| at.elapsed() < steal_quiet_period),
-            })
-            .collect();
-        let me = self.settings.worker_id.clone();
-        let plan = balance::plan(&me, &states, &self.live_workers(), self.settings.max_leases);
-        // Leases this worker owns in the table but does not hold (a restart
-        // with the same worker id) are taken back first.
-        let mut wanted: Vec<String> = states
-            .iter()
-            .filter(|s| s.owner.as_deref() == Some(me.as_str()) && !self.held.contains_key(&s.key))
-            .map(|s| s.key.clone())
-            .collect();
-        wanted.extend(plan.take.iter().cloned());
-        for key in wanted {
+        let decisions = self.view().decide(
+            |key| self.held.contains_key(key),
+            |lease| self.stream_of(lease).is_some(),
+            self.settings.max_leases,
+        );
+        for key in decisions.take {
             self.take(&key, false).await;
         }
-        for key in plan.steal {
+        for key in decisions.ask_for {
             self.ask_for(&key).await;
         }
         self.start_ready_shards();
@@ -602,7 +539,7 @@ impl Coordinator {
     fn publish(&self) {
         let me = self.settings.worker_id.as_str();
         let mut view = metrics::FleetView {
-            workers: self.live_workers().len().max(1) as u64,
+            workers: self.view().live_workers().len().max(1) as u64,
             ..metrics::FleetView::default()
         };
         let mut shards = Vec::new();
@@ -796,9 +733,7 @@ impl Coordinator {
                         from: &lease.owner,
                     }
                     .emit();
-                    if let Some(seen) = self.observed.get_mut(key) {
-                        seen.stolen_at = Some(Instant::now());
-                    }
+                    self.observed.mark_stolen(key, Instant::now());
                 } else {
                     LeaseTaken {
                         shard: &taken.shard_id,
@@ -1201,7 +1136,7 @@ impl Coordinator {
         let view = CollectView {
             leases: &self.leases,
             listings: &self.discovery.listings,
-            unchanged_for: |key: &str| self.observed.get(key).map(|seen| now - seen.since),
+            unchanged_for: |key: &str| self.observed.unchanged_for(key, now),
             stream_of: |lease: &Lease| self.stream_of(lease),
         };
         let doomed = self.collector.doomed(&view);
