@@ -130,7 +130,35 @@ pub(super) struct Decisions {
     pub(super) ask_for: Vec<String>,
 }
 
+/// What the table says of a lease this worker holds.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum HeldVerdict {
+    /// Still ours, nobody asked for it.
+    Keep,
+    /// Still ours, but another worker asked for it.
+    Requested {
+        /// The worker that asked.
+        by: String,
+    },
+    /// Gone from the table or owned by another worker: drop it at once
+    /// rather than at the next write.
+    Lost,
+}
+
 impl LeaseView<'_> {
+    /// Judges a held lease against the table.
+    pub(super) fn judge_held(&self, key: &str) -> HeldVerdict {
+        match self.leases.get(key) {
+            Some(lease) if lease.is_owned_by(self.me) => {
+                match lease.pending_owner.as_deref().filter(|p| *p != self.me) {
+                    Some(by) => HeldVerdict::Requested { by: by.to_owned() },
+                    None => HeldVerdict::Keep,
+                }
+            }
+            _ => HeldVerdict::Lost,
+        }
+    }
+
     /// Whether the lease's owner is gone.
     pub(super) fn is_expired(&self, lease: &Lease) -> bool {
         self.observed
@@ -374,6 +402,33 @@ mod tests {
         assert_eq!(decisions.ask_for.len(), 2, "after the quiet period");
         let decisions = view(&leases, &observed, t0).decide(|_| false, |_| false, None);
         assert_eq!(decisions, Decisions::default());
+    }
+
+    #[test]
+    fn a_held_lease_is_kept_requested_or_lost_as_the_table_says() {
+        let t0 = Instant::now();
+        let observed = Observations::default();
+        let mut asked = shard("asked", Some("a"), 1);
+        asked.pending_owner = Some("b".into());
+        let mut asked_by_me = shard("asked_by_me", Some("a"), 1);
+        asked_by_me.pending_owner = Some("a".into());
+        let leases = table([
+            shard("kept", Some("a"), 1),
+            asked,
+            asked_by_me,
+            shard("taken", Some("b"), 2),
+            shard("freed", None, 2),
+        ]);
+        let view = view(&leases, &observed, t0);
+        assert_eq!(view.judge_held("kept"), HeldVerdict::Keep);
+        assert_eq!(view.judge_held("asked_by_me"), HeldVerdict::Keep);
+        assert_eq!(
+            view.judge_held("asked"),
+            HeldVerdict::Requested { by: "b".into() }
+        );
+        assert_eq!(view.judge_held("taken"), HeldVerdict::Lost);
+        assert_eq!(view.judge_held("freed"), HeldVerdict::Lost);
+        assert_eq!(view.judge_held("deleted"), HeldVerdict::Lost);
     }
 
     #[test]

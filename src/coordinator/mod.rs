@@ -31,7 +31,7 @@ mod syncer;
 
 use collect::{CollectView, Collector};
 use discovery::{Discovery, DiscoverySettings, SyncRequest};
-use lease_view::{LeaseView, Observations};
+use lease_view::{HeldVerdict, LeaseView, Observations};
 use state::{Handoff, ShardState};
 use sync_set::SyncSet;
 use syncer::{Listing, ShardSyncer};
@@ -610,29 +610,31 @@ impl Coordinator {
     /// write), and a lease another worker asked for is handed over at the
     /// consumer's next batch boundary.
     async fn reconcile_held(&mut self) {
-        let me = self.settings.worker_id.clone();
         let keys: Vec<String> = self.held.keys().cloned().collect();
         for key in keys {
-            let table = self.leases.get(&key).cloned();
+            let verdict = self.view().judge_held(&key);
             let Some(held) = self.held.get_mut(&key) else {
                 continue;
             };
-            match table {
-                Some(lease) if lease.is_owned_by(&me) => {
-                    let asked = lease.pending_owner.as_deref().filter(|p| *p != me);
-                    let Some(requester) = asked else { continue };
+            match verdict {
+                HeldVerdict::Keep => {}
+                HeldVerdict::Requested { by } => {
                     // A shard already handing off was asked before; a halted
                     // one keeps its lease.
-                    let Ok(when) = held.state.request_handoff(requester) else {
+                    let Ok(when) = held.state.request_handoff(&by) else {
                         continue;
                     };
-                    tracing::info!(shard = %lease.shard_id, to = %requester, "another worker asked for this lease; handing it over after the batch in flight");
+                    let shard = self
+                        .leases
+                        .get(&key)
+                        .map_or(key.as_str(), |l| l.shard_id.as_str());
+                    tracing::info!(shard = %shard, to = %by, "another worker asked for this lease; handing it over after the batch in flight");
                     held.stop.cancel();
                     if when == Handoff::Now {
                         self.hand_over(&key).await;
                     }
                 }
-                _ => {
+                HeldVerdict::Lost => {
                     if !held.lease.is_lost() {
                         LeaseLost {
                             lease: &key,
