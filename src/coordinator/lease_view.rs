@@ -145,7 +145,31 @@ pub(super) enum HeldVerdict {
     Lost,
 }
 
+/// What to do about a lease this worker wants from a live owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ask {
+    /// Asked already; the owner still has time to hand it over.
+    Wait,
+    /// Asked two lease durations ago and not handed over (an owner that
+    /// does not hand over, such as an older version): take it outright.
+    Take,
+    /// Ask (again: the request was not made, or was cleared).
+    Request,
+}
+
 impl LeaseView<'_> {
+    /// Whether to ask for a lease, wait for the owner, or take it, given
+    /// when this worker last asked for it.
+    pub(super) fn ask(&self, lease: &Lease, asked_at: Option<Instant>) -> Ask {
+        let patience = self.lease_duration * 2;
+        let pending_here = lease.pending_owner.as_deref() == Some(self.me);
+        match asked_at {
+            Some(at) if pending_here && self.now - at < patience => Ask::Wait,
+            Some(_) if pending_here => Ask::Take,
+            _ => Ask::Request,
+        }
+    }
+
     /// Judges a held lease against the table.
     pub(super) fn judge_held(&self, key: &str) -> HeldVerdict {
         match self.leases.get(key) {
@@ -429,6 +453,30 @@ mod tests {
         assert_eq!(view.judge_held("taken"), HeldVerdict::Lost);
         assert_eq!(view.judge_held("freed"), HeldVerdict::Lost);
         assert_eq!(view.judge_held("deleted"), HeldVerdict::Lost);
+    }
+
+    #[test]
+    fn an_unanswered_request_is_waited_on_for_two_lease_durations_then_the_lease_taken() {
+        let t0 = Instant::now();
+        let observed = Observations::default();
+        let mut asked = shard("s1", Some("b"), 1);
+        asked.pending_owner = Some("a".into());
+        let leases = table([asked.clone()]);
+        let at = |now| view(&leases, &observed, now);
+        assert_eq!(at(t0).ask(&asked, None), Ask::Request);
+        assert_eq!(at(t0 + DURATION).ask(&asked, Some(t0)), Ask::Wait);
+        assert_eq!(
+            at(t0 + DURATION * 2 - Duration::from_millis(1)).ask(&asked, Some(t0)),
+            Ask::Wait
+        );
+        assert_eq!(at(t0 + DURATION * 2).ask(&asked, Some(t0)), Ask::Take);
+        // The request was cleared (the owner wrote over it): ask again.
+        let mut cleared = asked.clone();
+        cleared.pending_owner = None;
+        assert_eq!(at(t0 + DURATION).ask(&cleared, Some(t0)), Ask::Request);
+        let mut other = asked;
+        other.pending_owner = Some("c".into());
+        assert_eq!(at(t0 + DURATION * 3).ask(&other, Some(t0)), Ask::Request);
     }
 
     #[test]

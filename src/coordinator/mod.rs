@@ -31,7 +31,7 @@ mod syncer;
 
 use collect::{CollectView, Collector};
 use discovery::{Discovery, DiscoverySettings, SyncRequest};
-use lease_view::{HeldVerdict, LeaseView, Observations};
+use lease_view::{Ask, HeldVerdict, LeaseView, Observations};
 use state::{Handoff, ShardState};
 use sync_set::SyncSet;
 use syncer::{Listing, ShardSyncer};
@@ -680,20 +680,18 @@ impl Coordinator {
         let Some(lease) = self.leases.get(key).cloned() else {
             return;
         };
-        let me = self.settings.worker_id.clone();
-        let patience = self.settings.lease_duration * 2;
-        if let Some(asked_at) = self.handoff_requests.get(key) {
-            if lease.pending_owner.as_deref() == Some(me.as_str()) && asked_at.elapsed() < patience
-            {
-                return;
-            }
-            if lease.pending_owner.as_deref() == Some(me.as_str()) {
+        let asked_at = self.handoff_requests.get(key).copied();
+        match self.view().ask(&lease, asked_at) {
+            Ask::Wait => return,
+            Ask::Take => {
                 tracing::warn!(shard = %lease.shard_id, owner = ?lease.owner, "the owner did not hand the lease over; taking it");
                 self.handoff_requests.remove(key);
                 self.take(key, true).await;
                 return;
             }
+            Ask::Request => {}
         }
+        let me = self.settings.worker_id.clone();
         match self.store.request_handoff(&lease, &me).await {
             Ok(updated) => {
                 LeaseRequested {
