@@ -6,12 +6,12 @@
 //! moved for a whole lease duration means its owner is gone. Wall clocks of
 //! other hosts are never compared.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::balance;
+use super::{balance, graph};
 use crate::lease::{ItemKind, Lease};
 
 /// What this worker last saw of an item, and since when.
@@ -168,6 +168,37 @@ impl LeaseView<'_> {
             Some(_) if pending_here => Ask::Take,
             _ => Ask::Request,
         }
+    }
+
+    /// Which of the held shards waiting to start may start now: still
+    /// owned here as the table says, and their parents done ([`graph`]).
+    /// `waiting` gives each one's lease key and stream; `shard_keys` maps
+    /// (stream, shard id) to lease keys; `listed` is every listed shard.
+    pub(super) fn ready_to_start<'k>(
+        &self,
+        waiting: impl IntoIterator<Item = (&'k String, &'k str)>,
+        shard_keys: &HashMap<(String, String), String>,
+        listed: &HashSet<String>,
+    ) -> Vec<String> {
+        let leases = self.leases;
+        waiting
+            .into_iter()
+            .filter(|(key, stream)| {
+                leases.get(*key).is_some_and(|lease| {
+                    lease.is_owned_by(self.me)
+                        && graph::parents_done(
+                            lease,
+                            |parent| {
+                                shard_keys
+                                    .get(&((*stream).to_owned(), parent.to_owned()))
+                                    .and_then(|key| leases.get(key))
+                            },
+                            listed,
+                        )
+                })
+            })
+            .map(|(key, _)| key.clone())
+            .collect()
     }
 
     /// Judges a held lease against the table.
@@ -477,6 +508,54 @@ mod tests {
         let mut other = asked;
         other.pending_owner = Some("c".into());
         assert_eq!(at(t0 + DURATION * 3).ask(&other, Some(t0)), Ask::Request);
+    }
+
+    #[test]
+    fn a_child_starts_once_its_parent_reached_its_end_and_only_if_still_ours() {
+        let t0 = Instant::now();
+        let observed = Observations::default();
+        let mut parent = shard("parent", Some("b"), 1);
+        let mut child = Lease::new(
+            "arn:stream",
+            "child",
+            Some("parent"),
+            Checkpoint::TrimHorizon,
+        );
+        child.owner = Some("a".into());
+        let mut orphan = Lease::new(
+            "arn:stream",
+            "orphan",
+            Some("gone"),
+            Checkpoint::TrimHorizon,
+        );
+        orphan.owner = Some("a".into());
+        let taken = shard("taken", Some("b"), 1);
+        let keys: HashMap<(String, String), String> = ["parent", "child", "orphan", "taken"]
+            .map(|id| (("arn:stream".to_owned(), id.to_owned()), id.to_owned()))
+            .into();
+        let listed: HashSet<String> = ["parent", "child", "orphan", "taken"]
+            .map(String::from)
+            .into();
+        let waiting: Vec<String> = ["child", "orphan", "taken"].map(String::from).into();
+        let ready = |leases: &HashMap<String, Lease>| {
+            let mut ready = view(leases, &observed, t0).ready_to_start(
+                waiting.iter().map(|key| (key, "arn:stream")),
+                &keys,
+                &listed,
+            );
+            ready.sort();
+            ready
+        };
+        let leases = table([parent.clone(), child.clone(), orphan.clone(), taken.clone()]);
+        // The parent is still read; a parent neither leased nor listed was
+        // trimmed long ago; a lease now another's never starts here.
+        assert_eq!(ready(&leases), vec!["orphan".to_owned()]);
+        parent.checkpoint = Checkpoint::ShardEnd;
+        let leases = table([parent, child, orphan, taken]);
+        assert_eq!(
+            ready(&leases),
+            vec!["child".to_owned(), "orphan".to_owned()]
+        );
     }
 
     #[test]

@@ -774,22 +774,14 @@ impl Coordinator {
             .values()
             .flat_map(|shards| shards.iter().map(|s| s.shard_id.clone()))
             .collect();
-        let ready: Vec<String> = self
+        let waiting = self
             .held
             .iter()
             .filter(|(_, held)| held.state.may_start() && !held.lease.is_lost())
-            .filter(|(key, held)| {
-                self.leases.get(*key).is_some_and(|lease| {
-                    lease.is_owned_by(&self.settings.worker_id)
-                        && graph::parents_done(
-                            lease,
-                            |parent| self.lease_of(&held.stream_arn, parent),
-                            &listed,
-                        )
-                })
-            })
-            .map(|(key, _)| key.clone())
-            .collect();
+            .map(|(key, held)| (key, held.stream_arn.as_str()));
+        let ready = self
+            .view()
+            .ready_to_start(waiting, &self.shard_keys, &listed);
         for key in ready {
             let Some(held) = self.held.get_mut(&key) else {
                 continue;
