@@ -24,15 +24,19 @@ pub mod balance;
 mod collect;
 mod discovery;
 pub mod graph;
+mod lease_view;
+mod state;
 mod sync_set;
 mod syncer;
 
 use collect::{CollectView, Collector};
 use discovery::{Discovery, DiscoverySettings, SyncRequest};
+use lease_view::{Ask, HeldVerdict, LeaseView, Observations};
+use state::{Handoff, ShardState};
 use sync_set::SyncSet;
 use syncer::{Listing, ShardSyncer};
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,26 +106,9 @@ impl CoordinatorSettings {
 struct Held {
     lease: Arc<HeldLease>,
     stream_arn: String,
-    running: bool,
-    /// Set when the shard halted on records it could neither process nor
-    /// store: the lease is kept (so no other worker reads past them) and the
-    /// shard is not restarted until the worker is.
-    halted: Option<String>,
+    state: ShardState,
     /// Stops this shard's consumer at its next batch boundary.
     stop: CancellationToken,
-    /// Set when another worker asked for the lease: the consumer is stopping
-    /// at a batch boundary, and the lease goes to that worker when it has.
-    handing_off: bool,
-}
-
-/// What the coordinator last saw of an item, to judge expiry on its own
-/// clock: a counter that has not moved for a whole lease duration means its
-/// owner is gone. Wall clocks of other hosts are never compared.
-struct Observation {
-    counter: u64,
-    owner: Option<String>,
-    since: Instant,
-    stolen_at: Option<Instant>,
 }
 
 /// Runs one worker's share of the application.
@@ -133,7 +120,7 @@ pub struct Coordinator {
     discovery: Discovery,
     leases: HashMap<String, Lease>,
     shard_keys: HashMap<(String, String), String>,
-    observed: HashMap<String, Observation>,
+    observed: Observations,
     reported_malformed: HashSet<String>,
     held: HashMap<String, Held>,
     presence: Option<Arc<HeldLease>>,
@@ -183,7 +170,7 @@ impl Coordinator {
             discovery,
             leases: HashMap::new(),
             shard_keys: HashMap::new(),
-            observed: HashMap::new(),
+            observed: Observations::default(),
             reported_malformed: HashSet::new(),
             held: HashMap::new(),
             presence: None,
@@ -415,37 +402,12 @@ impl Coordinator {
                 tracing::error!(error = %text, "skipping a lease-table item that is not a lease");
             }
         }
-        let now = Instant::now();
-        let mut leases = HashMap::with_capacity(scan.leases.len());
-        for lease in scan.leases {
-            match self.observed.get_mut(&lease.key) {
-                Some(seen) if seen.counter == lease.counter && seen.owner == lease.owner => {}
-                Some(seen) => {
-                    let stolen =
-                        seen.owner.is_some() && lease.owner.is_some() && seen.owner != lease.owner;
-                    seen.counter = lease.counter;
-                    seen.owner = lease.owner.clone();
-                    seen.since = now;
-                    if stolen {
-                        seen.stolen_at = Some(now);
-                    }
-                }
-                None => {
-                    self.observed.insert(
-                        lease.key.clone(),
-                        Observation {
-                            counter: lease.counter,
-                            owner: lease.owner.clone(),
-                            since: now,
-                            stolen_at: None,
-                        },
-                    );
-                }
-            }
-            leases.insert(lease.key.clone(), lease);
-        }
-        self.observed.retain(|key, _| leases.contains_key(key));
-        self.leases = leases;
+        self.leases = scan
+            .leases
+            .into_iter()
+            .map(|lease| (lease.key.clone(), lease))
+            .collect();
+        self.observed.observe(&self.leases, Instant::now());
         self.index_shard_leases();
         true
     }
@@ -476,36 +438,29 @@ impl Coordinator {
             .and_then(|key| self.leases.get(key))
     }
 
+    /// The lease table as last read, judged at this instant.
+    fn view(&self) -> LeaseView<'_> {
+        LeaseView {
+            me: &self.settings.worker_id,
+            leases: &self.leases,
+            observed: &self.observed,
+            lease_duration: self.settings.lease_duration,
+            now: Instant::now(),
+        }
+    }
+
     fn is_expired(&self, lease: &Lease) -> bool {
-        lease.owner.is_some()
-            && self
-                .observed
-                .get(&lease.key)
-                .is_some_and(|seen| seen.since.elapsed() >= self.settings.lease_duration)
+        self.view().is_expired(lease)
     }
 
     /// When the next lease held by another worker would expire if its
     /// counter does not move again.
     fn next_expiry(&self) -> Option<Instant> {
-        let now = Instant::now();
-        self.observed
-            .iter()
-            .filter(|(_, seen)| {
-                seen.owner
-                    .as_deref()
-                    .is_some_and(|owner| owner != self.settings.worker_id)
-            })
-            .map(|(_, seen)| seen.since + self.settings.lease_duration)
-            .filter(|expiry| *expiry > now)
-            .min()
-    }
-
-    fn live_workers(&self) -> BTreeSet<String> {
-        self.leases
-            .values()
-            .filter(|lease| lease.kind() == ItemKind::Worker && !self.is_expired(lease))
-            .filter_map(|lease| lease.owner.clone())
-            .collect()
+        self.observed.next_expiry(
+            &self.settings.worker_id,
+            self.settings.lease_duration,
+            Instant::now(),
+        )
     }
 
     /// Takes the shard-sync leadership when nobody holds it.
@@ -565,38 +520,15 @@ impl Coordinator {
             });
         }
         self.reconcile_held().await;
-        let steal_quiet_period = self.settings.lease_duration * 2;
-        let states: Vec<balance::LeaseState> = self
-            .leases
-            .values()
-            .filter(|lease| lease.kind() == ItemKind::Shard)
-            .filter(|lease| !lease.checkpoint.is_shard_end())
-            .filter(|lease| self.stream_of(lease).is_some())
-            .map(|lease| balance::LeaseState {
-                key: lease.key.clone(),
-                owner: lease.owner.clone(),
-                expired: self.is_expired(lease),
-                recently_stolen: self
-                    .observed
-                    .get(&lease.key)
-                    .and_then(|seen| seen.stolen_at)
-                    .is_some_and(|at| at.elapsed() < steal_quiet_period),
-            })
-            .collect();
-        let me = self.settings.worker_id.clone();
-        let plan = balance::plan(&me, &states, &self.live_workers(), self.settings.max_leases);
-        // Leases this worker owns in the table but does not hold (a restart
-        // with the same worker id) are taken back first.
-        let mut wanted: Vec<String> = states
-            .iter()
-            .filter(|s| s.owner.as_deref() == Some(me.as_str()) && !self.held.contains_key(&s.key))
-            .map(|s| s.key.clone())
-            .collect();
-        wanted.extend(plan.take.iter().cloned());
-        for key in wanted {
+        let decisions = self.view().decide(
+            |key| self.held.contains_key(key),
+            |lease| self.stream_of(lease).is_some(),
+            self.settings.max_leases,
+        );
+        for key in decisions.take {
             self.take(&key, false).await;
         }
-        for key in plan.steal {
+        for key in decisions.ask_for {
             self.ask_for(&key).await;
         }
         self.start_ready_shards();
@@ -607,7 +539,7 @@ impl Coordinator {
     fn publish(&self) {
         let me = self.settings.worker_id.as_str();
         let mut view = metrics::FleetView {
-            workers: self.live_workers().len().max(1) as u64,
+            workers: self.view().live_workers().len().max(1) as u64,
             ..metrics::FleetView::default()
         };
         let mut shards = Vec::new();
@@ -629,11 +561,11 @@ impl Coordinator {
                 continue;
             };
             *view.leases_held.entry(label).or_default() += 1;
-            let state = if held.halted.is_some() {
+            let state = if held.state.halted().is_some() {
                 "halted"
             } else if lease.checkpoint.is_shard_end() {
                 "ended"
-            } else if held.running {
+            } else if held.state.has_consumer() {
                 "active"
             } else {
                 "waiting_for_parent"
@@ -649,13 +581,17 @@ impl Coordinator {
                 "checkpoint": lease.checkpoint.as_stored(),
                 "leaseCounter": lease.counter,
                 "parents": lease.parent_shard_ids,
-                "halted": held.halted,
-                "handingOff": held.handing_off,
+                "halted": held.state.halted(),
+                "handingOff": held.state.is_handing_off(),
             }));
         }
         metrics::fleet(&view);
         // A halted shard needs an operator: the worker stops counting as ready.
-        let halted = self.held.values().filter(|h| h.halted.is_some()).count();
+        let halted = self
+            .held
+            .values()
+            .filter(|h| h.state.halted().is_some())
+            .count();
         self.health
             .set_ready(halted == 0 && !self.lease_table_missing);
         self.health.set_status(serde_json::json!({
@@ -674,26 +610,31 @@ impl Coordinator {
     /// write), and a lease another worker asked for is handed over at the
     /// consumer's next batch boundary.
     async fn reconcile_held(&mut self) {
-        let me = self.settings.worker_id.clone();
         let keys: Vec<String> = self.held.keys().cloned().collect();
         for key in keys {
-            let table = self.leases.get(&key).cloned();
+            let verdict = self.view().judge_held(&key);
             let Some(held) = self.held.get_mut(&key) else {
                 continue;
             };
-            match table {
-                Some(lease) if lease.is_owned_by(&me) => {
-                    let asked = lease.pending_owner.as_deref().filter(|p| *p != me);
-                    if let (Some(requester), false) = (asked, held.handing_off) {
-                        tracing::info!(shard = %lease.shard_id, to = %requester, "another worker asked for this lease; handing it over after the batch in flight");
-                        held.handing_off = true;
-                        held.stop.cancel();
-                        if !held.running {
-                            self.hand_over(&key).await;
-                        }
+            match verdict {
+                HeldVerdict::Keep => {}
+                HeldVerdict::Requested { by } => {
+                    // A shard already handing off was asked before; a halted
+                    // one keeps its lease.
+                    let Ok(when) = held.state.request_handoff(&by) else {
+                        continue;
+                    };
+                    let shard = self
+                        .leases
+                        .get(&key)
+                        .map_or(key.as_str(), |l| l.shard_id.as_str());
+                    tracing::info!(shard = %shard, to = %by, "another worker asked for this lease; handing it over after the batch in flight");
+                    held.stop.cancel();
+                    if when == Handoff::Now {
+                        self.hand_over(&key).await;
                     }
                 }
-                _ => {
+                HeldVerdict::Lost => {
                     if !held.lease.is_lost() {
                         LeaseLost {
                             lease: &key,
@@ -702,7 +643,7 @@ impl Coordinator {
                         .emit();
                         held.lease.abandon();
                     }
-                    if !held.running {
+                    if held.state.forget_when_lost() {
                         self.held.remove(&key);
                     }
                 }
@@ -739,20 +680,18 @@ impl Coordinator {
         let Some(lease) = self.leases.get(key).cloned() else {
             return;
         };
-        let me = self.settings.worker_id.clone();
-        let patience = self.settings.lease_duration * 2;
-        if let Some(asked_at) = self.handoff_requests.get(key) {
-            if lease.pending_owner.as_deref() == Some(me.as_str()) && asked_at.elapsed() < patience
-            {
-                return;
-            }
-            if lease.pending_owner.as_deref() == Some(me.as_str()) {
+        let asked_at = self.handoff_requests.get(key).copied();
+        match self.view().ask(&lease, asked_at) {
+            Ask::Wait => return,
+            Ask::Take => {
                 tracing::warn!(shard = %lease.shard_id, owner = ?lease.owner, "the owner did not hand the lease over; taking it");
                 self.handoff_requests.remove(key);
                 self.take(key, true).await;
                 return;
             }
+            Ask::Request => {}
         }
+        let me = self.settings.worker_id.clone();
         match self.store.request_handoff(&lease, &me).await {
             Ok(updated) => {
                 LeaseRequested {
@@ -794,9 +733,7 @@ impl Coordinator {
                         from: &lease.owner,
                     }
                     .emit();
-                    if let Some(seen) = self.observed.get_mut(key) {
-                        seen.stolen_at = Some(Instant::now());
-                    }
+                    self.observed.mark_stolen(key, Instant::now());
                 } else {
                     LeaseTaken {
                         shard: &taken.shard_id,
@@ -816,10 +753,8 @@ impl Coordinator {
                     Held {
                         lease: Arc::new(held),
                         stream_arn,
-                        running: false,
-                        halted: None,
+                        state: ShardState::WaitingForParents,
                         stop: self.stop_consumers.child_token(),
-                        handing_off: false,
                     },
                 );
             }
@@ -839,22 +774,14 @@ impl Coordinator {
             .values()
             .flat_map(|shards| shards.iter().map(|s| s.shard_id.clone()))
             .collect();
-        let ready: Vec<String> = self
+        let waiting = self
             .held
             .iter()
-            .filter(|(_, held)| !held.running && !held.lease.is_lost() && !held.handing_off)
-            .filter(|(key, held)| {
-                self.leases.get(*key).is_some_and(|lease| {
-                    lease.is_owned_by(&self.settings.worker_id)
-                        && graph::parents_done(
-                            lease,
-                            |parent| self.lease_of(&held.stream_arn, parent),
-                            &listed,
-                        )
-                })
-            })
-            .map(|(key, _)| key.clone())
-            .collect();
+            .filter(|(_, held)| held.state.may_start() && !held.lease.is_lost())
+            .map(|(key, held)| (key, held.stream_arn.as_str()));
+        let ready = self
+            .view()
+            .ready_to_start(waiting, &self.shard_keys, &listed);
         for key in ready {
             let Some(held) = self.held.get_mut(&key) else {
                 continue;
@@ -864,7 +791,9 @@ impl Coordinator {
                 .get(&key)
                 .map(|l| l.shard_id.clone())
                 .unwrap_or_else(|| key.clone());
-            held.running = true;
+            if held.state.start().is_err() {
+                continue;
+            }
             let consumer = ShardConsumer::new(
                 &held.stream_arn,
                 &shard_id,
@@ -925,7 +854,11 @@ impl Coordinator {
                         by: LostBy::Renewal,
                     }
                     .emit();
-                    if self.held.get(&key).is_some_and(|held| !held.running) {
+                    if self
+                        .held
+                        .get(&key)
+                        .is_some_and(|held| held.state.forget_when_lost())
+                    {
                         self.held.remove(&key);
                     }
                 }
@@ -967,7 +900,7 @@ impl Coordinator {
                     processor.lease_lost(&held.stream_arn, &shard_id);
                 }
             }
-            ShardExit::Stopped if held.handing_off => {
+            ShardExit::Stopped if held.state.is_handing_off() => {
                 self.held.insert(key.clone(), held);
                 self.hand_over(&key).await;
             }
@@ -979,14 +912,11 @@ impl Coordinator {
                     "shard halted: its lease is kept so no worker reads past the failed records; \
                      set DYNASTREAM_ON_FAILURE or fix the processor, then restart this worker"
                 );
-                self.held.insert(
-                    key,
-                    Held {
-                        halted: Some(reason),
-                        running: true,
-                        ..held
-                    },
-                );
+                let mut held = held;
+                if let Err(refused) = held.state.halt(reason) {
+                    tracing::warn!(shard = %shard_id, %refused, "an impossible shard exit");
+                }
+                self.held.insert(key, held);
             }
             ShardExit::Failed(reason) => {
                 tracing::error!(shard = %shard_id, %reason, "shard consumer failed; releasing its lease so it is retried");
@@ -1198,7 +1128,7 @@ impl Coordinator {
         let view = CollectView {
             leases: &self.leases,
             listings: &self.discovery.listings,
-            unchanged_for: |key: &str| self.observed.get(key).map(|seen| now - seen.since),
+            unchanged_for: |key: &str| self.observed.unchanged_for(key, now),
             stream_of: |lease: &Lease| self.stream_of(lease),
         };
         let doomed = self.collector.doomed(&view);
