@@ -45,8 +45,6 @@ pub(crate) type Hook = Box<dyn Fn(usize, &Batch) -> Result<(), ProcessorError> +
 pub(crate) struct Attempt {
     /// When it started, in (virtual) time.
     pub at: Instant,
-    /// The shard of the batch.
-    pub shard: String,
     /// The batch's records, in order.
     pub sequence_numbers: Vec<SequenceNumber>,
 }
@@ -60,11 +58,6 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    /// A recorder that accepts every batch.
-    pub(crate) fn new() -> Arc<Self> {
-        Recorder::with_hook(|_, _| Ok(()))
-    }
-
     /// A recorder that runs `hook` on each attempt after recording it.
     pub(crate) fn with_hook(
         hook: impl Fn(usize, &Batch) -> Result<(), ProcessorError> + Send + Sync + 'static,
@@ -111,7 +104,6 @@ impl Processor for Recorder {
             let mut attempts = lock(&self.attempts);
             attempts.push(Attempt {
                 at: Instant::now(),
-                shard: batch.shard_id.to_string(),
                 sequence_numbers: batch
                     .records
                     .iter()

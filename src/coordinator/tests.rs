@@ -7,7 +7,7 @@
 //! virtual sleeps; nothing waits in real time.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,6 +26,7 @@ use crate::processor::{Batch, BatchOutcome, Processor, ProcessorError};
 use crate::record::{EventName, SequenceNumber};
 use crate::shard::ShardSettings;
 use crate::streams::memory::MemoryStreams;
+use crate::test_support::{eventually, lock};
 
 const TABLE: &str = "orders";
 const ME: &str = "worker-a";
@@ -34,12 +35,6 @@ const PARENT: &str = "shardId-parent";
 const CHILD: &str = "shardId-child";
 /// A bound on every wait, in paused (virtual) time.
 const WAIT: Duration = Duration::from_secs(60);
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 fn settings(starting_position: StartingPosition) -> CoordinatorSettings {
     CoordinatorSettings {
@@ -250,12 +245,11 @@ impl Running {
 }
 
 /// Waits, in virtual time, until `condition` holds.
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+async fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    eventually(WAIT, condition, || {
+        format!("timed out waiting until {what}")
+    })
+    .await;
 }
 
 fn checkpoint_of(store: &MemoryLeaseStore, key: &str) -> Option<Checkpoint> {
