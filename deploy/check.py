@@ -57,6 +57,7 @@ METRICS = {
     "dynastream_workers": ("gauge", set()),
     "dynastream_shards": ("gauge", {"state"}),
     "dynastream_shards_unowned": ("gauge", {"stream"}),
+    "dynastream_shard_sync_pending": ("gauge", set()),
     "dynastream_records_failed_total": ("counter", {"destination"}),
     "dynastream_trimmed_data_total": ("counter", {"stream"}),
     "dynastream_target_requests_total": ("counter", {"target", "outcome"}),
