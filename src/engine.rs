@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, FailureDestination, ProcessorSpec};
+use crate::config::{Config, FailureDestination, Processing, ProcessorSpec, StartingPosition};
 use crate::coordinator::{Coordinator, CoordinatorSettings};
 use crate::dispatch::destination::{
     FailureDestination as Destination, FileDestination, SqsDestination,
@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::filter::FilterSet;
 use crate::lease::dynamo::DynamoLeaseStore;
 use crate::lease::LeaseStore;
+use crate::pipeline::{Pipeline, Pipelines};
 use crate::processor::count::CountProcessor;
 use crate::processor::exec::ExecProcessor;
 use crate::processor::http::HttpProcessor;
@@ -37,12 +38,118 @@ pub struct Engine {
     settings: CoordinatorSettings,
     metrics_addr: Option<std::net::SocketAddr>,
     shard_labels: bool,
+    streams: Arc<dyn StreamsApi>,
+    leases: Arc<dyn LeaseStore>,
+    /// One entry without `DYNASTREAM_PIPELINES` (named `None`), else one per
+    /// named pipeline.
+    pipelines: Vec<PipelineParts>,
+    buffer_records: usize,
+}
+
+/// What one pipeline's dispatcher is built from.
+struct PipelineParts {
+    name: Option<String>,
+    shard: ShardSettings,
     dispatch: DispatchSettings,
     filter: Option<FilterSet>,
     destination: Option<Arc<dyn Destination>>,
-    streams: Arc<dyn StreamsApi>,
-    leases: Arc<dyn LeaseStore>,
     processors: Vec<Arc<dyn Processor>>,
+    from_trim_horizon: bool,
+}
+
+impl PipelineParts {
+    fn dispatcher(self) -> Dispatcher {
+        let mut dispatcher = Dispatcher::new(self.processors).with_settings(self.dispatch);
+        if let Some(filter) = self.filter {
+            dispatcher = dispatcher.with_filter(filter);
+        }
+        if let Some(destination) = self.destination {
+            dispatcher = dispatcher.with_destination(destination);
+        }
+        dispatcher
+    }
+}
+
+/// Each pipeline's name (`None` for the one unnamed pipeline), its
+/// processing settings, and whether it replays from `TRIM_HORIZON` when new
+/// to a shard.
+fn processing_of(config: &Config) -> Vec<(Option<&str>, &Processing, bool)> {
+    if config.pipelines.is_empty() {
+        vec![(None, &config.processing, false)]
+    } else {
+        config
+            .pipelines
+            .iter()
+            .map(|p| {
+                (
+                    Some(p.name.as_str()),
+                    &p.settings,
+                    p.starting_position == StartingPosition::TrimHorizon,
+                )
+            })
+            .collect()
+    }
+}
+
+/// The variable that set `setting` for pipeline `name` (or the default).
+fn variable_of(name: Option<&str>, setting: &str) -> String {
+    match name {
+        Some(name) => format!(
+            "DYNASTREAM_PIPELINE_{}_{setting}",
+            name.to_ascii_uppercase()
+        ),
+        None => format!("DYNASTREAM_{setting}"),
+    }
+}
+
+/// The processors a pipeline's settings name.
+fn build_processors(
+    name: Option<&str>,
+    processing: &Processing,
+    sdk: &aws_config::SdkConfig,
+) -> Result<Vec<Arc<dyn Processor>>, Error> {
+    let mut processors: Vec<Arc<dyn Processor>> = Vec::new();
+    for spec in &processing.processor {
+        processors.push(match spec {
+            ProcessorSpec::Stdout => {
+                Arc::new(StdoutProcessor::new().with_format(processing.format))
+            }
+            ProcessorSpec::Count => Arc::new(CountProcessor::new()),
+            ProcessorSpec::Target(target) => {
+                crate::processor::target::build(target, sdk, processing.format)
+            }
+            ProcessorSpec::Http => Arc::new(
+                HttpProcessor::new(
+                    processing.http_url.as_deref().unwrap_or_default(),
+                    processing.http_timeout,
+                )
+                .map_err(|e| Error::Config(format!("{}: {e}", variable_of(name, "HTTP_URL"))))?,
+            ),
+            ProcessorSpec::Exec => Arc::new(
+                ExecProcessor::new(
+                    processing.exec_command.as_deref().unwrap_or_default(),
+                    processing.exec_timeout,
+                )
+                .with_concurrency(processing.exec_concurrency.get()),
+            ),
+        });
+    }
+    Ok(processors)
+}
+
+/// The failure destination a pipeline's settings name.
+fn build_destination(
+    processing: &Processing,
+    sdk: &aws_config::SdkConfig,
+) -> Option<Arc<dyn Destination>> {
+    match &processing.on_failure {
+        None => None,
+        Some(FailureDestination::File(path)) => Some(Arc::new(FileDestination::new(path))),
+        Some(FailureDestination::Sqs(queue_url)) => Some(Arc::new(SqsDestination::new(
+            aws_sdk_sqs::Client::new(sdk),
+            queue_url,
+        ))),
+    }
 }
 
 /// Reads the application's lease table and renders it for an operator
@@ -89,41 +196,12 @@ impl Engine {
             aws_sdk_dynamodb::Client::new(&sdk),
             config.lease_table_name(),
         )));
-        let mut processors: Vec<Arc<dyn Processor>> = Vec::new();
-        for spec in &config.processor {
-            processors.push(match spec {
-                ProcessorSpec::Stdout => {
-                    Arc::new(StdoutProcessor::new().with_format(config.format))
-                }
-                ProcessorSpec::Count => Arc::new(CountProcessor::new()),
-                ProcessorSpec::Target(target) => {
-                    crate::processor::target::build(target, &sdk, config.format)
-                }
-                ProcessorSpec::Http => Arc::new(
-                    HttpProcessor::new(
-                        config.http_url.as_deref().unwrap_or_default(),
-                        config.http_timeout,
-                    )
-                    .map_err(|e| Error::Config(format!("DYNASTREAM_HTTP_URL: {e}")))?,
-                ),
-                ProcessorSpec::Exec => Arc::new(
-                    ExecProcessor::new(
-                        config.exec_command.as_deref().unwrap_or_default(),
-                        config.exec_timeout,
-                    )
-                    .with_concurrency(config.exec_concurrency.get()),
-                ),
-            });
+        let mut engine = Engine::with_parts(config, streams, leases, Vec::new())?;
+        for (parts, (name, processing, _)) in engine.pipelines.iter_mut().zip(processing_of(config))
+        {
+            parts.processors = build_processors(name, processing, &sdk)?;
+            parts.destination = build_destination(processing, &sdk);
         }
-        let mut engine = Engine::with_parts(config, streams, leases, processors)?;
-        engine.destination = match &config.on_failure {
-            None => None,
-            Some(FailureDestination::File(path)) => Some(Arc::new(FileDestination::new(path))),
-            Some(FailureDestination::Sqs(queue_url)) => Some(Arc::new(SqsDestination::new(
-                aws_sdk_sqs::Client::new(&sdk),
-                queue_url,
-            ))),
-        };
         Ok(engine)
     }
 
@@ -149,48 +227,76 @@ impl Engine {
             describe_stream_rps: config.describe_stream_rps,
             shutdown_grace: config.shutdown_grace,
             max_leases: config.max_leases_per_worker.map(NonZeroUsize::get),
-            shard: ShardSettings {
-                batch_size: u32::from(config.batch_size.get()),
-                poll_interval: config.poll_interval,
-                idle_poll_interval: config.idle_poll_interval,
-                idle_after: config.idle_after,
-                batch_window: config.batch_window,
-                on_trimmed: config.on_trimmed,
-            },
+            shard: shard_settings(config, &config.processing),
         };
-        let dispatch = DispatchSettings {
-            batch_size: usize::from(config.batch_size.get()),
-            max_bytes: config.batch_max_bytes,
-            parallelization_factor: config.parallelization_factor.get(),
-            max_retry_attempts: config.max_retry_attempts.0,
-            max_record_age: config.max_record_age.0,
-            bisect_on_error: config.bisect_on_error,
-            ..DispatchSettings::default()
-        };
+        let pipelines = processing_of(config)
+            .into_iter()
+            .map(|(name, processing, from_trim_horizon)| PipelineParts {
+                name: name.map(str::to_owned),
+                shard: shard_settings(config, processing),
+                dispatch: DispatchSettings {
+                    batch_size: usize::from(processing.batch_size.get()),
+                    max_bytes: processing.batch_max_bytes,
+                    parallelization_factor: processing.parallelization_factor.get(),
+                    max_retry_attempts: processing.max_retry_attempts.0,
+                    max_record_age: processing.max_record_age.0,
+                    bisect_on_error: processing.bisect_on_error,
+                    ..DispatchSettings::default()
+                },
+                filter: processing.filter.clone(),
+                destination: None,
+                processors: processors.clone(),
+                from_trim_horizon,
+            })
+            .collect();
         Ok(Engine {
             settings,
             metrics_addr: Some(config.metrics_addr),
             shard_labels: config.metrics_shard_labels,
-            dispatch,
-            filter: config.filter.clone(),
-            destination: None,
             streams,
             leases,
-            processors,
+            pipelines,
+            buffer_records: config.pipeline_buffer_records.get(),
         })
     }
 
-    /// Sends records whose retries or age run out to `destination`.
+    /// Sends records whose retries or age run out to `destination`, in
+    /// every pipeline.
     pub fn with_destination(mut self, destination: Arc<dyn Destination>) -> Engine {
-        self.destination = Some(destination);
+        for parts in &mut self.pipelines {
+            parts.destination = Some(Arc::clone(&destination));
+        }
         self
     }
 
-    /// Replaces the processors, keeping everything else: how a Rust program
-    /// plugs its own processing into an engine built by [`Engine::connect`].
+    /// Replaces the processors of every pipeline, keeping everything else:
+    /// how a Rust program plugs its own processing into an engine built by
+    /// [`Engine::connect`].
     pub fn with_processors(mut self, processors: Vec<Arc<dyn Processor>>) -> Engine {
-        self.processors = processors;
+        for parts in &mut self.pipelines {
+            parts.processors.clone_from(&processors);
+        }
         self
+    }
+
+    /// Replaces the processors of the pipeline named `name` (declared in
+    /// `DYNASTREAM_PIPELINES`); an error naming it when there is none.
+    pub fn with_pipeline_processors(
+        mut self,
+        name: &str,
+        processors: Vec<Arc<dyn Processor>>,
+    ) -> Result<Engine, Error> {
+        let parts = self
+            .pipelines
+            .iter_mut()
+            .find(|parts| parts.name.as_deref() == Some(name))
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "no pipeline named {name:?} in DYNASTREAM_PIPELINES"
+                ))
+            })?;
+        parts.processors = processors;
+        Ok(self)
     }
 
     /// Serves the metrics and health endpoints elsewhere, or (`None`) not at all.
@@ -228,15 +334,26 @@ impl Engine {
             }
             None => None,
         };
-        let mut dispatcher = Dispatcher::new(self.processors).with_settings(self.dispatch);
-        if let Some(filter) = self.filter {
-            dispatcher = dispatcher.with_filter(filter);
-        }
-        if let Some(destination) = self.destination {
-            dispatcher = dispatcher.with_destination(destination);
-        }
-        let dispatcher = Arc::new(dispatcher);
-        let outcome = Coordinator::new(self.settings, self.streams, self.leases, dispatcher)
+        let buffer_records = self.buffer_records;
+        let mut parts = self.pipelines;
+        let pipelines = match parts.first() {
+            Some(first) if first.name.is_none() => {
+                Pipelines::Single(Arc::new(parts.remove(0).dispatcher()))
+            }
+            _ => Pipelines::named(
+                parts
+                    .into_iter()
+                    .map(|parts| Pipeline {
+                        name: parts.name.clone().unwrap_or_default(),
+                        settings: parts.shard.clone(),
+                        from_trim_horizon: parts.from_trim_horizon,
+                        dispatcher: Arc::new(parts.dispatcher()),
+                    })
+                    .collect(),
+                buffer_records,
+            ),
+        };
+        let outcome = Coordinator::new(self.settings, self.streams, self.leases, pipelines)
             .with_health(health)
             .run(shutdown)
             .await;
@@ -245,5 +362,18 @@ impl Engine {
             let _ = server.await;
         }
         outcome
+    }
+}
+
+/// A pipeline's shard settings: the application's poll intervals, the
+/// pipeline's batching.
+fn shard_settings(config: &Config, processing: &Processing) -> ShardSettings {
+    ShardSettings {
+        batch_size: u32::from(processing.batch_size.get()),
+        poll_interval: config.poll_interval,
+        idle_poll_interval: config.idle_poll_interval,
+        idle_after: config.idle_after,
+        batch_window: processing.batch_window,
+        on_trimmed: processing.on_trimmed,
     }
 }

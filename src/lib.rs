@@ -12,6 +12,8 @@
 //!   owns one shard task per held lease.
 //! - [`shard`]: one shard's loop: a GetRecords cursor, a batch gatherer,
 //!   dispatch, checkpoint.
+//! - [`pipeline`]: with `DYNASTREAM_PIPELINES`, one read of each shard feeding
+//!   several pipelines, each with its own filter, processors and checkpoint.
 //! - [`filter`]: Lambda's FilterCriteria, matched against the typed record.
 //! - [`dispatch`]: gets each batch through every processor, with retries.
 //! - [`processor`]: the [`processor::Processor`] trait and the built-ins.
@@ -35,6 +37,7 @@ pub mod dispatch;
 pub mod error;
 pub mod filter;
 pub mod lease;
+pub mod pipeline;
 pub mod processor;
 pub mod record;
 pub mod retry;

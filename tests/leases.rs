@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use dynastream::lease::held::HeldLease;
-use dynastream::lease::{Checkpoint, ItemKind, Lease, LeaseError, LeaseStore};
+use dynastream::lease::{Checkpoint, ItemKind, Lease, LeaseError, LeaseStore, PipelineStart};
 use dynastream::record::SequenceNumber;
 use support::*;
 use tokio::time::Instant;
@@ -73,6 +73,66 @@ async fn a_worker_whose_lease_was_taken_cannot_checkpoint() {
         stored.checkpoint,
         Checkpoint::Sequence(SequenceNumber::from("100"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_checkpoints_are_one_fenced_map_beside_the_kcl_checkpoint() {
+    let table = unique_name("pipeline-leases");
+    let store = lease_store(&table).await;
+    store.ensure_table().await.unwrap();
+    let lease = Lease::new("arn:stream", "shardId-1", None, Checkpoint::TrimHorizon);
+    store.create_lease_if_absent(&lease).await.unwrap();
+    let taken = store.take_lease(&lease, "worker-a").await.unwrap();
+    let held = HeldLease::new(
+        Arc::new(store.clone()),
+        taken,
+        Duration::from_secs(10),
+        Instant::now(),
+    );
+    let declared = ["search", "audit"].map(|name| PipelineStart {
+        name: name.into(),
+        from_trim_horizon: false,
+    });
+    let seq = |n: &str| Checkpoint::Sequence(SequenceNumber::from(n));
+    held.checkpoint_pipeline("search", &seq("500"), &declared)
+        .await
+        .unwrap();
+    held.checkpoint_pipeline("audit", &seq("300"), &declared)
+        .await
+        .unwrap();
+
+    let client = dynamodb().await;
+    let item = client
+        .get_item()
+        .table_name(&table)
+        .key("leaseKey", AttributeValue::S("shardId-1".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert_eq!(item["checkpoint"], AttributeValue::S("300".into()));
+    let map = item["pipelineCheckpoints"].as_m().unwrap();
+    assert_eq!(map["search"], AttributeValue::S("500".into()));
+    assert_eq!(map["audit"], AttributeValue::S("300".into()));
+
+    let stored = store.list_leases().await.unwrap().leases.remove(0);
+    assert_eq!(stored.pipeline_checkpoints["search"], seq("500"));
+    let stolen = store.take_lease(&stored, "worker-b").await.unwrap();
+    let refused = held
+        .checkpoint_pipeline("audit", &seq("900"), &declared)
+        .await;
+    assert!(
+        matches!(refused, Err(LeaseError::Conflict { .. })),
+        "{refused:?}"
+    );
+    let after = store.list_leases().await.unwrap().leases.remove(0);
+    assert_eq!(
+        after.counter, stolen.counter,
+        "the fenced write changed nothing"
+    );
+    assert_eq!(after.pipeline_checkpoints["audit"], seq("300"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@
 //!
 //! - every half renewal interval it reads the lease table, judges expiry on
 //!   its own monotonic clock, takes or steals leases towards its fair share
-//!   ([`balance`]) and starts a [`ShardConsumer`] for each held lease whose
+//!   ([`balance`]) and starts a shard task ([`Pipelines::shard_task`]) for each held lease whose
 //!   parents are done ([`graph`]);
 //! - every renewal interval (a third of the lease duration) it renews what it
 //!   holds: its shard leases, its presence item and, if it has it, the
@@ -49,12 +49,12 @@ use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::config::StartingPosition;
-use crate::dispatch::Dispatcher;
 use crate::error::Error;
 use crate::lease::held::HeldLease;
 use crate::lease::{ItemKind, Lease, LeaseError, LeaseStore};
+use crate::pipeline::Pipelines;
 use crate::retry::{retry, Attempt, RetryError, Retryable};
-use crate::shard::{ShardConsumer, ShardExit, ShardSettings};
+use crate::shard::{ShardExit, ShardSettings};
 use crate::streams::{newest_stream, ShardInfo, StreamStatus, StreamsApi, StreamsError};
 use crate::telemetry::events::{
     LeaseHandedOver, LeaseLost, LeaseReleased, LeaseRenewFailed, LeaseRequested, LeaseStolen,
@@ -116,7 +116,7 @@ pub struct Coordinator {
     settings: CoordinatorSettings,
     api: Arc<dyn StreamsApi>,
     store: Arc<dyn LeaseStore>,
-    dispatcher: Arc<Dispatcher>,
+    pipelines: Pipelines,
     discovery: Discovery,
     leases: HashMap<String, Lease>,
     shard_keys: HashMap<(String, String), String>,
@@ -147,7 +147,7 @@ impl Coordinator {
         settings: CoordinatorSettings,
         api: Arc<dyn StreamsApi>,
         store: Arc<dyn LeaseStore>,
-        dispatcher: Arc<Dispatcher>,
+        pipelines: impl Into<Pipelines>,
     ) -> Self {
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
         let pending = Arc::new(SyncSet::default());
@@ -166,7 +166,7 @@ impl Coordinator {
             settings,
             api,
             store,
-            dispatcher,
+            pipelines: pipelines.into(),
             discovery,
             leases: HashMap::new(),
             shard_keys: HashMap::new(),
@@ -794,12 +794,11 @@ impl Coordinator {
             if held.state.start().is_err() {
                 continue;
             }
-            let consumer = ShardConsumer::new(
+            let consumer = self.pipelines.shard_task(
                 &held.stream_arn,
                 &shard_id,
                 Arc::clone(&self.api),
                 Arc::clone(&held.lease),
-                Arc::clone(&self.dispatcher),
                 self.settings.shard.clone(),
             );
             let span = tracing::info_span!("shard", stream = %held.stream_arn, shard = %shard_id);
@@ -896,7 +895,7 @@ impl Coordinator {
             }
             ShardExit::LeaseLost => {
                 tracing::warn!(shard = %shard_id, "stopped reading a shard whose lease was lost");
-                for processor in self.dispatcher.processors() {
+                for processor in self.pipelines.processors() {
                     processor.lease_lost(&held.stream_arn, &shard_id);
                 }
             }

@@ -198,6 +198,16 @@ impl LeaseStore for GatedStore {
     ) -> Result<Lease, LeaseError> {
         self.inner.update_checkpoint(lease, checkpoint).await
     }
+    async fn update_pipeline_checkpoints(
+        &self,
+        lease: &Lease,
+        checkpoint: &Checkpoint,
+        pipelines: &std::collections::BTreeMap<String, Checkpoint>,
+    ) -> Result<Lease, LeaseError> {
+        self.inner
+            .update_pipeline_checkpoints(lease, checkpoint, pipelines)
+            .await
+    }
     async fn release_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
         self.inner.release_lease(lease).await
     }

@@ -5,7 +5,7 @@
 //! Lease-table traffic is small (a renewal per lease every few seconds), so
 //! the table is created PAY_PER_REQUEST.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,6 +32,9 @@ const LEASE_OWNER: &str = "leaseOwner";
 const LEASE_COUNTER: &str = "leaseCounter";
 const CHECKPOINT: &str = "checkpoint";
 const CHECKPOINT_SUB_SEQUENCE: &str = "checkpointSubSequenceNumber";
+/// Each named pipeline's checkpoint, a map of pipeline name to the text a
+/// `checkpoint` holds; absent for an application with one pipeline.
+const PIPELINE_CHECKPOINTS: &str = "pipelineCheckpoints";
 const OWNER_SWITCHES: &str = "ownerSwitchesSinceCheckpoint";
 const PARENT_SHARD_ID: &str = "parentShardId";
 const STREAM_ARN: &str = "streamArn";
@@ -199,7 +202,31 @@ pub fn lease_from_item(item: &HashMap<String, AttributeValue>) -> Result<Lease, 
             )))
         }
     };
+    let pipeline_checkpoints = match item.get(PIPELINE_CHECKPOINTS) {
+        None | Some(AttributeValue::Null(_)) => BTreeMap::new(),
+        Some(AttributeValue::M(map)) => map
+            .iter()
+            .map(|(name, value)| match value {
+                AttributeValue::S(text) => Checkpoint::parse(text)
+                    .map(|checkpoint| (name.clone(), checkpoint))
+                    .ok_or_else(|| {
+                        malformed(format!(
+                            "pipelineCheckpoints.{name} is not a checkpoint: {text:?}"
+                        ))
+                    }),
+                other => Err(malformed(format!(
+                    "pipelineCheckpoints.{name} is not a string: {other:?}"
+                ))),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(malformed(format!(
+                "pipelineCheckpoints is not a map: {other:?}"
+            )))
+        }
+    };
     Ok(Lease {
+        pipeline_checkpoints,
         shard_id: read_string(SHARD_ID)?.unwrap_or_else(|| key.clone()),
         pending_owner: read_string(PENDING_OWNER)?,
         updated_at_millis: match item.get(UPDATED_AT) {
@@ -253,7 +280,27 @@ pub fn lease_to_item(lease: &Lease) -> HashMap<String, AttributeValue> {
             AttributeValue::Ss(lease.parent_shard_ids.clone()),
         );
     }
+    if !lease.pipeline_checkpoints.is_empty() {
+        item.insert(
+            PIPELINE_CHECKPOINTS.into(),
+            pipeline_checkpoints_value(&lease.pipeline_checkpoints),
+        );
+    }
     item
+}
+
+fn pipeline_checkpoints_value(pipelines: &BTreeMap<String, Checkpoint>) -> AttributeValue {
+    AttributeValue::M(
+        pipelines
+            .iter()
+            .map(|(name, checkpoint)| {
+                (
+                    name.clone(),
+                    AttributeValue::S(checkpoint.as_stored().to_owned()),
+                )
+            })
+            .collect(),
+    )
 }
 
 #[async_trait]
@@ -422,6 +469,32 @@ impl LeaseStore for DynamoLeaseStore {
             .await
     }
 
+    async fn update_pipeline_checkpoints(
+        &self,
+        lease: &Lease,
+        checkpoint: &Checkpoint,
+        pipelines: &BTreeMap<String, Checkpoint>,
+    ) -> Result<Lease, LeaseError> {
+        let mut values = HashMap::new();
+        values.insert(":one".into(), number(1));
+        values.insert(":zero".into(), number(0));
+        values.insert(
+            ":checkpoint".into(),
+            AttributeValue::S(checkpoint.as_stored().to_owned()),
+        );
+        values.insert(":pipelines".into(), pipeline_checkpoints_value(pipelines));
+        let mut names = HashMap::new();
+        names.insert("#checkpoint".into(), CHECKPOINT.into());
+        names.insert("#sub".into(), CHECKPOINT_SUB_SEQUENCE.into());
+        names.insert("#switches".into(), OWNER_SWITCHES.into());
+        names.insert("#pipelines".into(), PIPELINE_CHECKPOINTS.into());
+        let update = "SET #counter = #counter + :one, #checkpoint = :checkpoint, \
+                      #sub = :zero, #switches = :zero, #pipelines = :pipelines"
+            .to_owned();
+        self.conditional_update("Checkpoint", lease, update, values, names)
+            .await
+    }
+
     async fn release_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
         let mut values = HashMap::new();
         values.insert(":one".into(), number(1));
@@ -511,6 +584,17 @@ mod tests {
         lease.counter = 7;
         let mut back = lease_from_item(&lease_to_item(&lease)).unwrap();
         assert!(back.updated_at_millis.is_some());
+        back.updated_at_millis = None;
+        assert_eq!(back, lease);
+        assert!(!lease_to_item(&lease).contains_key(PIPELINE_CHECKPOINTS));
+        lease
+            .pipeline_checkpoints
+            .insert("search".into(), Checkpoint::ShardEnd);
+        lease.pipeline_checkpoints.insert(
+            "audit_log".into(),
+            Checkpoint::Sequence(crate::record::SequenceNumber::from("12")),
+        );
+        let mut back = lease_from_item(&lease_to_item(&lease)).unwrap();
         back.updated_at_millis = None;
         assert_eq!(back, lease);
         assert_eq!(

@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Checkpoint, Lease, LeaseError, LeaseStore};
+use super::{Checkpoint, Lease, LeaseError, LeaseStore, PipelineStart};
 
 /// A lease this worker owns.
 #[derive(Debug)]
@@ -129,6 +129,40 @@ impl HeldLease {
             .map(drop)
     }
 
+    /// Records one pipeline's progress: its entry in the lease's pipeline
+    /// checkpoints, and the shard's checkpoint as the least advanced of the
+    /// `declared` pipelines'. Entries of pipelines no longer declared are
+    /// kept as they are (the leader removes them) and do not hold the
+    /// shard's checkpoint back. Fenced like [`HeldLease::checkpoint`].
+    pub async fn checkpoint_pipeline(
+        &self,
+        pipeline: &str,
+        checkpoint: &Checkpoint,
+        declared: &[PipelineStart],
+    ) -> Result<(), LeaseError> {
+        self.write(|store, lease| async move {
+            let mut pipelines = lease.pipeline_checkpoints.clone();
+            for start in declared {
+                pipelines
+                    .entry(start.name.clone())
+                    .or_insert_with(|| lease.pipeline_checkpoint(start));
+            }
+            pipelines.insert(pipeline.to_owned(), checkpoint.clone());
+            let shard = Checkpoint::least_advanced(
+                declared
+                    .iter()
+                    .filter_map(|start| pipelines.get(&start.name)),
+            )
+            .unwrap_or(checkpoint)
+            .clone();
+            store
+                .update_pipeline_checkpoints(&lease, &shard, &pipelines)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
     /// Hands the lease to the worker that asked for it (its `pendingOwner`),
     /// after the caller has checkpointed. The handle is lost afterwards.
     pub async fn hand_off(&self, pending: &Lease) -> Result<(), LeaseError> {
@@ -191,6 +225,51 @@ mod tests {
         let stored = store.get("shard-1").unwrap();
         assert_eq!(stored.counter, 4);
         assert_eq!(stored.checkpoint, seq);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_shard_checkpoint_is_the_least_advanced_declared_pipeline() {
+        let store = MemoryLeaseStore::new();
+        let lease = held(&store).await;
+        let declared = [
+            PipelineStart {
+                name: "search".into(),
+                from_trim_horizon: false,
+            },
+            PipelineStart {
+                name: "audit".into(),
+                from_trim_horizon: false,
+            },
+        ];
+        let seq = |n: &str| Checkpoint::Sequence(SequenceNumber::from(n));
+        lease
+            .checkpoint_pipeline("search", &seq("300"), &declared)
+            .await
+            .unwrap();
+        let stored = store.get("shard-1").unwrap();
+        assert_eq!(
+            stored.checkpoint,
+            Checkpoint::TrimHorizon,
+            "audit has not moved"
+        );
+        assert_eq!(stored.pipeline_checkpoints["search"], seq("300"));
+        assert_eq!(
+            stored.pipeline_checkpoints["audit"],
+            Checkpoint::TrimHorizon
+        );
+        lease
+            .checkpoint_pipeline("audit", &seq("200"), &declared)
+            .await
+            .unwrap();
+        assert_eq!(store.get("shard-1").unwrap().checkpoint, seq("200"));
+        // A pipeline no longer declared keeps its entry but holds nothing back.
+        lease
+            .checkpoint_pipeline("audit", &seq("400"), &declared[1..])
+            .await
+            .unwrap();
+        let stored = store.get("shard-1").unwrap();
+        assert_eq!(stored.checkpoint, seq("400"));
+        assert_eq!(stored.pipeline_checkpoints["search"], seq("300"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -125,6 +125,20 @@ impl LeaseStore for MemoryLeaseStore {
         })
     }
 
+    async fn update_pipeline_checkpoints(
+        &self,
+        lease: &Lease,
+        checkpoint: &Checkpoint,
+        pipelines: &std::collections::BTreeMap<String, Checkpoint>,
+    ) -> Result<Lease, LeaseError> {
+        self.update(lease, |stored| {
+            stored.checkpoint = checkpoint.clone();
+            stored.pipeline_checkpoints = pipelines.clone();
+            stored.checkpoint_sub_sequence_number = 0;
+            stored.owner_switches_since_checkpoint = 0;
+        })
+    }
+
     async fn release_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
         self.update(lease, |stored| stored.owner = None)
     }

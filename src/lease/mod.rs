@@ -19,6 +19,7 @@ pub mod held;
 pub mod memory;
 pub mod report;
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use async_trait::async_trait;
@@ -67,6 +68,27 @@ impl Checkpoint {
     /// Whether the shard was read to its end.
     pub fn is_shard_end(&self) -> bool {
         matches!(self, Checkpoint::ShardEnd)
+    }
+
+    /// How far this checkpoint got, for comparing two of one shard: nothing
+    /// processed (TRIM_HORIZON before LATEST), then sequence numbers, then
+    /// SHARD_END.
+    fn progress(&self) -> (u8, Option<&SequenceNumber>) {
+        match self {
+            Checkpoint::TrimHorizon => (0, None),
+            Checkpoint::Latest => (1, None),
+            Checkpoint::Sequence(seq) => (2, Some(seq)),
+            Checkpoint::ShardEnd => (3, None),
+        }
+    }
+
+    /// The least advanced of several checkpoints of one shard: where a
+    /// reader that must serve all of them resumes. `None` when empty.
+    pub fn least_advanced<'a>(
+        all: impl IntoIterator<Item = &'a Checkpoint>,
+    ) -> Option<&'a Checkpoint> {
+        all.into_iter()
+            .min_by(|a, b| a.progress().cmp(&b.progress()))
     }
 }
 
@@ -127,6 +149,11 @@ pub struct Lease {
     /// hands it over at its next batch boundary, after checkpointing, so a
     /// rebalance processes nothing twice.
     pub pending_owner: Option<String>,
+    /// Each named pipeline's own progress (`pipelineCheckpoints`, a map
+    /// attribute), when the application runs several: `checkpoint` then holds
+    /// the least advanced of them, so the KCL's column stays meaningful.
+    /// Empty for an application with one pipeline.
+    pub pipeline_checkpoints: BTreeMap<String, Checkpoint>,
 }
 
 impl Lease {
@@ -149,6 +176,20 @@ impl Lease {
             parent_shard_ids: parent.map(|p| vec![p.to_owned()]).unwrap_or_default(),
             updated_at_millis: None,
             pending_owner: None,
+            pipeline_checkpoints: BTreeMap::new(),
+        }
+    }
+
+    /// Where a pipeline resumes: its own checkpoint, else (a pipeline new
+    /// to this shard) the oldest record held when it starts at
+    /// `TRIM_HORIZON`, or the shard's checkpoint when it starts at `LATEST`.
+    pub fn pipeline_checkpoint(&self, pipeline: &PipelineStart) -> Checkpoint {
+        match self.pipeline_checkpoints.get(&pipeline.name) {
+            Some(own) => own.clone(),
+            None if pipeline.from_trim_horizon && !self.checkpoint.is_shard_end() => {
+                Checkpoint::TrimHorizon
+            }
+            None => self.checkpoint.clone(),
         }
     }
 
@@ -189,6 +230,17 @@ impl Lease {
     pub fn is_owned_by(&self, worker: &str) -> bool {
         self.owner.as_deref() == Some(worker)
     }
+}
+
+/// A pipeline of the application, as the lease protocol needs to know it:
+/// the key of its checkpoint and where it starts on a shard it has none for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineStart {
+    /// The pipeline's name.
+    pub name: String,
+    /// Whether it replays what the stream holds (`TRIM_HORIZON`) instead of
+    /// joining at the shard's checkpoint (`LATEST`).
+    pub from_trim_horizon: bool,
 }
 
 /// Why a lease-table call failed.
@@ -279,6 +331,16 @@ pub trait LeaseStore: Send + Sync + std::fmt::Debug + 'static {
         checkpoint: &Checkpoint,
     ) -> Result<Lease, LeaseError>;
 
+    /// Records each pipeline's progress (`pipelines`, written whole) and the
+    /// shard's (`checkpoint`, the least advanced of the pipelines'), in one
+    /// conditional write as [`LeaseStore::update_checkpoint`].
+    async fn update_pipeline_checkpoints(
+        &self,
+        lease: &Lease,
+        checkpoint: &Checkpoint,
+        pipelines: &BTreeMap<String, Checkpoint>,
+    ) -> Result<Lease, LeaseError>;
+
     /// Clears the owner so any worker can take the lease at once.
     async fn release_lease(&self, lease: &Lease) -> Result<Lease, LeaseError>;
 
@@ -312,6 +374,51 @@ mod tests {
         assert_eq!(Checkpoint::parse("AT_TIMESTAMP"), None);
         assert_eq!(Checkpoint::parse(""), None);
         assert_eq!(Checkpoint::parse("12a"), None);
+    }
+
+    #[test]
+    fn the_least_advanced_checkpoint_is_where_a_shared_reader_resumes() {
+        let seq = |n: &str| Checkpoint::Sequence(SequenceNumber::from(n));
+        let all = [
+            Checkpoint::ShardEnd,
+            seq("900"),
+            seq("1000"),
+            Checkpoint::Latest,
+        ];
+        assert_eq!(Checkpoint::least_advanced(&all), Some(&Checkpoint::Latest));
+        assert_eq!(Checkpoint::least_advanced(&all[..3]), Some(&seq("900")));
+        assert_eq!(
+            Checkpoint::least_advanced(&[seq("5"), Checkpoint::TrimHorizon]),
+            Some(&Checkpoint::TrimHorizon)
+        );
+        assert_eq!(Checkpoint::least_advanced(&[]), None);
+    }
+
+    #[test]
+    fn a_pipeline_new_to_a_shard_starts_where_its_position_says() {
+        let seq = Checkpoint::Sequence(SequenceNumber::from("42"));
+        let mut lease = Lease::new("arn", "shard-1", None, seq.clone());
+        lease
+            .pipeline_checkpoints
+            .insert("search".into(), Checkpoint::ShardEnd);
+        let start = |name: &str, from_trim_horizon| PipelineStart {
+            name: name.into(),
+            from_trim_horizon,
+        };
+        assert_eq!(
+            lease.pipeline_checkpoint(&start("search", true)),
+            Checkpoint::ShardEnd
+        );
+        assert_eq!(lease.pipeline_checkpoint(&start("audit", false)), seq);
+        assert_eq!(
+            lease.pipeline_checkpoint(&start("audit", true)),
+            Checkpoint::TrimHorizon
+        );
+        lease.checkpoint = Checkpoint::ShardEnd;
+        assert_eq!(
+            lease.pipeline_checkpoint(&start("audit", true)),
+            Checkpoint::ShardEnd
+        );
     }
 
     proptest! {

@@ -25,7 +25,7 @@ use super::ShardExit;
 
 /// What a read came to.
 #[derive(Debug)]
-pub(super) enum Read {
+pub(crate) enum Read {
     /// A page (possibly empty; without a next iterator when the shard is
     /// closed and this was its last page). `restarted` when the iterator
     /// was (re-)acquired for it: reading resumed after the last checkpoint,
@@ -39,7 +39,7 @@ pub(super) enum Read {
 }
 
 /// The shard's iterator, its position and its read-ahead.
-pub(super) struct Cursor {
+pub(crate) struct Cursor {
     api: Arc<dyn StreamsApi>,
     stream_arn: Arc<str>,
     shard_id: Arc<str>,
@@ -64,7 +64,7 @@ enum Setback {
 impl Cursor {
     /// A cursor that starts at `position`, stopping its waits when
     /// `lease_lost` fires.
-    pub(super) fn new(
+    pub(crate) fn new(
         api: Arc<dyn StreamsApi>,
         stream_arn: Arc<str>,
         shard_id: Arc<str>,
@@ -90,7 +90,7 @@ impl Cursor {
     /// The next page of at most `limit` records (clamped to 1..=1,000): the
     /// page read ahead if there is one, else a GetRecords call, acquiring an
     /// iterator first when there is none.
-    pub(super) async fn next(&mut self, limit: usize, shutdown: &CancellationToken) -> Read {
+    pub(crate) async fn next(&mut self, limit: usize, shutdown: &CancellationToken) -> Read {
         let mut restarted = false;
         loop {
             if self.iterator.is_none() {
@@ -112,7 +112,7 @@ impl Cursor {
 
     /// Whether a page was read ahead: the caller reads it at once instead of
     /// waiting the poll interval.
-    pub(super) fn has_page_ahead(&self) -> bool {
+    pub(crate) fn has_page_ahead(&self) -> bool {
         self.ahead.is_some()
     }
 
@@ -120,7 +120,7 @@ impl Cursor {
     /// busy shard waits for one round trip per batch instead of two. Nothing
     /// is read when there is no iterator (the shard ended) or when shutdown
     /// or the loss of the lease interrupts the call.
-    pub(super) async fn read_ahead(&mut self, limit: usize, shutdown: &CancellationToken) {
+    pub(crate) async fn read_ahead(&mut self, limit: usize, shutdown: &CancellationToken) {
         let Some(iterator) = self.iterator.as_deref() else {
             return;
         };
@@ -134,7 +134,7 @@ impl Cursor {
 
     /// Records that everything up to `last` is checkpointed: a re-acquired
     /// iterator starts after it.
-    pub(super) fn checkpointed(&mut self, last: crate::record::SequenceNumber) {
+    pub(crate) fn checkpointed(&mut self, last: crate::record::SequenceNumber) {
         self.position = IteratorPosition::AfterSequenceNumber(last);
     }
 

@@ -15,7 +15,7 @@ use crate::record::StreamRecord;
 
 /// Records read but not yet handed to dispatch.
 #[derive(Debug)]
-pub(super) struct Gatherer {
+pub(crate) struct Gatherer {
     target_records: usize,
     target_bytes: u64,
     window: Duration,
@@ -27,7 +27,7 @@ pub(super) struct Gatherer {
 impl Gatherer {
     /// A gatherer that hands on `target_records` records or `target_bytes`
     /// bytes at once, or whatever it holds `window` after its first record.
-    pub(super) fn new(target_records: usize, target_bytes: u64, window: Duration) -> Self {
+    pub(crate) fn new(target_records: usize, target_bytes: u64, window: Duration) -> Self {
         Gatherer {
             target_records: target_records.max(1),
             target_bytes,
@@ -39,22 +39,27 @@ impl Gatherer {
     }
 
     /// How many more records the next read should ask for.
-    pub(super) fn room(&self) -> usize {
+    pub(crate) fn room(&self) -> usize {
         self.target_records.saturating_sub(self.records.len())
     }
 
     /// Drops what is held: the shard is read again from the last checkpoint.
-    pub(super) fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.records.clear();
         self.bytes = 0;
         self.window_closes = None;
     }
 
     /// Holds a read's records; the first held record opens the window.
-    pub(super) fn add(&mut self, records: Vec<StreamRecord>) {
+    pub(crate) fn add(&mut self, records: Vec<StreamRecord>) {
+        self.add_shared(records.into_iter().map(Arc::new));
+    }
+
+    /// Holds records another reader read (shared with other gatherers).
+    pub(crate) fn add_shared(&mut self, records: impl IntoIterator<Item = Arc<StreamRecord>>) {
         for record in records {
             self.bytes += record.dynamodb.size_bytes.max(0) as u64;
-            self.records.push(Arc::new(record));
+            self.records.push(record);
         }
         if !self.records.is_empty() && self.window_closes.is_none() {
             self.window_closes = Some(Instant::now() + self.window);
@@ -63,7 +68,7 @@ impl Gatherer {
 
     /// Everything held, when it is enough, the window has closed or
     /// `shard_closed` says no more will come; `None` while it should wait.
-    pub(super) fn take_batch(&mut self, shard_closed: bool) -> Option<Vec<Arc<StreamRecord>>> {
+    pub(crate) fn take_batch(&mut self, shard_closed: bool) -> Option<Vec<Arc<StreamRecord>>> {
         if self.records.is_empty() {
             return None;
         }
@@ -78,7 +83,7 @@ impl Gatherer {
     }
 
     /// How long until the window closes, if records are held.
-    pub(super) fn window_closes_in(&self) -> Option<Duration> {
+    pub(crate) fn window_closes_in(&self) -> Option<Duration> {
         self.window_closes
             .map(|at| at.saturating_duration_since(Instant::now()))
     }

@@ -19,8 +19,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-mod cursor;
-mod gather;
+pub(crate) mod cursor;
+pub(crate) mod gather;
 
 use crate::backoff::Backoff;
 use crate::config::OnTrimmed;
@@ -98,7 +98,7 @@ pub struct ShardConsumer {
 }
 
 /// Seconds since a record's creation; 0 for an empty read (caught up).
-fn age_of(created_epoch_secs: Option<i64>) -> f64 {
+pub(crate) fn age_of(created_epoch_secs: Option<i64>) -> f64 {
     let Some(created) = created_epoch_secs else {
         return 0.0;
     };
@@ -270,18 +270,7 @@ impl ShardConsumer {
             .last()
             .map(|r| r.sequence_number().clone())
             .expect("a non-empty batch has a last record");
-        // Records flow only under a lease we can still vouch for; if renewals
-        // are failing, wait for one to succeed (or for the lease to be lost).
-        while !self.lease.is_valid() {
-            if self.lease.is_lost() {
-                return Err(ShardExit::LeaseLost);
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return Err(ShardExit::Stopped),
-                _ = self.lease.lost().cancelled() => return Err(ShardExit::LeaseLost),
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
-        }
+        wait_for_valid_lease(&self.lease, shutdown).await?;
         let count = batch.len();
         let outcome = self
             .dispatcher
@@ -293,12 +282,7 @@ impl ShardConsumer {
                 shutdown,
             )
             .await;
-        let report = match outcome {
-            Ok(report) => report,
-            Err(Undelivered::LeaseLost) => return Err(ShardExit::LeaseLost),
-            Err(Undelivered::ShuttingDown) => return Err(ShardExit::Stopped),
-            Err(Undelivered::Halted(reason)) => return Err(ShardExit::Halted(reason)),
-        };
+        let report = outcome?;
         if self.checkpoint(&Checkpoint::Sequence(last.clone())).await {
             tracing::debug!(
                 records = count,
@@ -314,30 +298,13 @@ impl ShardConsumer {
         }
     }
 
-    /// Writes a checkpoint, retrying transient failures while the lease is
-    /// still valid (even during shutdown: the last batch must be recorded).
-    /// `false` when the lease is gone: the shard must stop.
+    /// Writes a checkpoint (see [`write_checkpoint`]); `false` when the
+    /// lease is gone: the shard must stop.
     async fn checkpoint(&self, checkpoint: &Checkpoint) -> bool {
-        let never = CancellationToken::new();
-        let written = retry(&mut Backoff::for_aws_calls(), &never, || async {
-            match self.lease.checkpoint(checkpoint).await {
-                Ok(()) => Attempt::Done(()),
-                Err(LeaseError::Conflict { .. }) => {
-                    tracing::warn!(%checkpoint, "checkpoint refused: another worker owns the lease now");
-                    Attempt::Fail(())
-                }
-                Err(err) if err.is_retryable() && self.lease.is_valid() => {
-                    tracing::warn!(error = %err, "checkpoint failed; retrying");
-                    Attempt::Retry(())
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, %checkpoint, "checkpoint failed; giving the shard up so the next owner resumes from the last checkpoint");
-                    Attempt::Fail(())
-                }
-            }
+        write_checkpoint(&self.lease, checkpoint, || {
+            self.lease.checkpoint(checkpoint)
         })
-        .await;
-        written.is_ok()
+        .await
     }
 
     async fn finish_shard(&self) -> ShardExit {
@@ -349,6 +316,70 @@ impl ShardConsumer {
             processor.shard_ended(&self.stream_arn, &self.shard_id);
         }
         ShardExit::Ended
+    }
+}
+
+/// Waits until records may flow under `lease`: while renewals are failing,
+/// for one to succeed. `Err` when the lease is lost or shutdown comes first.
+pub(crate) async fn wait_for_valid_lease(
+    lease: &HeldLease,
+    shutdown: &CancellationToken,
+) -> Result<(), ShardExit> {
+    while !lease.is_valid() {
+        if lease.is_lost() {
+            return Err(ShardExit::LeaseLost);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(ShardExit::Stopped),
+            _ = lease.lost().cancelled() => return Err(ShardExit::LeaseLost),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Writes `checkpoint` with `write`, retrying transient failures while the
+/// lease is still valid (even during shutdown: the last batch must be
+/// recorded). `false` when the lease is gone.
+pub(crate) async fn write_checkpoint<F, Fut>(
+    lease: &HeldLease,
+    checkpoint: &Checkpoint,
+    write: F,
+) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), LeaseError>>,
+{
+    let never = CancellationToken::new();
+    let written = retry(&mut Backoff::for_aws_calls(), &never, || async {
+        match write().await {
+            Ok(()) => Attempt::Done(()),
+            Err(LeaseError::Conflict { .. }) => {
+                tracing::warn!(%checkpoint, "checkpoint refused: another worker owns the lease now");
+                Attempt::Fail(())
+            }
+            Err(err) if err.is_retryable() && lease.is_valid() => {
+                tracing::warn!(error = %err, "checkpoint failed; retrying");
+                Attempt::Retry(())
+            }
+            Err(err) => {
+                tracing::error!(error = %err, %checkpoint, "checkpoint failed; giving the shard up so the next owner resumes from the last checkpoint");
+                Attempt::Fail(())
+            }
+        }
+    })
+    .await;
+    written.is_ok()
+}
+
+impl From<Undelivered> for ShardExit {
+    /// How a shard ends when a batch could not be delivered.
+    fn from(undelivered: Undelivered) -> Self {
+        match undelivered {
+            Undelivered::LeaseLost => ShardExit::LeaseLost,
+            Undelivered::ShuttingDown => ShardExit::Stopped,
+            Undelivered::Halted(reason) => ShardExit::Halted(reason),
+        }
     }
 }
 

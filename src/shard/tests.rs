@@ -76,6 +76,16 @@ impl LeaseStore for RecordingStore {
         });
         result
     }
+    async fn update_pipeline_checkpoints(
+        &self,
+        lease: &Lease,
+        checkpoint: &Checkpoint,
+        pipelines: &std::collections::BTreeMap<String, Checkpoint>,
+    ) -> Result<Lease, LeaseError> {
+        self.inner
+            .update_pipeline_checkpoints(lease, checkpoint, pipelines)
+            .await
+    }
     async fn release_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
         self.inner.release_lease(lease).await
     }

@@ -152,6 +152,21 @@ impl<S: LeaseStore> LeaseStore for MeteredLeases<S> {
         result
     }
 
+    async fn update_pipeline_checkpoints(
+        &self,
+        lease: &Lease,
+        checkpoint: &Checkpoint,
+        pipelines: &std::collections::BTreeMap<String, Checkpoint>,
+    ) -> Result<Lease, LeaseError> {
+        let started = Instant::now();
+        let result = self
+            .0
+            .update_pipeline_checkpoints(lease, checkpoint, pipelines)
+            .await;
+        record("UpdateItem", started, &result, lease_outcome);
+        result
+    }
+
     async fn release_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
         let started = Instant::now();
         let result = self.0.release_lease(lease).await;

@@ -8,11 +8,11 @@
 //! deliberately not duplicated here.
 
 use std::fmt;
-use std::num::{NonZeroU16, NonZeroU64, NonZeroUsize};
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{CommandFactory, Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 /// Where a shard with no checkpoint starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -39,9 +39,14 @@ pub enum OnTrimmed {
     Stop,
 }
 
+mod pipelines;
+mod processing;
+
 pub use crate::filter::FilterSet;
 pub use crate::processor::target::{ProcessorSpec, Target};
 pub use crate::record::RecordFormat;
+pub use pipelines::PipelineConfig;
+pub use processing::Processing;
 
 /// Where records go when their retries or age run out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,12 +161,29 @@ pub struct Config {
     )]
     pub starting_position: StartingPosition,
 
-    /// Most records handed to a processor at once (1..=10000); GetRecords asks for at most 1000.
-    //
-    // A u16 holds the range and widens losslessly to the u32 and usize
-    // the shard loop and the dispatcher take.
-    #[arg(long, env = "DYNASTREAM_BATCH_SIZE", default_value = "100", value_parser = count::<NonZeroU16, 1, 10_000>)]
-    pub batch_size: NonZeroU16,
+    /// What each batch goes through: filter, batching, processors, retries.
+    /// With `DYNASTREAM_PIPELINES` these are the defaults of every pipeline.
+    #[command(flatten)]
+    pub processing: Processing,
+
+    /// Independent pipelines fed by one read of each shard (comma-separated names of a-z, 0-9 and '_'); each takes every processing setting from DYNASTREAM_PIPELINE_<NAME>_<SETTING>, else from DYNASTREAM_<SETTING> [default: one pipeline].
+    #[arg(
+        long = "pipelines",
+        env = "DYNASTREAM_PIPELINES",
+        value_delimiter = ',',
+        value_name = "NAMES",
+        value_parser = pipelines::pipeline_name
+    )]
+    pub pipeline_names: Vec<String>,
+
+    /// Records of each shard held in memory for pipelines running behind the fastest (1000..=1000000); a pipeline further behind reads on with its own iterator.
+    #[arg(long, env = "DYNASTREAM_PIPELINE_BUFFER_RECORDS", default_value = "10000", value_parser = count::<NonZeroUsize, 1_000, 1_000_000>)]
+    pub pipeline_buffer_records: NonZeroUsize,
+
+    /// The named pipelines with their settings resolved; empty without
+    /// `DYNASTREAM_PIPELINES`, when [`Config::processing`] is the one pipeline.
+    #[arg(skip)]
+    pub pipelines: Vec<PipelineConfig>,
 
     /// Wait after an empty GetRecords, in ms (200..=60000); a shard with records is read again at once.
     #[arg(long = "poll-interval-ms", env = "DYNASTREAM_POLL_INTERVAL_MS", value_name = "MS", default_value = "250", value_parser = millis::<200, 60_000>)]
@@ -174,25 +196,6 @@ pub struct Config {
     /// How long a shard must return nothing before it is polled at DYNASTREAM_IDLE_POLL_INTERVAL_MS, in ms (1000..=3600000).
     #[arg(long = "idle-after-ms", env = "DYNASTREAM_IDLE_AFTER_MS", value_name = "MS", default_value = "30000", value_parser = millis::<1_000, 3_600_000>)]
     pub idle_after: Duration,
-
-    /// Where each batch goes (comma-separated; a batch succeeds when all succeed): stdout, http, exec, count, or a target URI: sqs://<queue URL>, sns://<topic ARN>, eventbridge://<bus>[?source=...], kinesis://<stream>, firehose://<delivery stream>, s3://<bucket>/<prefix>[?gzip=true], lambda://<function>, states://<state machine ARN>.
-    #[arg(
-        long,
-        env = "DYNASTREAM_PROCESSOR",
-        default_value = "stdout",
-        value_delimiter = ',',
-        value_parser = processor_spec
-    )]
-    pub processor: Vec<ProcessorSpec>,
-
-    /// How stdout and the message targets write a record: lambda (Lambda's record, typed attribute values) or document (plain JSON: eventID, eventName, table, keys, newImage, oldImage, ...); http, exec, lambda:// and states:// always send Lambda's event.
-    #[arg(
-        long,
-        env = "DYNASTREAM_FORMAT",
-        default_value = "lambda",
-        ignore_case = true
-    )]
-    pub format: RecordFormat,
 
     /// How long a lease lives without renewal, in ms (1000..=600000); renewed every third of it.
     #[arg(long = "lease-duration-ms", env = "DYNASTREAM_LEASE_DURATION_MS", value_name = "MS", default_value = "10000", value_parser = millis::<1_000, 600_000>)]
@@ -217,67 +220,6 @@ pub struct Config {
     /// DescribeStream calls per second this worker may make (0.1..=10); keep a fleet under the account's 10.
     #[arg(long, env = "DYNASTREAM_DESCRIBE_STREAM_RPS", default_value_t = 2.0, value_parser = calls_per_second)]
     pub describe_stream_rps: f64,
-
-    /// Longest wait to fill a batch, in ms (0..=300000); several reads may feed one batch.
-    #[arg(long = "batch-window-ms", env = "DYNASTREAM_BATCH_WINDOW_MS", value_name = "MS", default_value = "0", value_parser = millis::<0, 300_000>)]
-    pub batch_window: Duration,
-
-    /// Most bytes of records (by SizeBytes) in one batch (1024..=67108864); 6 MB is Lambda's payload limit.
-    #[arg(long, env = "DYNASTREAM_BATCH_MAX_BYTES", default_value_t = 6_291_456, value_parser = whole_number::<1_024, 67_108_864>)]
-    pub batch_max_bytes: u64,
-
-    /// Concurrent batches per shard (1..=10); records of one item key stay in order.
-    #[arg(long, env = "DYNASTREAM_PARALLELIZATION_FACTOR", default_value = "1", value_parser = count::<NonZeroUsize, 1, 10>)]
-    pub parallelization_factor: NonZeroUsize,
-
-    /// Retries of a failing batch before its records go to the failure destination (-1 = forever, up to 10000).
-    #[arg(long, env = "DYNASTREAM_MAX_RETRY_ATTEMPTS", default_value = "10", allow_negative_numbers = true, value_parser = retry_attempts)]
-    pub max_retry_attempts: Limit<u32>,
-
-    /// Records older than this many seconds go to the failure destination instead of being retried (-1 = no limit, or 60..=604800).
-    #[arg(long = "max-record-age-seconds", env = "DYNASTREAM_MAX_RECORD_AGE_SECONDS", value_name = "SECONDS", default_value = "-1", allow_negative_numbers = true, value_parser = record_age)]
-    pub max_record_age: Limit<Duration>,
-
-    /// Split a failing batch in halves to isolate bad records (splits do not use up retries).
-    #[arg(long, env = "DYNASTREAM_BISECT_ON_ERROR", default_value_t = false, action = clap::ArgAction::Set, value_parser = boolean)]
-    pub bisect_on_error: bool,
-
-    /// Where records go when retries or age run out: file:///path.jsonl or sqs://<queue URL> [default: none: the shard stops].
-    #[arg(long, env = "DYNASTREAM_ON_FAILURE")]
-    pub on_failure: Option<FailureDestination>,
-
-    /// Lambda FilterCriteria: a pattern, a list of patterns, or {"Filters":[{"Pattern":"..."}]} [default: none: every record passes].
-    #[arg(long, env = "DYNASTREAM_FILTER", value_parser = filter_set)]
-    pub filter: Option<FilterSet>,
-
-    /// URL the http processor POSTs each batch to (Lambda's event as JSON).
-    #[arg(long, env = "DYNASTREAM_HTTP_URL", value_parser = http_url)]
-    pub http_url: Option<String>,
-
-    /// How long the http processor waits for an answer, in ms (100..=900000).
-    #[arg(long = "http-timeout-ms", env = "DYNASTREAM_HTTP_TIMEOUT_MS", value_name = "MS", default_value = "30000", value_parser = millis::<100, 900_000>)]
-    pub http_timeout: Duration,
-
-    /// Command the exec processor starts once (through `sh -c`) and writes each batch to.
-    #[arg(long, env = "DYNASTREAM_EXEC_COMMAND")]
-    pub exec_command: Option<String>,
-
-    /// How many exec children run at once (1..=64), each with one batch at a time; order per shard and per item key holds.
-    #[arg(long, env = "DYNASTREAM_EXEC_CONCURRENCY", default_value = "1", value_parser = count::<NonZeroUsize, 1, 64>)]
-    pub exec_concurrency: NonZeroUsize,
-
-    /// How long the exec processor waits for the child's answer to a batch, in ms (100..=900000).
-    #[arg(long = "exec-timeout-ms", env = "DYNASTREAM_EXEC_TIMEOUT_MS", value_name = "MS", default_value = "60000", value_parser = millis::<100, 900_000>)]
-    pub exec_timeout: Duration,
-
-    /// What a shard does when its position fell behind the stream's 24-hour retention (records were lost).
-    #[arg(
-        long,
-        env = "DYNASTREAM_ON_TRIMMED",
-        default_value = "skip",
-        ignore_case = true
-    )]
-    pub on_trimmed: OnTrimmed,
 
     /// Address of the /metrics, /healthz, /readyz and /status endpoints (host:port; port 0 picks a free one).
     #[arg(long, env = "DYNASTREAM_METRICS_ADDR", default_value = "0.0.0.0:9464", value_parser = socket_address)]
@@ -339,8 +281,12 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        match Config::try_parse_from(args) {
-            Ok(config) => {
+        let parsed = Config::command()
+            .try_get_matches_from(args)
+            .and_then(|matches| Ok((Config::from_arg_matches(&matches)?, matches)));
+        match parsed {
+            Ok((mut config, matches)) => {
+                config.pipelines = pipelines::resolve(&config, &matches, std::env::vars_os())?;
                 config.validate()?;
                 Ok(Invocation::Run(Box::new(config)))
             }
@@ -350,7 +296,7 @@ impl Config {
                 | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
                     Ok(Invocation::Print(err.render().to_string()))
                 }
-                _ => Err(ConfigError(describe_clap_error(&err))),
+                _ => Err(ConfigError(describe_clap_error(&err, name_with_env))),
             },
         }
     }
@@ -398,27 +344,14 @@ impl Config {
                 self.poll_interval.as_millis()
             )));
         }
-        if self.processor.is_empty() {
-            return Err(ConfigError(
-                "DYNASTREAM_PROCESSOR is empty: name at least one of: stdout, http, exec, count, \
-                 or a target URI such as sqs://<queue URL>"
-                    .into(),
-            ));
+        if self.pipelines.is_empty() {
+            self.processing
+                .validate(|setting| format!("DYNASTREAM_{setting}"))?;
         }
-        if self.processor.contains(&ProcessorSpec::Http) && self.http_url.is_none() {
-            return Err(ConfigError(
-                "DYNASTREAM_PROCESSOR includes http but DYNASTREAM_HTTP_URL is not set".into(),
-            ));
-        }
-        if self.processor.contains(&ProcessorSpec::Exec)
-            && self
-                .exec_command
-                .as_deref()
-                .is_none_or(|c| c.trim().is_empty())
-        {
-            return Err(ConfigError(
-                "DYNASTREAM_PROCESSOR includes exec but DYNASTREAM_EXEC_COMMAND is not set".into(),
-            ));
+        for pipeline in &self.pipelines {
+            pipeline
+                .settings
+                .validate(|setting| pipeline.variable(setting))?;
         }
         Ok(())
     }
@@ -612,7 +545,7 @@ fn looks_like_stream_arn(arn: &str) -> bool {
 
 /// Turns clap's multi-line error into one line naming the environment
 /// variable, since operators set variables, not flags.
-fn describe_clap_error(err: &clap::Error) -> String {
+fn describe_clap_error(err: &clap::Error, name: impl Fn(&str) -> String) -> String {
     let context_string = |kind| match err.get(kind) {
         Some(ContextValue::String(s)) => Some(s.clone()),
         _ => None,
@@ -620,7 +553,7 @@ fn describe_clap_error(err: &clap::Error) -> String {
     let arg_text = context_string(ContextKind::InvalidArg);
     let subject = arg_text
         .as_deref()
-        .map(name_with_env)
+        .map(name)
         .unwrap_or_else(|| "argument".into());
     let value = context_string(ContextKind::InvalidValue).unwrap_or_default();
     match err.kind() {
@@ -679,7 +612,7 @@ mod tests {
     #[test]
     fn defaults_follow_lambda() {
         let config = parse(&["--tables", "orders"]).unwrap();
-        assert_eq!(config.batch_size.get(), 100);
+        assert_eq!(config.processing.batch_size.get(), 100);
         assert_eq!(config.poll_interval, Duration::from_millis(250));
         assert_eq!(config.starting_position, StartingPosition::Latest);
         assert_eq!(config.lease_table_name(), "dynastream-leases");
@@ -726,7 +659,7 @@ mod tests {
             "sqs://https://sqs.us-east-1.amazonaws.com/1/q,s3://archive/cdc/",
         ])
         .unwrap();
-        assert_eq!(config.processor.len(), 2);
+        assert_eq!(config.processing.processor.len(), 2);
         let err = parse(&["--tables", "orders", "--processor", "stdout,kafka://x"]).unwrap_err();
         assert!(err.0.contains("DYNASTREAM_PROCESSOR"), "{err}");
         assert!(err.0.contains("unknown scheme \"kafka\""), "{err}");
@@ -774,15 +707,21 @@ mod tests {
         assert_eq!(config.lease_duration, Duration::from_secs(9));
         assert_eq!(config.renew_interval(), Duration::from_secs(3));
         assert_eq!(config.max_leases_per_worker.map(NonZeroUsize::get), Some(7));
-        assert_eq!(config.max_retry_attempts, Limit(None));
-        assert_eq!(config.max_record_age, Limit(Some(Duration::from_secs(60))));
-        assert_eq!(config.filter.as_ref().map(FilterSet::len), Some(2));
+        assert_eq!(config.processing.max_retry_attempts, Limit(None));
+        assert_eq!(
+            config.processing.max_record_age,
+            Limit(Some(Duration::from_secs(60)))
+        );
+        assert_eq!(
+            config.processing.filter.as_ref().map(FilterSet::len),
+            Some(2)
+        );
 
         let defaults = parse(&["--tables", "orders"]).unwrap();
-        assert_eq!(defaults.max_retry_attempts, Limit(Some(10)));
-        assert_eq!(defaults.max_record_age, Limit(None));
-        assert_eq!(defaults.parallelization_factor.get(), 1);
-        assert!(defaults.filter.is_none());
+        assert_eq!(defaults.processing.max_retry_attempts, Limit(Some(10)));
+        assert_eq!(defaults.processing.max_record_age, Limit(None));
+        assert_eq!(defaults.processing.parallelization_factor.get(), 1);
+        assert!(defaults.processing.filter.is_none());
     }
 
     #[test]
@@ -817,7 +756,10 @@ mod tests {
             " http://127.0.0.1:9/x ",
         ])
         .unwrap();
-        assert_eq!(config.http_url.as_deref(), Some("http://127.0.0.1:9/x"));
+        assert_eq!(
+            config.processing.http_url.as_deref(),
+            Some("http://127.0.0.1:9/x")
+        );
     }
 
     #[test]

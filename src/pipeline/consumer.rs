@@ -1,0 +1,276 @@
+//! One pipeline's consumer of one shard: takes pages from the shared log
+//! (or, behind its window, from an iterator of its own), gathers, dispatches
+//! and checkpoints its own progress.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::shared::{position_of, records_after, Next, Shared};
+use super::Pipeline;
+use crate::lease::held::HeldLease;
+use crate::lease::{Checkpoint, PipelineStart};
+use crate::record::{SequenceNumber, StreamRecord};
+use crate::shard::cursor::{Cursor, Read};
+use crate::shard::gather::Gatherer;
+use crate::shard::{wait_for_valid_lease, write_checkpoint, ShardExit, ShardSettings};
+use crate::streams::StreamsApi;
+
+/// Where a consumer takes its next page from.
+enum Source {
+    /// The shared log (which keeps its position).
+    Log,
+    /// Its own iterator: it fell behind the log's window.
+    Own(Box<Cursor>),
+}
+
+/// What the consumer got to process.
+struct Taken {
+    records: Vec<Arc<StreamRecord>>,
+    /// No page follows: the shard is read to its end.
+    closed: bool,
+    /// Read from its own iterator and empty: caught up with the stream.
+    idle: bool,
+}
+
+/// One pipeline reading one shard.
+pub(super) struct PipelineConsumer {
+    pub index: usize,
+    pub pipeline: Arc<Pipeline>,
+    pub shared: Arc<Shared>,
+    pub stream_arn: Arc<str>,
+    pub shard_id: Arc<str>,
+    pub api: Arc<dyn StreamsApi>,
+    pub lease: Arc<HeldLease>,
+    pub declared: Arc<[PipelineStart]>,
+    /// The application's poll intervals, for reading on its own.
+    pub poll: ShardSettings,
+    /// Whether it starts where the shared reader starts, so that the
+    /// reader's first page follows its position even before it saw a record.
+    pub joins_unseen: bool,
+    /// Whether it starts reading from the log (else with its own iterator).
+    pub in_log: bool,
+}
+
+impl PipelineConsumer {
+    /// Runs from `start` until the shard ends for this pipeline, the lease
+    /// is lost, `shutdown` fires or a batch is undeliverable for good.
+    pub async fn run(self, start: Checkpoint, shutdown: CancellationToken) -> ShardExit {
+        let exit = match position_of(&start) {
+            None => ShardExit::Ended,
+            Some(_) => self.consume(start, &shutdown).await,
+        };
+        self.shared.leave(self.index);
+        exit
+    }
+
+    async fn consume(&self, start: Checkpoint, shutdown: &CancellationToken) -> ShardExit {
+        for processor in self.pipeline.dispatcher.processors() {
+            processor.shard_started(&self.stream_arn, &self.shard_id);
+        }
+        let mut seen = match &start {
+            Checkpoint::Sequence(seq) => Some(seq.clone()),
+            _ => None,
+        };
+        let mut source = if self.in_log {
+            Source::Log
+        } else {
+            Source::Own(Box::new(self.cursor(&start)))
+        };
+        let mut gatherer = self.gatherer();
+        loop {
+            if shutdown.is_cancelled() {
+                return ShardExit::Stopped;
+            }
+            if self.lease.is_lost() {
+                return ShardExit::LeaseLost;
+            }
+            let taken = match self
+                .take(&mut source, &mut gatherer, &seen, &start, shutdown)
+                .await
+            {
+                Ok(Some(taken)) => taken,
+                Ok(None) => {
+                    // Nothing new: hand on a batch whose window closed.
+                    if let Some(batch) = gatherer.take_batch(false) {
+                        if let Err(exit) = self.process(batch, shutdown).await {
+                            return exit;
+                        }
+                    }
+                    continue;
+                }
+                Err(exit) => return exit,
+            };
+            let fresh = records_after(&taken.records, &mut seen);
+            gatherer.add_shared(fresh);
+            if let Some(batch) = gatherer.take_batch(taken.closed) {
+                if let Err(exit) = self.process(batch, shutdown).await {
+                    return exit;
+                }
+            }
+            if taken.closed {
+                return self.finish().await;
+            }
+            if let Source::Own(cursor) = &mut source {
+                if let Some(last) = &seen {
+                    cursor.checkpointed(last.clone());
+                }
+                if self.attach(seen.as_ref()) {
+                    tracing::info!(pipeline = %self.pipeline.name, "caught up: reading from the shared log again");
+                    source = Source::Log;
+                } else if taken.idle {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return ShardExit::Stopped,
+                        _ = self.lease.lost().cancelled() => return ShardExit::LeaseLost,
+                        _ = tokio::time::sleep(self.poll.poll_interval) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Attaches to the log where it continues `seen`, if it does.
+    fn attach(&self, seen: Option<&SequenceNumber>) -> bool {
+        (seen.is_some() || self.joins_unseen) && self.shared.try_attach(self.index, seen)
+    }
+
+    /// The next records: `Ok(None)` when there is nothing yet (after
+    /// waiting for the log, or for the window of what is gathered).
+    async fn take(
+        &self,
+        source: &mut Source,
+        gatherer: &mut Gatherer,
+        seen: &Option<SequenceNumber>,
+        start: &Checkpoint,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Taken>, ShardExit> {
+        match source {
+            Source::Log => {
+                let mut changes = self.shared.changes();
+                match self.shared.next(self.index) {
+                    Next::Page(page) => Ok(Some(Taken {
+                        records: page.records.to_vec(),
+                        closed: false,
+                        idle: false,
+                    })),
+                    Next::End => Ok(Some(Taken {
+                        records: Vec::new(),
+                        closed: true,
+                        idle: false,
+                    })),
+                    Next::Stopped(exit) => Err(exit),
+                    Next::Evicted => {
+                        tracing::info!(pipeline = %self.pipeline.name, "fell behind the shared log: reading on with an iterator of its own");
+                        self.shared.detach(self.index);
+                        let from = match seen {
+                            Some(seq) => Checkpoint::Sequence(seq.clone()),
+                            None => start.clone(),
+                        };
+                        *source = Source::Own(Box::new(self.cursor(&from)));
+                        Ok(None)
+                    }
+                    Next::Wait => {
+                        let window = gatherer.window_closes_in().unwrap_or(Duration::MAX);
+                        let deadline = Instant::now().checked_add(window);
+                        tokio::select! {
+                            _ = shutdown.cancelled() => Err(ShardExit::Stopped),
+                            _ = self.lease.lost().cancelled() => Err(ShardExit::LeaseLost),
+                            _ = changes.changed() => Ok(None),
+                            _ = sleep_until(deadline) => Ok(None),
+                        }
+                    }
+                }
+            }
+            Source::Own(cursor) => match cursor.next(gatherer.room(), shutdown).await {
+                Read::Page { page, .. } => Ok(Some(Taken {
+                    idle: page.records.is_empty(),
+                    closed: page.next_iterator.is_none(),
+                    records: page.records.into_iter().map(Arc::new).collect(),
+                })),
+                Read::End => Ok(Some(Taken {
+                    records: Vec::new(),
+                    closed: true,
+                    idle: false,
+                })),
+                Read::Exit(exit) => Err(exit),
+            },
+        }
+    }
+
+    /// Dispatches a batch and checkpoints this pipeline's progress.
+    async fn process(
+        &self,
+        batch: Vec<Arc<StreamRecord>>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ShardExit> {
+        let last = batch
+            .last()
+            .map(|r| r.sequence_number().clone())
+            .expect("a non-empty batch has a last record");
+        wait_for_valid_lease(&self.lease, shutdown).await?;
+        self.pipeline
+            .dispatcher
+            .dispatch(
+                &self.stream_arn,
+                &self.shard_id,
+                batch,
+                self.lease.lost(),
+                shutdown,
+            )
+            .await?;
+        if self.checkpoint(&Checkpoint::Sequence(last)).await {
+            Ok(())
+        } else {
+            Err(ShardExit::LeaseLost)
+        }
+    }
+
+    async fn checkpoint(&self, checkpoint: &Checkpoint) -> bool {
+        write_checkpoint(&self.lease, checkpoint, || {
+            self.lease
+                .checkpoint_pipeline(&self.pipeline.name, checkpoint, &self.declared)
+        })
+        .await
+    }
+
+    async fn finish(&self) -> ShardExit {
+        if !self.checkpoint(&Checkpoint::ShardEnd).await {
+            return ShardExit::LeaseLost;
+        }
+        tracing::info!(pipeline = %self.pipeline.name, "shard read to its end for this pipeline");
+        for processor in self.pipeline.dispatcher.processors() {
+            processor.shard_ended(&self.stream_arn, &self.shard_id);
+        }
+        ShardExit::Ended
+    }
+
+    fn cursor(&self, from: &Checkpoint) -> Cursor {
+        Cursor::new(
+            Arc::clone(&self.api),
+            Arc::clone(&self.stream_arn),
+            Arc::clone(&self.shard_id),
+            self.pipeline.settings.on_trimmed,
+            self.lease.lost().clone(),
+            position_of(from).unwrap_or(crate::streams::IteratorPosition::TrimHorizon),
+        )
+    }
+
+    fn gatherer(&self) -> Gatherer {
+        let dispatch = self.pipeline.dispatcher.settings();
+        let lanes = dispatch.parallelization_factor.max(1);
+        Gatherer::new(
+            (self.pipeline.settings.batch_size as usize).saturating_mul(lanes),
+            dispatch.max_bytes.saturating_mul(lanes as u64),
+            self.pipeline.settings.batch_window,
+        )
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
