@@ -227,3 +227,92 @@ fn an_idle_poll_interval_below_the_poll_interval_is_refused() {
         &["DYNASTREAM_IDLE_AFTER_MS"],
     );
 }
+
+#[test]
+fn pipeline_settings_name_the_variable_at_fault() {
+    let tables = ("DYNASTREAM_TABLES", "orders");
+    let declared = ("DYNASTREAM_PIPELINES", "search,audit");
+    assert_config_error(
+        &[
+            tables,
+            declared,
+            ("DYNASTREAM_PIPELINE_AUDIT_BATCH_SIZE", "0"),
+        ],
+        &[
+            "DYNASTREAM_PIPELINE_AUDIT_BATCH_SIZE",
+            "\"0\"",
+            "1 to 10000",
+        ],
+    );
+    assert_config_error(
+        &[tables, declared, ("DYNASTREAM_PIPELINE_CACHE_FILTER", "{}")],
+        &[
+            "DYNASTREAM_PIPELINE_CACHE_FILTER",
+            "declared: search, audit",
+        ],
+    );
+    assert_config_error(
+        &[tables, ("DYNASTREAM_PIPELINE_SEARCH_PROCESSOR", "count")],
+        &[
+            "DYNASTREAM_PIPELINE_SEARCH_PROCESSOR",
+            "DYNASTREAM_PIPELINES is not set",
+        ],
+    );
+    assert_config_error(
+        &[
+            tables,
+            declared,
+            ("DYNASTREAM_PIPELINE_SEARCH_WORKER_ID", "w"),
+        ],
+        &[
+            "DYNASTREAM_PIPELINE_SEARCH_WORKER_ID",
+            "not a per-pipeline setting",
+        ],
+    );
+    assert_config_error(
+        &[
+            tables,
+            declared,
+            ("DYNASTREAM_PIPELINE_SEARCH_FILTER", "[{\"eventName\":[1]}"),
+        ],
+        &["DYNASTREAM_PIPELINE_SEARCH_FILTER"],
+    );
+    assert_config_error(
+        &[
+            tables,
+            declared,
+            ("DYNASTREAM_PIPELINE_SEARCH_STARTING_POSITION", "EARLIEST"),
+        ],
+        &[
+            "DYNASTREAM_PIPELINE_SEARCH_STARTING_POSITION",
+            "LATEST, TRIM_HORIZON",
+        ],
+    );
+    assert_config_error(
+        &[
+            tables,
+            declared,
+            ("DYNASTREAM_PIPELINE_AUDIT_PROCESSOR", "exec"),
+        ],
+        &[
+            "DYNASTREAM_PIPELINE_AUDIT_PROCESSOR includes exec",
+            "DYNASTREAM_PIPELINE_AUDIT_EXEC_COMMAND",
+        ],
+    );
+    assert_config_error(
+        &[tables, ("DYNASTREAM_PIPELINES", "search,Search")],
+        &["DYNASTREAM_PIPELINES", "a-z, 0-9 and '_'"],
+    );
+    assert_config_error(
+        &[tables, ("DYNASTREAM_PIPELINES", "search,search")],
+        &["DYNASTREAM_PIPELINES", "twice"],
+    );
+    assert_config_error(
+        &[
+            tables,
+            declared,
+            ("DYNASTREAM_PIPELINE_BUFFER_RECORDS", "10"),
+        ],
+        &["DYNASTREAM_PIPELINE_BUFFER_RECORDS", "1000 to 1000000"],
+    );
+}

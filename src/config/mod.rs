@@ -113,7 +113,17 @@ pub struct Limit<T>(pub Option<T>);
     version,
     about = "Consume DynamoDB Streams: leased shards, checkpoints, Lambda-shaped records.",
     long_about = None,
-    after_help = "AWS settings come from the standard variables: AWS_REGION, AWS_ENDPOINT_URL \
+    after_help = "Pipelines: with DYNASTREAM_PIPELINES=search,cache,audit each shard is read once \
+                  and fed to three independent pipelines, each with its own checkpoint. Any \
+                  processing setting (PROCESSOR, FORMAT, FILTER, BATCH_SIZE, BATCH_WINDOW_MS, \
+                  BATCH_MAX_BYTES, PARALLELIZATION_FACTOR, MAX_RETRY_ATTEMPTS, \
+                  MAX_RECORD_AGE_SECONDS, BISECT_ON_ERROR, ON_FAILURE, HTTP_URL, HTTP_TIMEOUT_MS, \
+                  EXEC_COMMAND, EXEC_TIMEOUT_MS, EXEC_CONCURRENCY, ON_TRIMMED) and \
+                  STARTING_POSITION (LATEST or TRIM_HORIZON, for a pipeline new to a shard) may \
+                  be set per pipeline as DYNASTREAM_PIPELINE_<NAME>_<SETTING>, e.g. \
+                  DYNASTREAM_PIPELINE_AUDIT_PROCESSOR=s3://archive/orders/; the unprefixed \
+                  variable is every pipeline's default.\n\n\
+                  AWS settings come from the standard variables: AWS_REGION, AWS_ENDPOINT_URL \
                   (or AWS_ENDPOINT_URL_DYNAMODB and AWS_ENDPOINT_URL_DYNAMODB_STREAMS), and \
                   credentials through the default provider chain."
 )]

@@ -34,7 +34,21 @@ pub fn initial_checkpoint(
     }
 }
 
-/// Whether every parent of `lease` has been read to its end.
+/// Whether a shard was read to its end: by the application (its checkpoint
+/// is `SHARD_END`) or by any of the declared `pipelines`, which may go on
+/// to its children while others are still behind.
+pub fn finished_by_any(lease: &Lease, pipelines: &[String]) -> bool {
+    lease.checkpoint.is_shard_end()
+        || pipelines.iter().any(|name| {
+            lease
+                .pipeline_checkpoints
+                .get(name)
+                .is_some_and(Checkpoint::is_shard_end)
+        })
+}
+
+/// Whether every parent of `lease` has been read to its end (by the
+/// application, or by one of `pipelines`: see [`finished_by_any`]).
 ///
 /// A parent with a lease must be at `SHARD_END`. A parent without a lease
 /// counts as done only if the stream no longer lists it (trimmed after 24
@@ -45,12 +59,13 @@ pub fn parents_done<'a>(
     lease: &Lease,
     parent_lease: impl Fn(&str) -> Option<&'a Lease>,
     listed_shards: &HashSet<String>,
+    pipelines: &[String],
 ) -> bool {
     lease
         .parent_shard_ids
         .iter()
         .all(|parent| match parent_lease(parent) {
-            Some(parent_lease) => parent_lease.checkpoint.is_shard_end(),
+            Some(parent_lease) => finished_by_any(parent_lease, pipelines),
             None => !listed_shards.contains(parent),
         })
 }
@@ -117,18 +132,35 @@ mod tests {
         let child = Lease::new("s", "b", Some("a"), Checkpoint::TrimHorizon);
         let mut leases: HashMap<String, Lease> = HashMap::new();
         let listed: HashSet<String> = ["a".to_string(), "b".to_string()].into();
-        assert!(!parents_done(&child, |p| leases.get(p), &listed));
+        assert!(!parents_done(&child, |p| leases.get(p), &listed, &[]));
         leases.insert(
             "a".into(),
             Lease::new("s", "a", None, Checkpoint::Sequence("5".into())),
         );
-        assert!(!parents_done(&child, |p| leases.get(p), &listed));
+        assert!(!parents_done(&child, |p| leases.get(p), &listed, &[]));
         leases.get_mut("a").unwrap().checkpoint = Checkpoint::ShardEnd;
-        assert!(parents_done(&child, |p| leases.get(p), &listed));
+        assert!(parents_done(&child, |p| leases.get(p), &listed, &[]));
         assert!(
-            parents_done(&child, |_| None, &HashSet::new()),
+            parents_done(&child, |_| None, &HashSet::new(), &[]),
             "trimmed parent"
         );
+        // With pipelines, a parent one declared pipeline finished is done
+        // for the child to start; an entry of an undeclared one is not.
+        let parent = leases.get_mut("a").unwrap();
+        parent.checkpoint = Checkpoint::Sequence("9".into());
+        parent
+            .pipeline_checkpoints
+            .insert("gone".into(), Checkpoint::ShardEnd);
+        let declared = ["search".to_string(), "audit".to_string()];
+        assert!(!parents_done(&child, |p| leases.get(p), &listed, &declared));
+        assert!(!parents_done(&child, |p| leases.get(p), &listed, &[]));
+        leases
+            .get_mut("a")
+            .unwrap()
+            .pipeline_checkpoints
+            .insert("audit".into(), Checkpoint::ShardEnd);
+        assert!(parents_done(&child, |p| leases.get(p), &listed, &declared));
+        assert!(!parents_done(&child, |p| leases.get(p), &listed, &[]));
     }
 
     #[test]

@@ -173,12 +173,15 @@ impl LeaseView<'_> {
     /// Which of the held shards waiting to start may start now: still
     /// owned here as the table says, and their parents done ([`graph`]).
     /// `waiting` gives each one's lease key and stream; `shard_keys` maps
-    /// (stream, shard id) to lease keys; `listed` is every listed shard.
+    /// (stream, shard id) to lease keys; `listed` is every listed shard;
+    /// `pipelines` the declared pipelines, any of which having finished the
+    /// parents lets a child start (the others wait for them inside it).
     pub(super) fn ready_to_start<'k>(
         &self,
         waiting: impl IntoIterator<Item = (&'k String, &'k str)>,
         shard_keys: &HashMap<(String, String), String>,
         listed: &HashSet<String>,
+        pipelines: &[String],
     ) -> Vec<String> {
         let leases = self.leases;
         waiting
@@ -194,6 +197,7 @@ impl LeaseView<'_> {
                                     .and_then(|key| leases.get(key))
                             },
                             listed,
+                            pipelines,
                         )
                 })
             })
@@ -542,6 +546,7 @@ mod tests {
                 waiting.iter().map(|key| (key, "arn:stream")),
                 &keys,
                 &listed,
+                &[],
             );
             ready.sort();
             ready

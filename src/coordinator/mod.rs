@@ -52,7 +52,7 @@ use crate::config::StartingPosition;
 use crate::error::Error;
 use crate::lease::held::HeldLease;
 use crate::lease::{ItemKind, Lease, LeaseError, LeaseStore};
-use crate::pipeline::Pipelines;
+use crate::pipeline::{Parents, Pipelines};
 use crate::retry::{retry, Attempt, RetryError, Retryable};
 use crate::shard::{ShardExit, ShardSettings};
 use crate::streams::{newest_stream, ShardInfo, StreamStatus, StreamsApi, StreamsError};
@@ -779,9 +779,9 @@ impl Coordinator {
             .iter()
             .filter(|(_, held)| held.state.may_start() && !held.lease.is_lost())
             .map(|(key, held)| (key, held.stream_arn.as_str()));
-        let ready = self
-            .view()
-            .ready_to_start(waiting, &self.shard_keys, &listed);
+        let ready =
+            self.view()
+                .ready_to_start(waiting, &self.shard_keys, &listed, &self.pipelines.names());
         for key in ready {
             let Some(held) = self.held.get_mut(&key) else {
                 continue;
@@ -791,6 +791,21 @@ impl Coordinator {
                 .get(&key)
                 .map(|l| l.shard_id.clone())
                 .unwrap_or_else(|| key.clone());
+            let parent_keys: Vec<String> = self
+                .leases
+                .get(&key)
+                .map(|lease| {
+                    lease
+                        .parent_shard_ids
+                        .iter()
+                        .filter_map(|parent| {
+                            self.shard_keys
+                                .get(&(held.stream_arn.clone(), parent.clone()))
+                                .cloned()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             if held.state.start().is_err() {
                 continue;
             }
@@ -800,6 +815,7 @@ impl Coordinator {
                 Arc::clone(&self.api),
                 Arc::clone(&held.lease),
                 self.settings.shard.clone(),
+                Parents::new(Arc::clone(&self.store), parent_keys),
             );
             let span = tracing::info_span!("shard", stream = %held.stream_arn, shard = %shard_id);
             let stop = held.stop.clone();

@@ -4,7 +4,7 @@
 //! informational wall-clock stamp with this host's clock: good enough for a
 //! person reading a table, which is why the engine itself never uses it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
 use serde::Serialize;
@@ -22,8 +22,10 @@ pub struct ShardRow {
     pub parents: Vec<String>,
     /// The owning worker, if any.
     pub owner: Option<String>,
-    /// The checkpoint as stored.
+    /// The checkpoint as stored (with several pipelines, the least advanced of theirs).
     pub checkpoint: String,
+    /// Each named pipeline's checkpoint; empty for an application with one pipeline.
+    pub pipelines: BTreeMap<String, String>,
     /// `active`, `unowned`, `waiting_for_parent` or `ended`.
     pub state: &'static str,
     /// Seconds since the item was last written, by this host's clock.
@@ -101,6 +103,11 @@ pub fn build(table: &str, scan: &LeaseScan, now_millis: u64) -> Report {
                 parents: lease.parent_shard_ids.clone(),
                 owner: lease.owner.clone(),
                 checkpoint: lease.checkpoint.as_stored().to_owned(),
+                pipelines: lease
+                    .pipeline_checkpoints
+                    .iter()
+                    .map(|(name, checkpoint)| (name.clone(), checkpoint.as_stored().to_owned()))
+                    .collect(),
                 state,
                 seconds_since_update: age(lease, now_millis),
                 counter: lease.counter,
@@ -155,7 +162,7 @@ pub fn render_text(report: &Report) -> String {
                     row.parents.join(",")
                 },
                 row.owner.clone().unwrap_or_else(|| "-".into()),
-                row.checkpoint.clone(),
+                checkpoint_cell(row),
                 row.state.to_owned(),
                 row.seconds_since_update
                     .map_or("-".into(), |s| s.to_string()),
@@ -203,6 +210,19 @@ pub fn render_text(report: &Report) -> String {
     out
 }
 
+/// The shard's checkpoint, then each pipeline's: `300 (audit=300 search=SHARD_END)`.
+fn checkpoint_cell(row: &ShardRow) -> String {
+    if row.pipelines.is_empty() {
+        return row.checkpoint.clone();
+    }
+    let each: Vec<String> = row
+        .pipelines
+        .iter()
+        .map(|(name, checkpoint)| format!("{name}={checkpoint}"))
+        .collect();
+    format!("{} ({})", row.checkpoint, each.join(" "))
+}
+
 /// `arn:aws:dynamodb:r:a:table/orders/stream/2024-...` reads as `orders/2024-...`.
 fn short_stream(arn: &str) -> String {
     match arn.split_once(":table/") {
@@ -248,6 +268,12 @@ mod tests {
         );
         parent.owner = Some("w1".into());
         parent.updated_at_millis = Some(10_000);
+        parent
+            .pipeline_checkpoints
+            .insert("search".into(), Checkpoint::Sequence("7".into()));
+        parent
+            .pipeline_checkpoints
+            .insert("audit".into(), Checkpoint::Sequence("5".into()));
         let child = Lease::new(
             "arn:aws:dynamodb:r:1:table/t/stream/l",
             "c",
@@ -283,7 +309,9 @@ mod tests {
         let text = render_text(&report);
         assert!(text.contains("t/l"), "{text}");
         assert!(text.contains("waiting_for_parent"));
+        assert!(text.contains("5 (audit=5 search=7)"), "{text}");
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["shards"][2]["owner"], "w1");
+        assert_eq!(json["shards"][2]["pipelines"]["search"], "7");
     }
 }

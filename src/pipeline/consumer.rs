@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::shared::{position_of, records_after, Next, Shared};
-use super::Pipeline;
+use super::{Parents, Pipeline};
 use crate::lease::held::HeldLease;
 use crate::lease::{Checkpoint, PipelineStart};
 use crate::record::{SequenceNumber, StreamRecord};
@@ -52,18 +52,47 @@ pub(super) struct PipelineConsumer {
     pub joins_unseen: bool,
     /// Whether it starts reading from the log (else with its own iterator).
     pub in_log: bool,
+    /// The parents it has still to finish (elsewhere) before it starts here.
+    pub parents: Option<Parents>,
 }
 
 impl PipelineConsumer {
     /// Runs from `start` until the shard ends for this pipeline, the lease
     /// is lost, `shutdown` fires or a batch is undeliverable for good.
     pub async fn run(self, start: Checkpoint, shutdown: CancellationToken) -> ShardExit {
-        let exit = match position_of(&start) {
-            None => ShardExit::Ended,
-            Some(_) => self.consume(start, &shutdown).await,
+        let start = match &self.parents {
+            None => Ok(start),
+            Some(parents) => self.wait_for_parents(parents, &shutdown).await,
+        };
+        let exit = match start {
+            Err(exit) => exit,
+            Ok(start) if position_of(&start).is_none() => ShardExit::Ended,
+            Ok(start) => self.consume(start, &shutdown).await,
         };
         self.shared.leave(self.index);
         exit
+    }
+
+    /// Waits until this pipeline has read every parent to its end, and
+    /// returns where it starts on this shard then.
+    async fn wait_for_parents(
+        &self,
+        parents: &Parents,
+        shutdown: &CancellationToken,
+    ) -> Result<Checkpoint, ShardExit> {
+        tracing::info!(pipeline = %self.pipeline.name, "waiting to finish the parent shard before reading this one");
+        let name = [self.pipeline.name.as_str()];
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(ShardExit::Stopped),
+                _ = self.lease.lost().cancelled() => return Err(ShardExit::LeaseLost),
+                _ = tokio::time::sleep(self.poll.idle_poll_interval) => {}
+            }
+            if parents.finished_for(&name).await == Some(vec![true]) {
+                let lease = self.lease.snapshot().await;
+                return Ok(lease.pipeline_checkpoint(&self.pipeline.start()));
+            }
+        }
     }
 
     async fn consume(&self, start: Checkpoint, shutdown: &CancellationToken) -> ShardExit {

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::OnTrimmed;
 use crate::dispatch::Dispatcher;
 use crate::lease::held::HeldLease;
-use crate::lease::PipelineStart;
+use crate::lease::{Checkpoint, LeaseStore, PipelineStart};
 use crate::processor::Processor;
 use crate::shard::{ShardConsumer, ShardExit, ShardSettings};
 use crate::streams::StreamsApi;
@@ -97,7 +97,19 @@ impl Pipelines {
         }
     }
 
-    /// The task that reads one leased shard into these pipelines.
+    /// The names of the named pipelines; empty for the one unnamed pipeline.
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            Pipelines::Single(_) => Vec::new(),
+            Pipelines::Named { pipelines, .. } => {
+                pipelines.iter().map(|p| p.name.clone()).collect()
+            }
+        }
+    }
+
+    /// The task that reads one leased shard into these pipelines. With
+    /// several pipelines the shard may start once one of them finished its
+    /// `parents`; each of the others starts on it when it has too.
     pub fn shard_task(
         &self,
         stream_arn: &str,
@@ -105,6 +117,7 @@ impl Pipelines {
         api: Arc<dyn StreamsApi>,
         lease: Arc<HeldLease>,
         settings: ShardSettings,
+        parents: Parents,
     ) -> ShardTask {
         match self {
             Pipelines::Single(dispatcher) => ShardTask::Single(ShardConsumer::new(
@@ -126,8 +139,52 @@ impl Pipelines {
                 settings,
                 pipelines: Arc::clone(pipelines),
                 buffer_records: *buffer_records,
+                parents,
             }),
         }
+    }
+}
+
+/// The parent shards' leases of a shard, which each pipeline must have read
+/// to their ends before it reads the shard.
+#[derive(Debug, Clone, Default)]
+pub struct Parents {
+    store: Option<Arc<dyn LeaseStore>>,
+    keys: Vec<String>,
+}
+
+impl Parents {
+    /// The parents whose leases have these keys in `store`.
+    pub fn new(store: Arc<dyn LeaseStore>, keys: Vec<String>) -> Self {
+        Parents {
+            store: Some(store),
+            keys,
+        }
+    }
+
+    /// For each of `pipelines`, whether it has read every parent to its end
+    /// (a parent whose lease is gone was finished and collected); `None`
+    /// when the lease table cannot be read now.
+    async fn finished_for(&self, pipelines: &[&str]) -> Option<Vec<bool>> {
+        let Some(store) = self.store.as_ref().filter(|_| !self.keys.is_empty()) else {
+            return Some(vec![true; pipelines.len()]);
+        };
+        let scan = store.list_leases().await.ok()?;
+        let finished = |name: &str| {
+            self.keys.iter().all(|key| {
+                scan.leases
+                    .iter()
+                    .find(|lease| lease.key == *key)
+                    .is_none_or(|parent| {
+                        parent.checkpoint.is_shard_end()
+                            || parent
+                                .pipeline_checkpoints
+                                .get(name)
+                                .is_some_and(Checkpoint::is_shard_end)
+                    })
+            })
+        };
+        Some(pipelines.iter().map(|name| finished(name)).collect())
     }
 }
 

@@ -7,6 +7,7 @@
 //! room, so those catching up find the log ahead of them. Pages every
 //! pipeline reading from the log has taken are dropped at once.
 
+use std::ops::Not;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::consumer::PipelineConsumer;
 use super::log::{LoggedPage, PageLog};
-use super::{shared_on_trimmed, Pipeline};
+use super::{shared_on_trimmed, Parents, Pipeline};
 use crate::lease::held::HeldLease;
 use crate::lease::{Checkpoint, PipelineStart};
 use crate::record::{SequenceNumber, StreamRecord};
@@ -33,6 +34,7 @@ pub struct SharedShard {
     pub(super) settings: ShardSettings,
     pub(super) pipelines: Arc<[Arc<Pipeline>]>,
     pub(super) buffer_records: usize,
+    pub(super) parents: Parents,
 }
 
 /// Where an iterator for `checkpoint` starts; `None` for SHARD_END.
@@ -58,11 +60,21 @@ impl SharedShard {
         let Some(reader_start) = Checkpoint::least_advanced(&starts).cloned() else {
             return ShardExit::Ended;
         };
+        let names: Vec<&str> = self.pipelines.iter().map(|p| p.name.as_str()).collect();
+        let parents_finished = self
+            .parents
+            .finished_for(&names)
+            .await
+            .unwrap_or_else(|| vec![false; names.len()]);
         // Every pipeline the reader's first page serves reads from the log
-        // from the start, before anything is read (and evicted).
+        // from the start, before anything is read (and evicted); one still
+        // behind in a parent starts later, with an iterator of its own.
         let in_log: Vec<bool> = starts
             .iter()
-            .map(|start| matches!(start, Checkpoint::Sequence(_)) || *start == reader_start)
+            .zip(&parents_finished)
+            .map(|(start, finished)| {
+                *finished && (matches!(start, Checkpoint::Sequence(_)) || *start == reader_start)
+            })
             .collect();
         let shared = Arc::new(Shared::new(self.buffer_records, &in_log));
         let metrics = metrics::StreamMetrics::of(&self.stream_arn).shard(&self.shard_id);
@@ -79,6 +91,7 @@ impl SharedShard {
                 poll: self.settings.clone(),
                 joins_unseen: starts[index] == reader_start,
                 in_log: in_log[index],
+                parents: parents_finished[index].not().then(|| self.parents.clone()),
             }
             .run(starts[index].clone(), shutdown.clone())
         });

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Pipeline, Pipelines};
+use super::{Parents, Pipeline, Pipelines};
 use crate::dispatch::{DispatchSettings, Dispatcher};
 use crate::lease::held::HeldLease;
 use crate::lease::memory::MemoryLeaseStore;
@@ -135,6 +135,7 @@ impl Fixture {
             Arc::new(self.streams.clone()),
             self.lease().await,
             Fixture::settings(),
+            Parents::default(),
         );
         task.run(shutdown).await
     }
@@ -322,4 +323,99 @@ async fn a_pipeline_added_later_replays_or_joins_without_repeating_the_others() 
     in_order(&replay.delivered(), &all);
     in_order(&join.delivered(), &second);
     assert_eq!(fixture.streams.calls("GetShardIterator"), 2, "one per run");
+}
+
+#[tokio::test(start_paused = true)]
+async fn across_a_split_a_lagging_pipeline_finishes_the_parent_while_the_others_read_the_child() {
+    const PARENT: &str = "shardId-parent";
+    const CHILD: &str = "shardId-child";
+    let streams = MemoryStreams::new();
+    let arn = streams.create_stream("orders", PARENT);
+    let put = |shard: &str, count: usize| -> Vec<SequenceNumber> {
+        (0..count)
+            .map(|i| streams.put(&arn, shard, EventName::Insert, &format!("k{i}")))
+            .collect()
+    };
+    let in_parent = put(PARENT, 30);
+    streams.close_shard(&arn, PARENT);
+    streams.add_shard(&arn, CHILD, Some(PARENT));
+    let in_child = put(CHILD, 20);
+    streams.close_shard(&arn, CHILD);
+    let store = MemoryLeaseStore::new();
+    let held = |shard: &'static str, parent: Option<&'static str>| {
+        let (store, arn) = (store.clone(), arn.clone());
+        async move {
+            let lease = Lease::new(&arn, shard, parent, Checkpoint::TrimHorizon);
+            store.create_lease_if_absent(&lease).await.unwrap();
+            let taken = store.take_lease(&lease, "me").await.unwrap();
+            Arc::new(HeldLease::new(
+                Arc::new(store),
+                taken,
+                LEASE_DURATION,
+                Instant::now(),
+            ))
+        }
+    };
+    let (fast, slow) = (Target::new(), Target::new());
+    slow.fail(true);
+    let pipelines = Pipelines::named(
+        vec![
+            Fixture::pipeline("fast", &fast, false),
+            Fixture::pipeline("slow", &slow, false),
+        ],
+        1_000,
+    );
+    let api: Arc<MemoryStreams> = Arc::new(streams.clone());
+    let parent_task = pipelines.shard_task(
+        &arn,
+        PARENT,
+        api.clone(),
+        held(PARENT, None).await,
+        Fixture::settings(),
+        Parents::default(),
+    );
+    let child_lease = held(CHILD, Some(PARENT)).await;
+    let script = async {
+        // The coordinator starts the child once any pipeline finished the parent.
+        eventually(
+            WAIT,
+            || {
+                store.get(PARENT).is_some_and(|p| {
+                    p.pipeline_checkpoints.get("fast") == Some(&Checkpoint::ShardEnd)
+                })
+            },
+            || "fast to finish the parent".into(),
+        )
+        .await;
+        let child_task = pipelines.shard_task(
+            &arn,
+            CHILD,
+            api.clone(),
+            Arc::clone(&child_lease),
+            Fixture::settings(),
+            Parents::new(Arc::new(store.clone()), vec![PARENT.to_owned()]),
+        );
+        let heal = async {
+            eventually(
+                WAIT,
+                || fast.delivered().len() == 50,
+                || format!("fast on the child: {}", fast.delivered().len()),
+            )
+            .await;
+            assert!(
+                slow.delivered().is_empty(),
+                "slow is still failing in the parent"
+            );
+            slow.fail(false);
+        };
+        let (exit, ()) = tokio::join!(child_task.run(CancellationToken::new()), heal);
+        exit
+    };
+    let (parent_exit, child_exit) = tokio::join!(parent_task.run(CancellationToken::new()), script);
+    assert_eq!(parent_exit, ShardExit::Ended);
+    assert_eq!(child_exit, ShardExit::Ended);
+    let all: Vec<SequenceNumber> = in_parent.iter().chain(&in_child).cloned().collect();
+    in_order(&fast.delivered(), &all);
+    in_order(&slow.delivered(), &all);
+    assert_eq!(store.get(CHILD).unwrap().checkpoint, Checkpoint::ShardEnd);
 }

@@ -1,0 +1,245 @@
+//! Several pipelines on one read of each shard, end to end: the built
+//! binary against DynamoDB Local, each pipeline with its own filter and
+//! processor (stdout, and exec children writing to their own files).
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+/// An exec child that appends each record's `[key, eventName, sequence
+/// number]` to `file`, and fails every batch while `gate` exists.
+fn recording_handler(dir: &Path, name: &str) -> (String, PathBuf, PathBuf) {
+    let script = dir.join(format!("{name}.py"));
+    let file = dir.join(format!("{name}.jsonl"));
+    let gate = dir.join(format!("{name}.failing"));
+    std::fs::write(
+        &script,
+        format!(
+            r#"
+import json, os, sys
+for line in sys.stdin:
+    event = json.loads(line)
+    if os.path.exists({gate:?}):
+        print(json.dumps({{"errorMessage": "scripted failure", "errorType": "Down"}}))
+    else:
+        with open({file:?}, "a") as f:
+            for r in event["Records"]:
+                f.write(json.dumps([r["dynamodb"]["Keys"]["pk"]["S"], r["eventName"], r["dynamodb"]["SequenceNumber"]]) + "\n")
+        print("{{}}")
+    sys.stdout.flush()
+"#,
+            gate = gate.display().to_string(),
+            file = file.display().to_string(),
+        ),
+    )
+    .unwrap();
+    (format!("python3 {}", script.display()), file, gate)
+}
+
+/// `(key, eventName, sequence number)` of every record a handler wrote.
+fn handled(file: &Path) -> Vec<(String, String, String)> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The same triples from records printed on stdout in Lambda's shape.
+fn printed(records: &[Value]) -> Vec<(String, String, String)> {
+    records
+        .iter()
+        .map(|r| {
+            (
+                r["dynamodb"]["Keys"]["pk"]["S"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                r["eventName"].as_str().unwrap().to_owned(),
+                r["dynamodb"]["SequenceNumber"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Asserts that `got` is exactly `want` (no loss, no repeat) and that each
+/// key's records come in stream order.
+fn exactly(pipeline: &str, got: &[(String, String, String)], want: &[(String, String, String)]) {
+    let mut sorted_got = got.to_vec();
+    let mut sorted_want = want.to_vec();
+    sorted_got.sort();
+    sorted_want.sort();
+    assert_eq!(
+        sorted_got, sorted_want,
+        "{pipeline}: the records it should get"
+    );
+    let mut last: HashMap<&str, u128> = HashMap::new();
+    for (key, _, seq) in got {
+        let seq: u128 = seq.parse().unwrap();
+        if let Some(previous) = last.insert(key, seq) {
+            assert!(previous < seq, "{pipeline}: {key} out of order");
+        }
+    }
+}
+
+/// Writes `count` items, then changes every third and deletes every fifth.
+async fn write_changes(client: &aws_sdk_dynamodb::Client, table: &str, from: usize, count: usize) {
+    for i in from..from + count {
+        put(client, table, &format!("item-{i}"), i as i64).await;
+    }
+    for i in (from..from + count).step_by(3) {
+        put(client, table, &format!("item-{i}"), -(i as i64)).await;
+    }
+    for i in (from..from + count).step_by(5) {
+        delete(client, table, &format!("item-{i}")).await;
+    }
+}
+
+/// GetRecords calls a worker made, whatever their outcome, from its /metrics.
+async fn get_records_calls(base_url: &str) -> f64 {
+    let url = format!("{base_url}/metrics");
+    wait_for_http(&url, 200).await;
+    let (_, metrics) = http_get(&url);
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("dynastream_api_calls_total{") && l.contains("\"GetRecords\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_pipelines_get_their_own_records_from_one_read() {
+    let client = dynamodb().await;
+    let table = unique_name("pipelines");
+    let stream = create_table(&client, &table).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (inserts_cmd, inserts_file, _) = recording_handler(dir.path(), "inserts");
+    let (removes_cmd, removes_file, _) = recording_handler(dir.path(), "removes");
+    let common = [
+        ("DYNASTREAM_TABLES", table.as_str()),
+        ("DYNASTREAM_STARTING_POSITION", "TRIM_HORIZON"),
+    ];
+    let mut three = worker_env(&common);
+    three.extend(
+        [
+            ("DYNASTREAM_APPLICATION", "three"),
+            ("DYNASTREAM_PIPELINES", "everything,inserts,removes"),
+            ("DYNASTREAM_PIPELINE_INSERTS_PROCESSOR", "exec"),
+            ("DYNASTREAM_PIPELINE_INSERTS_EXEC_COMMAND", &inserts_cmd),
+            (
+                "DYNASTREAM_PIPELINE_INSERTS_FILTER",
+                r#"{"eventName":["INSERT"]}"#,
+            ),
+            ("DYNASTREAM_PIPELINE_INSERTS_BATCH_SIZE", "7"),
+            ("DYNASTREAM_PIPELINE_REMOVES_PROCESSOR", "exec"),
+            ("DYNASTREAM_PIPELINE_REMOVES_EXEC_COMMAND", &removes_cmd),
+            (
+                "DYNASTREAM_PIPELINE_REMOVES_FILTER",
+                r#"{"eventName":["REMOVE"]}"#,
+            ),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let mut one = worker_env(&common);
+    one.push(("DYNASTREAM_APPLICATION".into(), "one".into()));
+    let (three, one) = (Worker::start(&three), Worker::start(&one));
+    let (three_url, one_url) = (three.endpoints().await, one.endpoints().await);
+
+    write_changes(&client, &table, 0, 60).await;
+    let (_, every_change) = shard_and_sequence_numbers(&stream).await;
+    let total = every_change.len();
+    one.wait_for_records(total, WAIT).await;
+    three.wait_for_records(total, WAIT).await;
+    let everything = printed(&three.records());
+    exactly("one pipeline", &printed(&one.records()), &everything);
+    let of_kind = |kind: &str| -> Vec<(String, String, String)> {
+        everything.iter().filter(|r| r.1 == kind).cloned().collect()
+    };
+    let (inserts, removes) = (of_kind("INSERT"), of_kind("REMOVE"));
+    eventually(WAIT, "the exec pipelines to catch up", || async {
+        handled(&inserts_file).len() >= inserts.len()
+            && handled(&removes_file).len() >= removes.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    exactly("everything", &everything, &everything);
+    assert_eq!(everything.len(), total);
+    exactly("inserts", &handled(&inserts_file), &inserts);
+    exactly("removes", &handled(&removes_file), &removes);
+
+    let one_calls = get_records_calls(&one_url).await;
+    let three_calls = get_records_calls(&three_url).await;
+    eprintln!("GetRecords calls: one pipeline {one_calls}, three pipelines {three_calls}");
+    assert!(one_calls > 0.0);
+    assert!(
+        three_calls <= one_calls * 1.25 + 2.0,
+        "three pipelines read like one: {three_calls} against {one_calls}"
+    );
+    three.terminate().await;
+    one.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_pipeline_holds_nobody_back_and_every_pipeline_resumes_from_its_own_checkpoint() {
+    let client = dynamodb().await;
+    let table = unique_name("pipelines-down");
+    let stream = create_table(&client, &table).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (down_cmd, down_file, gate) = recording_handler(dir.path(), "down");
+    std::fs::write(&gate, "").unwrap();
+    let mut env = worker_env(&[
+        ("DYNASTREAM_TABLES", table.as_str()),
+        ("DYNASTREAM_STARTING_POSITION", "TRIM_HORIZON"),
+        ("DYNASTREAM_PIPELINES", "up,down"),
+        ("DYNASTREAM_PIPELINE_DOWN_PROCESSOR", "exec"),
+        ("DYNASTREAM_PIPELINE_DOWN_EXEC_COMMAND", &down_cmd),
+        ("DYNASTREAM_PIPELINE_DOWN_MAX_RETRY_ATTEMPTS", "-1"),
+    ]);
+    env.push(("DYNASTREAM_APPLICATION".into(), unique_name("app")));
+    let worker = Worker::start(&env);
+    write_changes(&client, &table, 0, 40).await;
+    let (_, first) = shard_and_sequence_numbers(&stream).await;
+    worker.wait_for_records(first.len(), WAIT).await;
+    assert!(handled(&down_file).is_empty(), "down delivered nothing");
+
+    // SIGKILL while `down` is failing: `up` resumes after what it
+    // checkpointed, `down` from its own (unmoved) checkpoint.
+    let (_, up_before_kill, _) = worker.kill().await;
+    let worker = Worker::start(&env);
+    write_changes(&client, &table, 40, 20).await;
+    let (_, all) = shard_and_sequence_numbers(&stream).await;
+    let up_after = worker.wait_for_records(all.len() - first.len(), WAIT).await;
+    std::fs::remove_file(&gate).unwrap();
+    eventually(WAIT, "down to catch up", || async {
+        handled(&down_file).len() >= all.len()
+    })
+    .await;
+    // SIGTERM: a clean stop checkpoints every pipeline; a restart delivers nothing twice.
+    let _ = up_after;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, up_after, _) = worker.terminate().await;
+    assert!(status.success(), "{status:?}");
+    let worker = Worker::start(&env);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, after_restart, _) = worker.terminate().await;
+    assert!(after_restart.is_empty(), "{after_restart:?}");
+
+    // `up` delivers at least once across the SIGKILL: what it gets after
+    // the restart starts at or before its last delivery, in order, to the end.
+    let before: Vec<String> = printed(&up_before_kill).into_iter().map(|r| r.2).collect();
+    let after: Vec<String> = printed(&up_after).into_iter().map(|r| r.2).collect();
+    assert_eq!(before, first, "up delivered everything before the kill");
+    let resumed_at = all
+        .iter()
+        .position(|s| Some(s) == after.first())
+        .expect("up's first record after the restart is in the stream");
+    assert!(resumed_at <= first.len(), "no gap after the kill");
+    assert_eq!(after, all[resumed_at..], "up: in order to the end");
+    let down: Vec<String> = handled(&down_file).into_iter().map(|r| r.2).collect();
+    assert_eq!(down, all, "down: everything once, in order");
+}
