@@ -8,7 +8,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use dynastream::record::EventName;
+use dynastream::streams::memory::MemoryStreams;
 use serde_json::Value;
+use support::scripted_streams::ScriptedStreams;
 use support::*;
 
 /// An exec child that appends each record's `[key, eventName, sequence
@@ -242,4 +245,209 @@ async fn a_down_pipeline_holds_nobody_back_and_every_pipeline_resumes_from_its_o
     assert_eq!(after, all[resumed_at..], "up: in order to the end");
     let down: Vec<String> = handled(&down_file).into_iter().map(|r| r.2).collect();
     assert_eq!(down, all, "down: everything once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_a_split_a_lagging_pipeline_finishes_the_parent_while_the_others_read_the_child() {
+    let table = unique_name("pipelines-split");
+    let model = MemoryStreams::new();
+    let arn = model.create_stream_with_shards(&table, &["parent"]);
+    let server = ScriptedStreams::start(model).await;
+    let write = |shard: &str, count: usize| -> Vec<String> {
+        (0..count)
+            .map(|i| {
+                server
+                    .model
+                    .put(&arn, shard, EventName::Insert, &format!("{shard}#{i:02}"))
+                    .as_str()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (slow_cmd, slow_file, gate) = recording_handler(dir.path(), "slow");
+    std::fs::write(&gate, "").unwrap();
+    let mut env = worker_env(&[
+        ("DYNASTREAM_STREAM_ARNS", arn.as_str()),
+        ("DYNASTREAM_STARTING_POSITION", "TRIM_HORIZON"),
+        ("DYNASTREAM_SHARD_SYNC_INTERVAL_MS", "1000"),
+        ("DYNASTREAM_POLL_INTERVAL_MS", "200"),
+        ("DYNASTREAM_IDLE_POLL_INTERVAL_MS", "500"),
+        ("DYNASTREAM_PIPELINES", "fast,slow"),
+        ("DYNASTREAM_PIPELINE_SLOW_PROCESSOR", "exec"),
+        ("DYNASTREAM_PIPELINE_SLOW_EXEC_COMMAND", &slow_cmd),
+        ("DYNASTREAM_PIPELINE_SLOW_MAX_RETRY_ATTEMPTS", "-1"),
+    ]);
+    env.push(("DYNASTREAM_APPLICATION".into(), unique_name("split-app")));
+    env.push(server.endpoint_env());
+    let worker = Worker::start(&env);
+    let in_parent = write("parent", 12);
+    server.model.close_shard(&arn, "parent");
+    server.model.add_shard(&arn, "child", Some("parent"));
+    let in_child = write("child", 8);
+    let all: Vec<String> = in_parent.iter().chain(&in_child).cloned().collect();
+
+    // `fast` goes through the parent to the child while `slow` is down.
+    let fast = worker.wait_for_records(all.len(), WAIT).await;
+    let fast: Vec<String> = printed(&fast).into_iter().map(|r| r.2).collect();
+    assert_eq!(fast, all, "fast: the parent, then the child");
+    assert!(handled(&slow_file).is_empty());
+
+    // Once up, `slow` reads the parent to its end, then the child.
+    std::fs::remove_file(&gate).unwrap();
+    eventually(WAIT, "slow to catch up", || async {
+        handled(&slow_file).len() >= all.len()
+    })
+    .await;
+    let slow: Vec<String> = handled(&slow_file).into_iter().map(|r| r.2).collect();
+    assert_eq!(
+        slow, all,
+        "slow: the parent to its end, then the child, once"
+    );
+    let (status, _, logs) = worker.terminate().await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("waiting to finish the parent shard")),
+        "slow waited for itself in the child"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_added_with_trim_horizon_replays_into_itself_only() {
+    let client = dynamodb().await;
+    let table = unique_name("pipelines-added");
+    let stream = create_table(&client, &table).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (replay_cmd, replay_file, _) = recording_handler(dir.path(), "replay");
+    let app = unique_name("added-app");
+    let base = [
+        ("DYNASTREAM_TABLES", table.as_str()),
+        ("DYNASTREAM_APPLICATION", app.as_str()),
+        ("DYNASTREAM_STARTING_POSITION", "TRIM_HORIZON"),
+    ];
+    let mut one = worker_env(&base);
+    one.push(("DYNASTREAM_PIPELINES".into(), "live".into()));
+    let worker = Worker::start(&one);
+    write_changes(&client, &table, 0, 10).await;
+    let (_, first) = shard_and_sequence_numbers(&stream).await;
+    worker.wait_for_records(first.len(), WAIT).await;
+    let (status, before, _) = worker.terminate().await;
+    assert!(status.success());
+
+    let mut two = worker_env(&base);
+    two.extend(
+        [
+            ("DYNASTREAM_PIPELINES", "live,replay"),
+            ("DYNASTREAM_PIPELINE_REPLAY_PROCESSOR", "exec"),
+            ("DYNASTREAM_PIPELINE_REPLAY_EXEC_COMMAND", &replay_cmd),
+            (
+                "DYNASTREAM_PIPELINE_REPLAY_STARTING_POSITION",
+                "TRIM_HORIZON",
+            ),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let worker = Worker::start(&two);
+    write_changes(&client, &table, 10, 5).await;
+    let (_, all) = shard_and_sequence_numbers(&stream).await;
+    let after = worker.wait_for_records(all.len() - first.len(), WAIT).await;
+    eventually(WAIT, "replay to get the stream's records", || async {
+        handled(&replay_file).len() >= all.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, after_stop, _) = worker.terminate().await;
+    assert!(status.success());
+    assert!(after.len() <= after_stop.len());
+    let live: Vec<String> = printed(&before)
+        .into_iter()
+        .chain(printed(&after_stop))
+        .map(|r| r.2)
+        .collect();
+    assert_eq!(live, all, "live: nothing twice across the restart");
+    let replay: Vec<String> = handled(&replay_file).into_iter().map(|r| r.2).collect();
+    assert_eq!(replay, all, "replay: everything the stream holds, once");
+}
+
+/// The worker's peak resident set so far, in MB (VmHWM).
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_far_behind_reads_on_its_own_within_bounded_memory_and_catches_up_exactly() {
+    const RECORDS: usize = 20_000;
+    let table = unique_name("pipelines-lag");
+    let model = MemoryStreams::new();
+    let arn = model.create_stream_with_shards(&table, &["shard"]);
+    let server = ScriptedStreams::start(model).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (slow_cmd, slow_file, gate) = recording_handler(dir.path(), "slow");
+    std::fs::write(&gate, "").unwrap();
+    let mut env = worker_env(&[
+        ("DYNASTREAM_STREAM_ARNS", arn.as_str()),
+        ("DYNASTREAM_STARTING_POSITION", "TRIM_HORIZON"),
+        ("DYNASTREAM_BATCH_SIZE", "1000"),
+        ("DYNASTREAM_PIPELINES", "fast,slow"),
+        ("DYNASTREAM_PIPELINE_BUFFER_RECORDS", "1000"),
+        ("DYNASTREAM_PIPELINE_FAST_PROCESSOR", "count"),
+        ("DYNASTREAM_PIPELINE_SLOW_PROCESSOR", "exec"),
+        ("DYNASTREAM_PIPELINE_SLOW_EXEC_COMMAND", &slow_cmd),
+        ("DYNASTREAM_PIPELINE_SLOW_MAX_RETRY_ATTEMPTS", "-1"),
+    ]);
+    env.push(("DYNASTREAM_APPLICATION".into(), unique_name("lag-app")));
+    env.push(server.endpoint_env());
+    let worker = Worker::start(&env);
+    let url = worker.endpoints().await;
+    let mut all = Vec::with_capacity(RECORDS);
+    for i in 0..RECORDS {
+        let seq = server
+            .model
+            .put(&arn, "shard", EventName::Insert, &format!("item-{i:05}"));
+        all.push(seq.as_str().to_owned());
+    }
+    let fast_done = || async {
+        let (_, metrics) = http_get(&format!("{url}/metrics"));
+        sample(&metrics, "dynastream_records_total", &["INSERT"]).unwrap_or(0.0) >= RECORDS as f64
+    };
+    eventually(WAIT, "fast to process every record", fast_done).await;
+    assert!(handled(&slow_file).is_empty(), "slow is down");
+    let lagging_peak = peak_rss_mb(worker.pid());
+    let iterators_before = server
+        .calls(dynastream::streams::memory::Operation::GetShardIterator)
+        .len();
+
+    let healed = tokio::time::Instant::now();
+    std::fs::remove_file(&gate).unwrap();
+    eventually(WAIT, "slow to catch up", || async {
+        handled(&slow_file).len() >= RECORDS
+    })
+    .await;
+    let catch_up = healed.elapsed();
+    let iterators_after = server
+        .calls(dynastream::streams::memory::Operation::GetShardIterator)
+        .len();
+    let final_peak = peak_rss_mb(worker.pid());
+    eprintln!(
+        "lagging pipeline: {RECORDS} records behind a 1000-record window; peak RSS {lagging_peak:.1} MB \
+         while it lagged, {final_peak:.1} MB after it caught up; caught up in {:.2} s; \
+         GetShardIterator calls {iterators_before} before healing, {iterators_after} after",
+        catch_up.as_secs_f64()
+    );
+    let (status, _, _) = worker.terminate().await;
+    assert!(status.success(), "{status:?}");
+    let slow: Vec<String> = handled(&slow_file).into_iter().map(|r| r.2).collect();
+    assert_eq!(slow.len(), RECORDS, "nothing twice");
+    assert_eq!(slow, all, "everything, in order");
+    assert!(
+        iterators_after > iterators_before,
+        "slow left the shared window and read with an iterator of its own"
+    );
+    assert!(final_peak < 150.0, "peak RSS {final_peak:.1} MB");
 }
