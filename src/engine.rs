@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, FailureDestination, Processing, ProcessorSpec, StartingPosition};
+use crate::config::{
+    setting_variable, Config, FailureDestination, Processing, ProcessorSpec, StartingPosition,
+};
 use crate::coordinator::{Coordinator, CoordinatorSettings};
 use crate::dispatch::destination::{
     FailureDestination as Destination, FileDestination, SqsDestination,
@@ -91,17 +93,6 @@ fn processing_of(config: &Config) -> Vec<(Option<&str>, &Processing, bool)> {
     }
 }
 
-/// The variable that set `setting` for pipeline `name` (or the default).
-fn variable_of(name: Option<&str>, setting: &str) -> String {
-    match name {
-        Some(name) => format!(
-            "DYNASTREAM_PIPELINE_{}_{setting}",
-            name.to_ascii_uppercase()
-        ),
-        None => format!("DYNASTREAM_{setting}"),
-    }
-}
-
 /// The processors a pipeline's settings name.
 fn build_processors(
     name: Option<&str>,
@@ -123,7 +114,9 @@ fn build_processors(
                     processing.http_url.as_deref().unwrap_or_default(),
                     processing.http_timeout,
                 )
-                .map_err(|e| Error::Config(format!("{}: {e}", variable_of(name, "HTTP_URL"))))?,
+                .map_err(|e| {
+                    Error::Config(format!("{}: {e}", setting_variable(name, "HTTP_URL")))
+                })?,
             ),
             ProcessorSpec::Exec => Arc::new(
                 ExecProcessor::new(

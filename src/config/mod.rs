@@ -45,7 +45,7 @@ mod processing;
 pub use crate::filter::FilterSet;
 pub use crate::processor::target::{ProcessorSpec, Target};
 pub use crate::record::RecordFormat;
-pub use pipelines::PipelineConfig;
+pub use pipelines::{setting_variable, PipelineConfig};
 pub use processing::Processing;
 
 /// Where records go when their retries or age run out.

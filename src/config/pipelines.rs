@@ -37,12 +37,17 @@ pub struct PipelineConfig {
 impl PipelineConfig {
     /// The variable that sets `setting` (`BATCH_SIZE`) for this pipeline.
     pub fn variable(&self, setting: &str) -> String {
-        variable(&self.name, setting)
+        setting_variable(Some(&self.name), setting)
     }
 }
 
-fn variable(pipeline: &str, setting: &str) -> String {
-    format!("{PREFIX}{}_{setting}", pipeline.to_ascii_uppercase())
+/// The variable that sets `setting` (`BATCH_SIZE`) for the named pipeline,
+/// or, for `None`, the application's default: what an error names.
+pub fn setting_variable(pipeline: Option<&str>, setting: &str) -> String {
+    match pipeline {
+        Some(name) => format!("{PREFIX}{}_{setting}", name.to_ascii_uppercase()),
+        None => format!("DYNASTREAM_{setting}"),
+    }
 }
 
 /// Parses one entry of `DYNASTREAM_PIPELINES`.
@@ -199,7 +204,7 @@ fn pipeline(
             .next()
             .unwrap_or(flag);
         match settings.iter().find(|s| s.long == long) {
-            Some(s) if own.contains_key(&s.suffix) => variable(name, &s.suffix),
+            Some(s) if own.contains_key(&s.suffix) => setting_variable(Some(name), &s.suffix),
             Some(s) => format!("DYNASTREAM_{} (--{})", s.suffix, s.long),
             None => flag.to_owned(),
         }
@@ -214,7 +219,7 @@ fn pipeline(
             .map_err(|_| {
                 ConfigError(format!(
                     "invalid {} value {value:?}: expected one of: LATEST, TRIM_HORIZON",
-                    variable(name, STARTING_POSITION)
+                    setting_variable(Some(name), STARTING_POSITION)
                 ))
             })?,
     };

@@ -38,13 +38,7 @@ pub fn initial_checkpoint(
 /// is `SHARD_END`) or by any of the declared `pipelines`, which may go on
 /// to its children while others are still behind.
 pub fn finished_by_any(lease: &Lease, pipelines: &[String]) -> bool {
-    lease.checkpoint.is_shard_end()
-        || pipelines.iter().any(|name| {
-            lease
-                .pipeline_checkpoints
-                .get(name)
-                .is_some_and(Checkpoint::is_shard_end)
-        })
+    lease.checkpoint.is_shard_end() || pipelines.iter().any(|name| lease.is_finished_by(name))
 }
 
 /// Whether every parent of `lease` has been read to its end (by the

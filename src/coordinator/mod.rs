@@ -806,6 +806,10 @@ impl Coordinator {
                         .collect()
                 })
                 .unwrap_or_default();
+            let known_parents: Vec<Lease> = parent_keys
+                .iter()
+                .filter_map(|key| self.leases.get(key).cloned())
+                .collect();
             if held.state.start().is_err() {
                 continue;
             }
@@ -815,7 +819,7 @@ impl Coordinator {
                 Arc::clone(&self.api),
                 Arc::clone(&held.lease),
                 self.settings.shard.clone(),
-                Parents::new(Arc::clone(&self.store), parent_keys),
+                Parents::new(Arc::clone(&self.store), parent_keys, known_parents),
             );
             let span = tracing::info_span!("shard", stream = %held.stream_arn, shard = %shard_id);
             let stop = held.stop.clone();

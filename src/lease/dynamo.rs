@@ -71,6 +71,37 @@ impl DynamoLeaseStore {
         &self.table
     }
 
+    /// Records progress: the checkpoint and, when given, every pipeline's
+    /// (written whole); resets the KCL's sub-sequence and owner-switch counts.
+    async fn write_checkpoint(
+        &self,
+        lease: &Lease,
+        checkpoint: &Checkpoint,
+        pipelines: Option<&BTreeMap<String, Checkpoint>>,
+    ) -> Result<Lease, LeaseError> {
+        let mut values = HashMap::new();
+        values.insert(":one".into(), number(1));
+        values.insert(":zero".into(), number(0));
+        values.insert(
+            ":checkpoint".into(),
+            AttributeValue::S(checkpoint.as_stored().to_owned()),
+        );
+        let mut names = HashMap::new();
+        names.insert("#checkpoint".into(), CHECKPOINT.into());
+        names.insert("#sub".into(), CHECKPOINT_SUB_SEQUENCE.into());
+        names.insert("#switches".into(), OWNER_SWITCHES.into());
+        let mut update = "SET #counter = #counter + :one, #checkpoint = :checkpoint, \
+                          #sub = :zero, #switches = :zero"
+            .to_owned();
+        if let Some(pipelines) = pipelines {
+            values.insert(":pipelines".into(), pipeline_checkpoints_value(pipelines));
+            names.insert("#pipelines".into(), PIPELINE_CHECKPOINTS.into());
+            update.push_str(", #pipelines = :pipelines");
+        }
+        self.conditional_update("Checkpoint", lease, update, values, names)
+            .await
+    }
+
     fn error<E>(
         &self,
         operation: &'static str,
@@ -451,22 +482,7 @@ impl LeaseStore for DynamoLeaseStore {
         lease: &Lease,
         checkpoint: &Checkpoint,
     ) -> Result<Lease, LeaseError> {
-        let mut values = HashMap::new();
-        values.insert(":one".into(), number(1));
-        values.insert(":zero".into(), number(0));
-        values.insert(
-            ":checkpoint".into(),
-            AttributeValue::S(checkpoint.as_stored().to_owned()),
-        );
-        let mut names = HashMap::new();
-        names.insert("#checkpoint".into(), CHECKPOINT.into());
-        names.insert("#sub".into(), CHECKPOINT_SUB_SEQUENCE.into());
-        names.insert("#switches".into(), OWNER_SWITCHES.into());
-        let update = "SET #counter = #counter + :one, #checkpoint = :checkpoint, \
-                      #sub = :zero, #switches = :zero"
-            .to_owned();
-        self.conditional_update("Checkpoint", lease, update, values, names)
-            .await
+        self.write_checkpoint(lease, checkpoint, None).await
     }
 
     async fn update_pipeline_checkpoints(
@@ -475,23 +491,7 @@ impl LeaseStore for DynamoLeaseStore {
         checkpoint: &Checkpoint,
         pipelines: &BTreeMap<String, Checkpoint>,
     ) -> Result<Lease, LeaseError> {
-        let mut values = HashMap::new();
-        values.insert(":one".into(), number(1));
-        values.insert(":zero".into(), number(0));
-        values.insert(
-            ":checkpoint".into(),
-            AttributeValue::S(checkpoint.as_stored().to_owned()),
-        );
-        values.insert(":pipelines".into(), pipeline_checkpoints_value(pipelines));
-        let mut names = HashMap::new();
-        names.insert("#checkpoint".into(), CHECKPOINT.into());
-        names.insert("#sub".into(), CHECKPOINT_SUB_SEQUENCE.into());
-        names.insert("#switches".into(), OWNER_SWITCHES.into());
-        names.insert("#pipelines".into(), PIPELINE_CHECKPOINTS.into());
-        let update = "SET #counter = #counter + :one, #checkpoint = :checkpoint, \
-                      #sub = :zero, #switches = :zero, #pipelines = :pipelines"
-            .to_owned();
-        self.conditional_update("Checkpoint", lease, update, values, names)
+        self.write_checkpoint(lease, checkpoint, Some(pipelines))
             .await
     }
 

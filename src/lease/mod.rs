@@ -180,6 +180,16 @@ impl Lease {
         }
     }
 
+    /// Whether pipeline `name` has read this shard to its end: every
+    /// pipeline has when the shard's checkpoint is `SHARD_END`.
+    pub fn is_finished_by(&self, name: &str) -> bool {
+        self.checkpoint.is_shard_end()
+            || self
+                .pipeline_checkpoints
+                .get(name)
+                .is_some_and(Checkpoint::is_shard_end)
+    }
+
     /// Where a pipeline resumes: its own checkpoint, else (a pipeline new
     /// to this shard) the oldest record held when it starts at
     /// `TRIM_HORIZON`, or the shard's checkpoint when it starts at `LATEST`.

@@ -15,7 +15,7 @@ use crate::lease::{Checkpoint, PipelineStart};
 use crate::record::{SequenceNumber, StreamRecord};
 use crate::shard::cursor::{Cursor, Read};
 use crate::shard::gather::Gatherer;
-use crate::shard::{wait_for_valid_lease, write_checkpoint, ShardExit, ShardSettings};
+use crate::shard::{deliver, write_checkpoint, ShardExit, ShardSettings};
 use crate::streams::StreamsApi;
 
 /// Where a consumer takes its next page from.
@@ -28,7 +28,7 @@ enum Source {
 
 /// What the consumer got to process.
 struct Taken {
-    records: Vec<Arc<StreamRecord>>,
+    records: Arc<[Arc<StreamRecord>]>,
     /// No page follows: the shard is read to its end.
     closed: bool,
     /// Read from its own iterator and empty: caught up with the stream.
@@ -81,14 +81,13 @@ impl PipelineConsumer {
         shutdown: &CancellationToken,
     ) -> Result<Checkpoint, ShardExit> {
         tracing::info!(pipeline = %self.pipeline.name, "waiting to finish the parent shard before reading this one");
-        let name = [self.pipeline.name.as_str()];
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Err(ShardExit::Stopped),
                 _ = self.lease.lost().cancelled() => return Err(ShardExit::LeaseLost),
                 _ = tokio::time::sleep(self.poll.idle_poll_interval) => {}
             }
-            if parents.finished_for(&name).await == Some(vec![true]) {
+            if parents.finished_now(&self.pipeline.name).await == Some(true) {
                 let lease = self.lease.snapshot().await;
                 return Ok(lease.pipeline_checkpoint(&self.pipeline.start()));
             }
@@ -179,13 +178,13 @@ impl PipelineConsumer {
             Source::Log => {
                 let mut changes = self.shared.changes();
                 match self.shared.next(self.index) {
-                    Next::Page(page) => Ok(Some(Taken {
-                        records: page.records.to_vec(),
+                    Next::Page(records) => Ok(Some(Taken {
+                        records,
                         closed: false,
                         idle: false,
                     })),
                     Next::End => Ok(Some(Taken {
-                        records: Vec::new(),
+                        records: Arc::new([]),
                         closed: true,
                         idle: false,
                     })),
@@ -219,7 +218,7 @@ impl PipelineConsumer {
                     records: page.records.into_iter().map(Arc::new).collect(),
                 })),
                 Read::End => Ok(Some(Taken {
-                    records: Vec::new(),
+                    records: Arc::new([]),
                     closed: true,
                     idle: false,
                 })),
@@ -234,21 +233,14 @@ impl PipelineConsumer {
         batch: Vec<Arc<StreamRecord>>,
         shutdown: &CancellationToken,
     ) -> Result<(), ShardExit> {
-        let last = batch
-            .last()
-            .map(|r| r.sequence_number().clone())
-            .expect("a non-empty batch has a last record");
-        wait_for_valid_lease(&self.lease, shutdown).await?;
-        self.pipeline
-            .dispatcher
-            .dispatch(
-                &self.stream_arn,
-                &self.shard_id,
-                batch,
-                self.lease.lost(),
-                shutdown,
-            )
-            .await?;
+        let (last, _) = deliver(
+            &self.lease,
+            &self.pipeline.dispatcher,
+            (&self.stream_arn, &self.shard_id),
+            batch,
+            shutdown,
+        )
+        .await?;
         if self.checkpoint(&Checkpoint::Sequence(last)).await {
             Ok(())
         } else {

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::OnTrimmed;
 use crate::dispatch::Dispatcher;
 use crate::lease::held::HeldLease;
-use crate::lease::{Checkpoint, LeaseStore, PipelineStart};
+use crate::lease::{Lease, LeaseStore, PipelineStart};
 use crate::processor::Processor;
 use crate::shard::{ShardConsumer, ShardExit, ShardSettings};
 use crate::streams::StreamsApi;
@@ -151,40 +151,50 @@ impl Pipelines {
 pub struct Parents {
     store: Option<Arc<dyn LeaseStore>>,
     keys: Vec<String>,
+    /// The parents' leases as the coordinator last read them, so that a
+    /// shard starting costs no read of the lease table.
+    known: Vec<Lease>,
 }
 
 impl Parents {
-    /// The parents whose leases have these keys in `store`.
-    pub fn new(store: Arc<dyn LeaseStore>, keys: Vec<String>) -> Self {
+    /// The parents whose leases have these keys in `store`, as last read
+    /// (`known`; a key without a lease there is a parent already collected).
+    pub fn new(store: Arc<dyn LeaseStore>, keys: Vec<String>, known: Vec<Lease>) -> Self {
         Parents {
             store: Some(store),
             keys,
+            known,
         }
     }
 
-    /// For each of `pipelines`, whether it has read every parent to its end
-    /// (a parent whose lease is gone was finished and collected); `None`
-    /// when the lease table cannot be read now.
-    async fn finished_for(&self, pipelines: &[&str]) -> Option<Vec<bool>> {
+    /// Whether `pipeline` has read every parent among `leases` to its end (a
+    /// parent whose lease is gone was finished and collected).
+    fn finished_in(&self, leases: &[Lease], pipeline: &str) -> bool {
+        self.keys.iter().all(|key| {
+            leases
+                .iter()
+                .find(|lease| lease.key == *key)
+                .is_none_or(|parent| parent.is_finished_by(pipeline))
+        })
+    }
+
+    /// For each of `pipelines`, whether it had read every parent to its end
+    /// when the coordinator last read the lease table.
+    fn finished_when_known(&self, pipelines: &[&str]) -> Vec<bool> {
+        pipelines
+            .iter()
+            .map(|name| self.finished_in(&self.known, name))
+            .collect()
+    }
+
+    /// Whether `pipeline` has read every parent to its end now, by a fresh
+    /// read of the lease table; `None` when it cannot be read now.
+    async fn finished_now(&self, pipeline: &str) -> Option<bool> {
         let Some(store) = self.store.as_ref().filter(|_| !self.keys.is_empty()) else {
-            return Some(vec![true; pipelines.len()]);
+            return Some(true);
         };
         let scan = store.list_leases().await.ok()?;
-        let finished = |name: &str| {
-            self.keys.iter().all(|key| {
-                scan.leases
-                    .iter()
-                    .find(|lease| lease.key == *key)
-                    .is_none_or(|parent| {
-                        parent.checkpoint.is_shard_end()
-                            || parent
-                                .pipeline_checkpoints
-                                .get(name)
-                                .is_some_and(Checkpoint::is_shard_end)
-                    })
-            })
-        };
-        Some(pipelines.iter().map(|name| finished(name)).collect())
+        Some(self.finished_in(&scan.leases, pipeline))
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::consumer::PipelineConsumer;
-use super::log::{LoggedPage, PageLog};
+use super::log::PageLog;
 use super::{shared_on_trimmed, Parents, Pipeline};
 use crate::lease::held::HeldLease;
 use crate::lease::{Checkpoint, PipelineStart};
@@ -61,11 +61,7 @@ impl SharedShard {
             return ShardExit::Ended;
         };
         let names: Vec<&str> = self.pipelines.iter().map(|p| p.name.as_str()).collect();
-        let parents_finished = self
-            .parents
-            .finished_for(&names)
-            .await
-            .unwrap_or_else(|| vec![false; names.len()]);
+        let parents_finished = self.parents.finished_when_known(&names);
         // Every pipeline the reader's first page serves reads from the log
         // from the start, before anything is read (and evicted); one still
         // behind in a parent starts later, with an iterator of its own.
@@ -204,11 +200,7 @@ async fn read(
                     return;
                 }
                 if empty {
-                    let pause = if last_records_at.elapsed() >= settings.idle_after {
-                        settings.idle_poll_interval
-                    } else {
-                        settings.poll_interval
-                    };
+                    let pause = settings.empty_read_pause(last_records_at);
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = shared.all_finished.cancelled() => return,
@@ -230,8 +222,8 @@ async fn read(
 
 /// What a pipeline reading from the log gets next.
 pub(super) enum Next {
-    /// Its next page.
-    Page(LoggedPage),
+    /// Its next page's records (shared with the log and the other pipelines).
+    Page(Arc<[Arc<StreamRecord>]>),
     /// Nothing yet: wait for a change.
     Wait,
     /// Its next page was evicted: read on with an own iterator.
@@ -363,7 +355,7 @@ impl Shared {
             if position < state.log.origin() {
                 state.positions[index] = None;
                 Next::Evicted
-            } else if let Some(page) = state.log.get(position).cloned() {
+            } else if let Some(page) = state.log.get(position).map(|p| Arc::clone(&p.records)) {
                 state.positions[index] = Some(position + 1);
                 let oldest_wanted = state.positions.iter().flatten().min().copied();
                 if let Some(oldest) = oldest_wanted {

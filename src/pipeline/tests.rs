@@ -393,7 +393,11 @@ async fn across_a_split_a_lagging_pipeline_finishes_the_parent_while_the_others_
             api.clone(),
             Arc::clone(&child_lease),
             Fixture::settings(),
-            Parents::new(Arc::new(store.clone()), vec![PARENT.to_owned()]),
+            Parents::new(
+                Arc::new(store.clone()),
+                vec![PARENT.to_owned()],
+                store.get(PARENT).into_iter().collect(),
+            ),
         );
         let heal = async {
             eventually(

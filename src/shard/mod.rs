@@ -24,7 +24,7 @@ pub(crate) mod gather;
 
 use crate::backoff::Backoff;
 use crate::config::OnTrimmed;
-use crate::dispatch::{Dispatcher, Undelivered};
+use crate::dispatch::{Dispatched, Dispatcher, Undelivered};
 use crate::lease::held::HeldLease;
 use crate::lease::{Checkpoint, LeaseError};
 use crate::record::{SequenceNumber, StreamRecord};
@@ -51,6 +51,18 @@ pub struct ShardSettings {
     pub batch_window: Duration,
     /// What to do when the position fell behind the stream's retention.
     pub on_trimmed: OnTrimmed,
+}
+
+impl ShardSettings {
+    /// The wait after an empty read: the poll interval, or the idle one once
+    /// the shard has returned nothing since `idle_after`.
+    pub(crate) fn empty_read_pause(&self, last_records_at: Instant) -> Duration {
+        if last_records_at.elapsed() >= self.idle_after {
+            self.idle_poll_interval
+        } else {
+            self.poll_interval
+        }
+    }
 }
 
 impl Default for ShardSettings {
@@ -249,11 +261,7 @@ impl ShardConsumer {
     /// The wait after an empty read: the poll interval (longer once the
     /// shard has been idle), or less if a gathered batch's window closes sooner.
     fn poll_pause(&self, last_records_at: Instant, gatherer: &Gatherer) -> Duration {
-        let pause = if last_records_at.elapsed() >= self.settings.idle_after {
-            self.settings.idle_poll_interval
-        } else {
-            self.settings.poll_interval
-        };
+        let pause = self.settings.empty_read_pause(last_records_at);
         gatherer
             .window_closes_in()
             .map_or(pause, |closes| pause.min(closes))
@@ -266,23 +274,15 @@ impl ShardConsumer {
         batch: Vec<Arc<StreamRecord>>,
         shutdown: &CancellationToken,
     ) -> Result<SequenceNumber, ShardExit> {
-        let last = batch
-            .last()
-            .map(|r| r.sequence_number().clone())
-            .expect("a non-empty batch has a last record");
-        wait_for_valid_lease(&self.lease, shutdown).await?;
         let count = batch.len();
-        let outcome = self
-            .dispatcher
-            .dispatch(
-                &self.stream_arn,
-                &self.shard_id,
-                batch,
-                self.lease.lost(),
-                shutdown,
-            )
-            .await;
-        let report = outcome?;
+        let (last, report) = deliver(
+            &self.lease,
+            &self.dispatcher,
+            (&self.stream_arn, &self.shard_id),
+            batch,
+            shutdown,
+        )
+        .await?;
         if self.checkpoint(&Checkpoint::Sequence(last.clone())).await {
             tracing::debug!(
                 records = count,
@@ -319,9 +319,30 @@ impl ShardConsumer {
     }
 }
 
+/// Hands a batch to `dispatcher` once records may flow under `lease`;
+/// returns the batch's last sequence number (what to checkpoint) and what
+/// dispatch did, or how the shard must end.
+pub(crate) async fn deliver(
+    lease: &HeldLease,
+    dispatcher: &Dispatcher,
+    (stream_arn, shard_id): (&Arc<str>, &Arc<str>),
+    batch: Vec<Arc<StreamRecord>>,
+    shutdown: &CancellationToken,
+) -> Result<(SequenceNumber, Dispatched), ShardExit> {
+    let last = batch
+        .last()
+        .map(|r| r.sequence_number().clone())
+        .expect("a non-empty batch has a last record");
+    wait_for_valid_lease(lease, shutdown).await?;
+    let report = dispatcher
+        .dispatch(stream_arn, shard_id, batch, lease.lost(), shutdown)
+        .await?;
+    Ok((last, report))
+}
+
 /// Waits until records may flow under `lease`: while renewals are failing,
 /// for one to succeed. `Err` when the lease is lost or shutdown comes first.
-pub(crate) async fn wait_for_valid_lease(
+async fn wait_for_valid_lease(
     lease: &HeldLease,
     shutdown: &CancellationToken,
 ) -> Result<(), ShardExit> {
