@@ -43,12 +43,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # The metrics contract (src/telemetry/metrics.rs): name -> (type, labels).
 # Prometheus adds instance and job; histograms add le to their _bucket series.
 METRICS = {
-    "dynastream_records_total": ("counter", {"stream", "event_name"}),
-    "dynastream_records_filtered_total": ("counter", {"stream"}),
-    "dynastream_iterator_age_seconds": ("gauge", {"stream"}),
-    "dynastream_shard_iterator_age_seconds": ("gauge", {"stream", "shard"}),
-    "dynastream_processing_lag_seconds": ("histogram", set()),
-    "dynastream_batches_total": ("counter", {"stream", "outcome"}),
+    "dynastream_records_total": ("counter", {"stream", "pipeline", "event_name"}),
+    "dynastream_records_filtered_total": ("counter", {"stream", "pipeline"}),
+    "dynastream_iterator_age_seconds": ("gauge", {"stream", "pipeline"}),
+    "dynastream_shard_iterator_age_seconds": ("gauge", {"stream", "shard", "pipeline"}),
+    "dynastream_processing_lag_seconds": ("histogram", {"pipeline"}),
+    "dynastream_batches_total": ("counter", {"stream", "pipeline", "outcome"}),
     "dynastream_processor_duration_seconds": ("histogram", {"processor"}),
     "dynastream_api_calls_total": ("counter", {"api", "outcome"}),
     "dynastream_api_call_duration_seconds": ("histogram", {"api"}),
@@ -58,11 +58,12 @@ METRICS = {
     "dynastream_shards": ("gauge", {"state"}),
     "dynastream_shards_unowned": ("gauge", {"stream"}),
     "dynastream_shard_sync_pending": ("gauge", set()),
-    "dynastream_records_failed_total": ("counter", {"destination"}),
-    "dynastream_trimmed_data_total": ("counter", {"stream"}),
+    "dynastream_records_failed_total": ("counter", {"destination", "pipeline"}),
+    "dynastream_trimmed_data_total": ("counter", {"stream", "pipeline"}),
     "dynastream_target_requests_total": ("counter", {"target", "outcome"}),
     "dynastream_target_request_duration_seconds": ("histogram", {"target"}),
     "dynastream_target_records_total": ("counter", {"target", "outcome"}),
+    "dynastream_pipeline_shards_halted": ("gauge", {"stream", "pipeline"}),
     "dynastream_build_info": ("gauge", {"version"}),
 }
 TARGET_LABELS = {"instance", "job"}
@@ -77,6 +78,8 @@ REQUIRED_ALERTS = {
     "DynastreamNoWorkers",
     "DynastreamTargetRejectingRecords",
     "DynastreamTargetFailing",
+    "DynastreamPipelineHalted",
+    "DynastreamPipelineLagging",
 }
 
 # AWS SDK for Rust operations (fluent builders, called with no arguments) and
@@ -161,8 +164,9 @@ def metric_of(series):
 def check_expr(where, expr, filters):
     """Checks one PromQL expression; returns the metrics it uses.
 
-    filters: require `stream=~"$stream"` (where the metric has a stream
-    label) and `instance=~"$worker"` on every selector, as dashboard panels do.
+    filters: require `stream=~"$stream"` and `pipeline=~"$pipeline"` (where
+    the metric has those labels) and `instance=~"$worker"` on every selector,
+    as dashboard panels do.
     """
     used = set()
     allowed_grouping = set(TARGET_LABELS)
@@ -182,6 +186,8 @@ def check_expr(where, expr, filters):
         if filters:
             if "stream" in labels and given.get("stream") != ("=~", "$stream"):
                 problem(where, f'{series} is not filtered by stream=~"$stream"')
+            if "pipeline" in labels and given.get("pipeline") != ("=~", "$pipeline"):
+                problem(where, f'{series} is not filtered by pipeline=~"$pipeline"')
             if given.get("instance") != ("=~", "$worker"):
                 problem(where, f'{series} is not filtered by instance=~"$worker"')
         if METRICS[metric][0] == "histogram" and suffix == "" and "histogram_quantile" in expr:
@@ -236,7 +242,7 @@ def check_dashboard(promtool):
     ds = variables.get("datasource", {})
     if ds.get("type") != "datasource" or ds.get("query") != "prometheus":
         problem(path, "needs a datasource variable of type datasource, query prometheus")
-    for name, label in (("stream", "stream"), ("worker", "instance")):
+    for name, label in (("stream", "stream"), ("pipeline", "pipeline"), ("worker", "instance")):
         var = variables.get(name)
         if not var:
             problem(path, f"no {name} variable")

@@ -62,6 +62,9 @@ struct PipelineParts {
 impl PipelineParts {
     fn dispatcher(self) -> Dispatcher {
         let mut dispatcher = Dispatcher::new(self.processors).with_settings(self.dispatch);
+        if let Some(name) = &self.name {
+            dispatcher = dispatcher.with_pipeline(name);
+        }
         if let Some(filter) = self.filter {
             dispatcher = dispatcher.with_filter(filter);
         }

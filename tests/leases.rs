@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use dynastream::lease::dynamo::DynamoLeaseStore;
 use dynastream::lease::held::HeldLease;
 use dynastream::lease::{Checkpoint, ItemKind, Lease, LeaseError, LeaseStore, PipelineStart};
 use dynastream::record::SequenceNumber;
@@ -75,10 +76,9 @@ async fn a_worker_whose_lease_was_taken_cannot_checkpoint() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipeline_checkpoints_are_one_fenced_map_beside_the_kcl_checkpoint() {
-    let table = unique_name("pipeline-leases");
-    let store = lease_store(&table).await;
+/// A new lease table `table` with one shard lease, held by `worker-a`.
+async fn held_by_worker_a(table: &str) -> (DynamoLeaseStore, HeldLease) {
+    let store = lease_store(table).await;
     store.ensure_table().await.unwrap();
     let lease = Lease::new("arn:stream", "shardId-1", None, Checkpoint::TrimHorizon);
     store.create_lease_if_absent(&lease).await.unwrap();
@@ -89,6 +89,13 @@ async fn pipeline_checkpoints_are_one_fenced_map_beside_the_kcl_checkpoint() {
         Duration::from_secs(10),
         Instant::now(),
     );
+    (store, held)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_checkpoints_are_one_fenced_map_beside_the_kcl_checkpoint() {
+    let table = unique_name("pipeline-leases");
+    let (store, held) = held_by_worker_a(&table).await;
     let declared = ["search", "audit"].map(|name| PipelineStart {
         name: name.into(),
         from_trim_horizon: false,
@@ -133,6 +140,40 @@ async fn pipeline_checkpoints_are_one_fenced_map_beside_the_kcl_checkpoint() {
         "the fenced write changed nothing"
     );
     assert_eq!(after.pipeline_checkpoints["audit"], seq("300"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_pipelines_entry_goes_without_fencing_the_owner_and_is_never_written_back() {
+    let (store, held) = held_by_worker_a(&unique_name("pipeline-cleanup")).await;
+    let seq = |n: &str| Checkpoint::Sequence(SequenceNumber::from(n));
+    let start = |name: &str| PipelineStart {
+        name: name.into(),
+        from_trim_horizon: false,
+    };
+    // An earlier deployment declared `old` as well.
+    held.checkpoint_pipeline("old", &seq("100"), &[start("kept"), start("old")])
+        .await
+        .unwrap();
+    // The leader removes `old`'s entry while `worker-a` holds the lease.
+    let stored = store.list_leases().await.unwrap().leases.remove(0);
+    store
+        .remove_pipeline_checkpoints(&stored, &["old".to_owned()])
+        .await
+        .unwrap();
+    let after_removal = store.list_leases().await.unwrap().leases.remove(0);
+    assert_eq!(after_removal.counter, stored.counter, "not a fencing write");
+    // The owner, now declaring only `kept`, goes on writing: its write is
+    // accepted and does not bring `old` back.
+    held.checkpoint_pipeline("kept", &seq("700"), &[start("kept")])
+        .await
+        .unwrap();
+    let after = store.list_leases().await.unwrap().leases.remove(0);
+    assert_eq!(
+        after.pipeline_checkpoints.keys().collect::<Vec<_>>(),
+        ["kept"]
+    );
+    assert_eq!(after.pipeline_checkpoints["kept"], seq("700"));
+    assert_eq!(after.checkpoint, seq("700"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -210,6 +210,83 @@ async fn a_down_pipeline_holds_nobody_back_and_every_pipeline_resumes_from_its_o
     worker.wait_for_records(first.len(), WAIT).await;
     assert!(handled(&down_file).is_empty(), "down delivered nothing");
 
+    // Per pipeline, in /metrics and /status: `up` delivered and is caught
+    // up; `down` delivered nothing, fails batches and falls further behind.
+    let url = worker.endpoints().await;
+    let stream_label = format!("stream=\"{table}\"");
+    let age_of = |metrics: &str, pipeline: &str| {
+        let label = format!("pipeline=\"{pipeline}\"");
+        sample(
+            metrics,
+            "dynastream_iterator_age_seconds{",
+            &[&stream_label, &label],
+        )
+    };
+    let down_age = || {
+        let (_, metrics) = http_get(&format!("{url}/metrics"));
+        age_of(&metrics, "down").unwrap_or(0.0)
+    };
+    let down_failures = |metrics: &str| {
+        sample(
+            metrics,
+            "dynastream_batches_total{",
+            &[&stream_label, "pipeline=\"down\"", "outcome=\"failure\""],
+        )
+        .unwrap_or(0.0)
+    };
+    // The reader's next empty read tells `up` it is caught up.
+    eventually(WAIT, "up caught up, down failing and behind", || async {
+        let (_, metrics) = http_get(&format!("{url}/metrics"));
+        age_of(&metrics, "up") == Some(0.0)
+            && age_of(&metrics, "down").unwrap_or(0.0) > 0.0
+            && down_failures(&metrics) >= 1.0
+    })
+    .await;
+    let (_, metrics) = http_get(&format!("{url}/metrics"));
+    let up_records: f64 = ["INSERT", "MODIFY", "REMOVE"]
+        .iter()
+        .filter_map(|event| {
+            let event = format!("event_name=\"{event}\"");
+            sample(
+                &metrics,
+                "dynastream_records_total{",
+                &[&stream_label, "pipeline=\"up\"", &event],
+            )
+        })
+        .sum();
+    assert_eq!(up_records as usize, first.len(), "{metrics}");
+    assert_eq!(
+        sample(
+            &metrics,
+            "dynastream_records_total{",
+            &[&stream_label, "pipeline=\"down\"", "INSERT"]
+        ),
+        Some(0.0)
+    );
+    let before = down_age();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(down_age() > before, "a stuck pipeline's age grows");
+    let (_, status) = http_get(&format!("{url}/status"));
+    let status: Value = serde_json::from_str(&status).unwrap();
+    let shard = &status["shards"][0];
+    assert_eq!(
+        shard["pipelines"]["up"]["checkpoint"].as_str(),
+        first.last().map(String::as_str),
+        "{status}"
+    );
+    assert_eq!(
+        shard["pipelines"]["down"]["checkpoint"].as_str(),
+        Some("TRIM_HORIZON"),
+        "down has not moved: {status}"
+    );
+    assert!(
+        shard["pipelines"]["down"]["iteratorAgeSeconds"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0,
+        "{status}"
+    );
+
     // SIGKILL while `down` is failing: `up` resumes after what it
     // checkpointed, `down` from its own (unmoved) checkpoint.
     let (_, up_before_kill, _) = worker.kill().await;
@@ -450,4 +527,83 @@ async fn a_pipeline_far_behind_reads_on_its_own_within_bounded_memory_and_catche
         "slow left the shared window and read with an iterator of its own"
     );
     assert!(final_peak < 150.0, "peak RSS {final_peak:.1} MB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_removes_a_removed_pipelines_checkpoints_and_keeps_the_declared_ones() {
+    use dynastream::lease::{ItemKind, LeaseStore};
+    let client = dynamodb().await;
+    let table = unique_name("pipelines-removed");
+    let stream = create_table(&client, &table).await;
+    let application = unique_name("app");
+    let mut env = worker_env(&[
+        ("DYNASTREAM_TABLES", table.as_str()),
+        ("DYNASTREAM_STARTING_POSITION", "TRIM_HORIZON"),
+        ("DYNASTREAM_LEASE_DURATION_MS", "2000"),
+        ("DYNASTREAM_SHARD_SYNC_INTERVAL_MS", "1000"),
+        ("DYNASTREAM_STREAM_REFRESH_INTERVAL_MS", "10000"),
+    ]);
+    env.push(("DYNASTREAM_APPLICATION".into(), application.clone()));
+    let mut both = env.clone();
+    both.push(("DYNASTREAM_PIPELINES".into(), "kept,gone".into()));
+    let worker = Worker::start(&both);
+    write_changes(&client, &table, 0, 10).await;
+    let (_, written) = shard_and_sequence_numbers(&stream).await;
+    worker.wait_for_records(written.len() * 2, WAIT).await;
+    let (status, _, _) = worker.terminate().await;
+    assert!(status.success(), "{status:?}");
+
+    let store = lease_store(&format!("{application}-leases")).await;
+    let shard_leases = || async {
+        store
+            .list_leases()
+            .await
+            .unwrap()
+            .leases
+            .into_iter()
+            .filter(|l| l.kind() == ItemKind::Shard)
+            .collect::<Vec<_>>()
+    };
+    let before = shard_leases().await;
+    assert!(before[0].pipeline_checkpoints.contains_key("gone"));
+
+    // The next deployment drops `gone`.
+    let mut kept = env.clone();
+    kept.push(("DYNASTREAM_PIPELINES".into(), "kept".into()));
+    let worker = Worker::start(&kept);
+    write_changes(&client, &table, 10, 5).await;
+    eventually(
+        Duration::from_secs(60),
+        "gone's checkpoints removed",
+        || async {
+            shard_leases()
+                .await
+                .iter()
+                .all(|l| !l.pipeline_checkpoints.contains_key("gone"))
+        },
+    )
+    .await;
+    let (_, all) = shard_and_sequence_numbers(&stream).await;
+    let last = dynastream::lease::Checkpoint::Sequence(all.last().unwrap().as_str().into());
+    eventually(WAIT, "kept's checkpoint to stay and move on", || async {
+        shard_leases().await[0].pipeline_checkpoints.get("kept") == Some(&last)
+    })
+    .await;
+    let presences: Vec<_> = store
+        .list_leases()
+        .await
+        .unwrap()
+        .leases
+        .into_iter()
+        .filter(|l| l.kind() == ItemKind::Worker && l.owner.is_some())
+        .collect();
+    assert!(
+        presences
+            .iter()
+            .any(|p| p.pipeline_checkpoints.keys().collect::<Vec<_>>() == ["kept"]),
+        "the running worker announces its pipelines: {presences:?}"
+    );
+    let (status, records, _) = worker.terminate().await;
+    assert!(status.success(), "{status:?}");
+    assert_eq!(records.len(), all.len() - written.len(), "nothing twice");
 }

@@ -87,6 +87,7 @@ fn concrete(expr: &str) -> String {
         .replace("$__range", "5m")
         .replace("$stream", ".*")
         .replace("$worker", ".*")
+        .replace("$pipeline", ".*")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,8 +5,10 @@
 //! (the caller passes what it knows and deletes what it is told); a lease is
 //! never deleted while it could still be read or still gates a child.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::lease::{Checkpoint, ItemKind, Lease};
 use crate::streams::ShardInfo;
@@ -34,6 +36,12 @@ pub(super) struct Collector {
     worker_id: String,
     /// How long a worker's presence item must be unchanged to be collected.
     long_gone: Duration,
+    /// How long a pipeline's entry must have been seen undeclared by every
+    /// live worker before it is removed: a worker just started may write
+    /// entries before a scan that missed its presence item ends.
+    settle: Duration,
+    /// Entries (lease key, pipeline) seen undeclared, and since when.
+    undeclared_since: HashMap<(String, String), Instant>,
 }
 
 impl Collector {
@@ -43,7 +51,43 @@ impl Collector {
         Collector {
             worker_id: worker_id.to_owned(),
             long_gone: lease_duration * 10,
+            settle: lease_duration * 2,
+            undeclared_since: HashMap::new(),
         }
+    }
+
+    /// The pipeline entries nobody needs any more, per shard lease: entries
+    /// of pipelines that no live worker declares (`declared`, the union of
+    /// the live workers' announcements) and that have been undeclared for
+    /// two lease durations, so that a rolling deploy that adds a pipeline
+    /// never loses its checkpoints.
+    pub(super) fn undeclared_pipelines<'a>(
+        &mut self,
+        leases: impl Iterator<Item = &'a Lease>,
+        declared: &BTreeSet<String>,
+        now: Instant,
+    ) -> Vec<(Lease, Vec<String>)> {
+        let mut seen = HashMap::new();
+        let mut removable = Vec::new();
+        for lease in leases.filter(|l| l.kind() == ItemKind::Shard) {
+            let mut names = Vec::new();
+            for name in lease.pipeline_checkpoints.keys() {
+                if declared.contains(name) {
+                    continue;
+                }
+                let key = (lease.key.clone(), name.clone());
+                let since = self.undeclared_since.get(&key).copied().unwrap_or(now);
+                if now.duration_since(since) >= self.settle {
+                    names.push(name.clone());
+                }
+                seen.insert(key, since);
+            }
+            if !names.is_empty() {
+                removable.push((lease.clone(), names));
+            }
+        }
+        self.undeclared_since = seen;
+        removable
     }
 
     /// The items nobody needs any more: shards read to their end that the
@@ -146,6 +190,39 @@ mod tests {
 
     fn child(checkpoint: Checkpoint) -> Lease {
         Lease::new(STREAM, "child", Some("parent"), checkpoint)
+    }
+
+    #[test]
+    fn an_undeclared_pipelines_entry_goes_only_after_settling() {
+        let mut collector = Collector::new("me", Duration::from_secs(10));
+        let mut lease = Lease::new(STREAM, "shard", None, Checkpoint::TrimHorizon);
+        for name in ["kept", "gone"] {
+            lease
+                .pipeline_checkpoints
+                .insert(name.into(), Checkpoint::Sequence(SequenceNumber::from("7")));
+        }
+        let declared: BTreeSet<String> = ["kept".to_owned()].into();
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut removable =
+            |now| collector.undeclared_pipelines(std::iter::once(&lease), &declared, now);
+        assert!(removable(at(0)).is_empty(), "first seen undeclared");
+        assert!(removable(at(19)).is_empty(), "not settled yet");
+        let found = removable(at(20));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].1, ["gone"]);
+        // Declared again in between: the clock starts over.
+        let mut collector = Collector::new("me", Duration::from_secs(10));
+        assert!(collector
+            .undeclared_pipelines(std::iter::once(&lease), &declared, at(0))
+            .is_empty());
+        let all: BTreeSet<String> = ["kept".to_owned(), "gone".to_owned()].into();
+        assert!(collector
+            .undeclared_pipelines(std::iter::once(&lease), &all, at(10))
+            .is_empty());
+        assert!(collector
+            .undeclared_pipelines(std::iter::once(&lease), &declared, at(25))
+            .is_empty());
     }
 
     #[test]

@@ -36,7 +36,7 @@ use state::{Handoff, ShardState};
 use sync_set::SyncSet;
 use syncer::{Listing, ShardSyncer};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +51,7 @@ use crate::backoff::Backoff;
 use crate::config::StartingPosition;
 use crate::error::Error;
 use crate::lease::held::HeldLease;
-use crate::lease::{ItemKind, Lease, LeaseError, LeaseStore};
+use crate::lease::{Checkpoint, ItemKind, Lease, LeaseError, LeaseStore};
 use crate::pipeline::{Parents, Pipelines};
 use crate::retry::{retry, Attempt, RetryError, Retryable};
 use crate::shard::{ShardExit, ShardSettings};
@@ -337,6 +337,48 @@ impl Coordinator {
         }
     }
 
+    /// Lists this worker's pipelines in its presence item (the keys of its
+    /// `pipelineCheckpoints`), replacing what an earlier run under the same
+    /// worker id listed, so the leader keeps their checkpoints; `None` when
+    /// it could not be written (the announcement is retried).
+    async fn announce_pipelines(&self, presence: Lease) -> Option<Lease> {
+        let names = self.pipelines.names();
+        let stale: Vec<String> = presence
+            .pipeline_checkpoints
+            .keys()
+            .filter(|name| !names.contains(name))
+            .cloned()
+            .collect();
+        if !stale.is_empty() {
+            if let Err(err) = self
+                .store
+                .remove_pipeline_checkpoints(&presence, &stale)
+                .await
+            {
+                tracing::warn!(error = %err, "could not announce this worker's pipelines; will retry");
+                return None;
+            }
+        }
+        if names.is_empty() {
+            return Some(presence);
+        }
+        let entries = names
+            .into_iter()
+            .map(|name| (name, Checkpoint::ShardEnd))
+            .collect();
+        match self
+            .store
+            .update_pipeline_checkpoints(&presence, &Checkpoint::ShardEnd, &entries)
+            .await
+        {
+            Ok(announced) => Some(announced),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not announce this worker's pipelines; will retry");
+                None
+            }
+        }
+    }
+
     /// Writes this worker's presence item, so others count it in their fair
     /// share before it holds any lease.
     async fn announce(&mut self) {
@@ -357,6 +399,9 @@ impl Coordinator {
             .await
         {
             Ok(taken) => {
+                let Some(taken) = self.announce_pipelines(taken).await else {
+                    return;
+                };
                 self.presence = Some(Arc::new(HeldLease::new(
                     Arc::clone(&self.store),
                     taken,
@@ -543,6 +588,7 @@ impl Coordinator {
             ..metrics::FleetView::default()
         };
         let mut shards = Vec::new();
+        let pipeline_names = self.pipelines.names();
         for stream in &self.discovery.streams {
             let label = metrics::stream_label(stream);
             view.leases_held.insert(label.clone(), 0);
@@ -560,7 +606,7 @@ impl Coordinator {
             let Some(held) = self.held.get(&lease.key) else {
                 continue;
             };
-            *view.leases_held.entry(label).or_default() += 1;
+            *view.leases_held.entry(label.clone()).or_default() += 1;
             let state = if held.state.halted().is_some() {
                 "halted"
             } else if lease.checkpoint.is_shard_end() {
@@ -573,6 +619,18 @@ impl Coordinator {
             *view.shards.entry(state).or_default() += 1;
             // Our own last write is newer than the table read.
             let lease = held.lease.try_snapshot().unwrap_or_else(|| lease.clone());
+            let pipelines: serde_json::Map<String, serde_json::Value> = pipeline_names
+                .iter()
+                .map(|name| {
+                    let checkpoint = lease.pipeline_checkpoints.get(name).map(|c| c.as_stored());
+                    let age = metrics::pipeline_shard_age(&label, name, &lease.shard_id);
+                    let entry = serde_json::json!({
+                        "checkpoint": checkpoint,
+                        "iteratorAgeSeconds": age.map(|a| (a * 1000.0).round() / 1000.0),
+                    });
+                    (name.clone(), entry)
+                })
+                .collect();
             shards.push(serde_json::json!({
                 "stream": stream,
                 "shard": lease.shard_id,
@@ -583,9 +641,11 @@ impl Coordinator {
                 "parents": lease.parent_shard_ids,
                 "halted": held.state.halted(),
                 "handingOff": held.state.is_handing_off(),
+                "pipelines": pipelines,
             }));
         }
         metrics::fleet(&view);
+        metrics::republish();
         // A halted shard needs an operator: the worker stops counting as ready.
         let halted = self
             .held
@@ -1141,6 +1201,41 @@ impl Coordinator {
         changed
     }
 
+    /// Removes, from every shard lease, the checkpoints of pipelines that no
+    /// live worker declares any more (each worker lists its pipelines as the
+    /// keys of its presence item's `pipelineCheckpoints`).
+    async fn remove_undeclared_pipelines(&mut self, now: Instant) {
+        let live = self.view().live_workers();
+        let mut declared: BTreeSet<String> = self.pipelines.names().into_iter().collect();
+        for presence in self
+            .leases
+            .values()
+            .filter(|l| l.kind() == ItemKind::Worker)
+        {
+            if presence.owner.as_ref().is_some_and(|o| live.contains(o)) {
+                declared.extend(presence.pipeline_checkpoints.keys().cloned());
+            }
+        }
+        let removable = self
+            .collector
+            .undeclared_pipelines(self.leases.values(), &declared, now);
+        for (lease, names) in removable {
+            match self.store.remove_pipeline_checkpoints(&lease, &names).await {
+                Ok(()) => {
+                    tracing::info!(lease = %lease.key, pipelines = ?names, "removed the checkpoints of pipelines no live worker declares");
+                    if let Some(known) = self.leases.get_mut(&lease.key) {
+                        for name in &names {
+                            known.pipeline_checkpoints.remove(name);
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!(lease = %lease.key, error = %err, "could not remove pipeline checkpoints")
+                }
+            }
+        }
+    }
+
     /// Deletes the leases the [`Collector`] finds nobody needs any more.
     async fn clean_up(&mut self) -> bool {
         let now = Instant::now();
@@ -1152,6 +1247,7 @@ impl Coordinator {
         };
         let doomed = self.collector.doomed(&view);
         let deleted = !doomed.is_empty();
+        self.remove_undeclared_pipelines(now).await;
         for lease in doomed {
             match self.store.delete_lease(&lease).await {
                 Ok(()) => {

@@ -109,6 +109,8 @@ pub struct Dispatcher {
     settings: DispatchSettings,
     filter: Option<Arc<FilterSet>>,
     destination: Option<Arc<dyn FailureDestination>>,
+    /// The named pipeline it works for: the `pipeline` label of its metrics.
+    pipeline: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -118,6 +120,7 @@ impl std::fmt::Debug for Dispatcher {
             .field("processors", &names)
             .field("settings", &self.settings)
             .field("destination", &self.destination)
+            .field("pipeline", &self.pipeline)
             .finish()
     }
 }
@@ -196,7 +199,22 @@ impl Dispatcher {
             settings: DispatchSettings::default(),
             filter: None,
             destination: None,
+            pipeline: None,
         }
+    }
+
+    /// Labels its metrics with the named pipeline it works for.
+    pub fn with_pipeline(mut self, name: &str) -> Self {
+        self.pipeline = Some(Arc::from(name));
+        if let Some(destination) = &self.destination {
+            metrics::records_failed_seen(destination.kind(), Some(name));
+        }
+        self
+    }
+
+    /// The stream's metric handles for this dispatcher's pipeline.
+    fn stream_metrics(&self, stream_arn: &str) -> Arc<StreamMetrics> {
+        StreamMetrics::of_pipeline(stream_arn, self.pipeline.as_deref())
     }
 
     /// Sets how records are batched, retried and given up on.
@@ -213,7 +231,7 @@ impl Dispatcher {
 
     /// Sends records whose retries or age run out to `destination`.
     pub fn with_destination(mut self, destination: Arc<dyn FailureDestination>) -> Self {
-        metrics::records_failed_seen(destination.kind());
+        metrics::records_failed_seen(destination.kind(), self.pipeline.as_deref());
         self.destination = Some(destination);
         self
     }
@@ -252,7 +270,8 @@ impl Dispatcher {
                     .collect();
                 report.filtered = before - kept.len();
                 if report.filtered > 0 {
-                    StreamMetrics::of(stream_arn).filtered(report.filtered as u64);
+                    self.stream_metrics(stream_arn)
+                        .filtered(report.filtered as u64);
                 }
                 kept
             }
@@ -294,7 +313,7 @@ impl Dispatcher {
         let lane = Lane {
             stream_arn,
             shard_id,
-            stream: StreamMetrics::of(stream_arn),
+            stream: self.stream_metrics(stream_arn),
             lease_lost,
             shutdown,
         };

@@ -94,9 +94,24 @@ impl DynamoLeaseStore {
                           #sub = :zero, #switches = :zero"
             .to_owned();
         if let Some(pipelines) = pipelines {
-            values.insert(":pipelines".into(), pipeline_checkpoints_value(pipelines));
             names.insert("#pipelines".into(), PIPELINE_CHECKPOINTS.into());
-            update.push_str(", #pipelines = :pipelines");
+            if lease.pipeline_checkpoints.is_empty() {
+                // No map yet (as of our own last write, which the counter
+                // condition vouches for): create it.
+                values.insert(":pipelines".into(), pipeline_checkpoints_value(pipelines));
+                update.push_str(", #pipelines = :pipelines");
+            } else {
+                // Only our entries: a removed pipeline's entry, which the
+                // leader may be deleting, is never written back.
+                for (index, (name, checkpoint)) in pipelines.iter().enumerate() {
+                    names.insert(format!("#p{index}"), name.clone());
+                    values.insert(
+                        format!(":p{index}"),
+                        AttributeValue::S(checkpoint.as_stored().to_owned()),
+                    );
+                    update.push_str(&format!(", #pipelines.#p{index} = :p{index}"));
+                }
+            }
         }
         self.conditional_update("Checkpoint", lease, update, values, names)
             .await
@@ -493,6 +508,36 @@ impl LeaseStore for DynamoLeaseStore {
     ) -> Result<Lease, LeaseError> {
         self.write_checkpoint(lease, checkpoint, Some(pipelines))
             .await
+    }
+
+    async fn remove_pipeline_checkpoints(
+        &self,
+        lease: &Lease,
+        pipelines: &[String],
+    ) -> Result<(), LeaseError> {
+        if pipelines.is_empty() {
+            return Ok(());
+        }
+        let mut names = HashMap::from([
+            ("#key".to_owned(), LEASE_KEY.to_owned()),
+            ("#pipelines".to_owned(), PIPELINE_CHECKPOINTS.to_owned()),
+        ]);
+        let mut paths = Vec::new();
+        for (index, name) in pipelines.iter().enumerate() {
+            names.insert(format!("#p{index}"), name.clone());
+            paths.push(format!("#pipelines.#p{index}"));
+        }
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key(LEASE_KEY, AttributeValue::S(lease.key.clone()))
+            .update_expression(format!("REMOVE {}", paths.join(", ")))
+            .condition_expression("attribute_exists(#key)")
+            .set_expression_attribute_names(Some(names))
+            .send()
+            .await
+            .map_err(|e| self.error("RemovePipelineCheckpoints", &lease.key, e))?;
+        Ok(())
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {

@@ -12,6 +12,7 @@
 //! other worker can judge the lease expired (which takes a full duration of
 //! an unchanged counter on *its* clock).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,10 +131,11 @@ impl HeldLease {
     }
 
     /// Records one pipeline's progress: its entry in the lease's pipeline
-    /// checkpoints, and the shard's checkpoint as the least advanced of the
+    /// checkpoints (with the entries of `declared` pipelines that have none
+    /// yet), and the shard's checkpoint as the least advanced of the
     /// `declared` pipelines'. Entries of pipelines no longer declared are
-    /// kept as they are (the leader removes them) and do not hold the
-    /// shard's checkpoint back. Fenced like [`HeldLease::checkpoint`].
+    /// neither written nor counted (the leader removes them once no live
+    /// worker declares them). Fenced like [`HeldLease::checkpoint`].
     pub async fn checkpoint_pipeline(
         &self,
         pipeline: &str,
@@ -141,12 +143,10 @@ impl HeldLease {
         declared: &[PipelineStart],
     ) -> Result<(), LeaseError> {
         self.write(|store, lease| async move {
-            let mut pipelines = lease.pipeline_checkpoints.clone();
-            for start in declared {
-                pipelines
-                    .entry(start.name.clone())
-                    .or_insert_with(|| lease.pipeline_checkpoint(start));
-            }
+            let mut pipelines: BTreeMap<String, Checkpoint> = declared
+                .iter()
+                .map(|start| (start.name.clone(), lease.pipeline_checkpoint(start)))
+                .collect();
             pipelines.insert(pipeline.to_owned(), checkpoint.clone());
             let shard = Checkpoint::least_advanced(
                 declared

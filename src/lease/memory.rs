@@ -52,7 +52,13 @@ impl MemoryLeaseStore {
         self.lock().failures.push_back(error);
     }
 
-    fn update(&self, lease: &Lease, change: impl FnOnce(&mut Lease)) -> Result<Lease, LeaseError> {
+    /// Changes the stored item of `lease`, whatever its counter, unless a
+    /// failure is queued or the item is gone.
+    fn change<T>(
+        &self,
+        lease: &Lease,
+        change: impl FnOnce(&mut Lease) -> Result<T, LeaseError>,
+    ) -> Result<T, LeaseError> {
         let mut state = self.lock();
         if let Some(error) = state.failures.pop_front() {
             return Err(error);
@@ -63,18 +69,24 @@ impl MemoryLeaseStore {
             .ok_or_else(|| LeaseError::Conflict {
                 key: lease.key.clone(),
             })?;
-        if stored.counter != lease.counter || stored.owner != lease.owner {
-            return Err(LeaseError::Conflict {
-                key: lease.key.clone(),
-            });
-        }
-        change(stored);
-        stored.counter += 1;
-        stored.updated_at_millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()
-            .map(|d| d.as_millis() as u64);
-        Ok(stored.clone())
+        change(stored)
+    }
+
+    fn update(&self, lease: &Lease, change: impl FnOnce(&mut Lease)) -> Result<Lease, LeaseError> {
+        self.change(lease, |stored| {
+            if stored.counter != lease.counter || stored.owner != lease.owner {
+                return Err(LeaseError::Conflict {
+                    key: lease.key.clone(),
+                });
+            }
+            change(stored);
+            stored.counter += 1;
+            stored.updated_at_millis = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_millis() as u64);
+            Ok(stored.clone())
+        })
     }
 }
 
@@ -133,9 +145,24 @@ impl LeaseStore for MemoryLeaseStore {
     ) -> Result<Lease, LeaseError> {
         self.update(lease, |stored| {
             stored.checkpoint = checkpoint.clone();
-            stored.pipeline_checkpoints = pipelines.clone();
+            stored
+                .pipeline_checkpoints
+                .extend(pipelines.iter().map(|(k, v)| (k.clone(), v.clone())));
             stored.checkpoint_sub_sequence_number = 0;
             stored.owner_switches_since_checkpoint = 0;
+        })
+    }
+
+    async fn remove_pipeline_checkpoints(
+        &self,
+        lease: &Lease,
+        pipelines: &[String],
+    ) -> Result<(), LeaseError> {
+        self.change(lease, |stored| {
+            for name in pipelines {
+                stored.pipeline_checkpoints.remove(name);
+            }
+            Ok(())
         })
     }
 

@@ -341,8 +341,10 @@ pub trait LeaseStore: Send + Sync + std::fmt::Debug + 'static {
         checkpoint: &Checkpoint,
     ) -> Result<Lease, LeaseError>;
 
-    /// Records each pipeline's progress (`pipelines`, written whole) and the
-    /// shard's (`checkpoint`, the least advanced of the pipelines'), in one
+    /// Records the progress of the writer's pipelines (`pipelines`: these
+    /// entries are set, other pipelines' entries are left as they are, so a
+    /// removed pipeline's entry is never written back) and the shard's
+    /// (`checkpoint`, the least advanced of the pipelines'), in one
     /// conditional write as [`LeaseStore::update_checkpoint`].
     async fn update_pipeline_checkpoints(
         &self,
@@ -350,6 +352,15 @@ pub trait LeaseStore: Send + Sync + std::fmt::Debug + 'static {
         checkpoint: &Checkpoint,
         pipelines: &BTreeMap<String, Checkpoint>,
     ) -> Result<Lease, LeaseError>;
+
+    /// Removes the entries of `pipelines` (pipelines no live worker
+    /// declares) from the lease item, without bumping its counter: nobody
+    /// writes those entries, so the owner's fenced writes go on undisturbed.
+    async fn remove_pipeline_checkpoints(
+        &self,
+        lease: &Lease,
+        pipelines: &[String],
+    ) -> Result<(), LeaseError>;
 
     /// Clears the owner so any worker can take the lease at once.
     async fn release_lease(&self, lease: &Lease) -> Result<Lease, LeaseError>;

@@ -15,8 +15,9 @@ use crate::lease::{Checkpoint, PipelineStart};
 use crate::record::{SequenceNumber, StreamRecord};
 use crate::shard::cursor::{Cursor, Read};
 use crate::shard::gather::Gatherer;
-use crate::shard::{deliver, write_checkpoint, ShardExit, ShardSettings};
+use crate::shard::{deliver, newest_created, write_checkpoint, ShardExit, ShardSettings};
 use crate::streams::StreamsApi;
+use crate::telemetry::metrics::ShardMetrics;
 
 /// Where a consumer takes its next page from.
 enum Source {
@@ -54,6 +55,8 @@ pub(super) struct PipelineConsumer {
     pub in_log: bool,
     /// The parents it has still to finish (elsewhere) before it starts here.
     pub parents: Option<Parents>,
+    /// Its position's age on this shard, under its `pipeline` label.
+    pub metrics: Arc<ShardMetrics>,
 }
 
 impl PipelineConsumer {
@@ -70,6 +73,11 @@ impl PipelineConsumer {
             Ok(start) => self.consume(start, &shutdown).await,
         };
         self.shared.leave(self.index);
+        match exit {
+            ShardExit::Ended => self.metrics.ended(),
+            ShardExit::Halted(_) => self.metrics.halted(),
+            _ => {}
+        }
         exit
     }
 
@@ -131,6 +139,7 @@ impl PipelineConsumer {
                 }
                 Err(exit) => return exit,
             };
+            self.metrics.read_up_to(newest_created(&taken.records));
             let fresh = records_after(&taken.records, &mut seen);
             gatherer.add_shared(fresh);
             if let Some(batch) = gatherer.take_batch(taken.closed) {
@@ -276,6 +285,7 @@ impl PipelineConsumer {
             self.lease.lost().clone(),
             position_of(from).unwrap_or(crate::streams::IteratorPosition::TrimHorizon),
         )
+        .for_pipeline(&self.pipeline.name)
     }
 
     fn gatherer(&self) -> Gatherer {

@@ -21,7 +21,7 @@ use crate::lease::held::HeldLease;
 use crate::lease::{Checkpoint, PipelineStart};
 use crate::record::{SequenceNumber, StreamRecord};
 use crate::shard::cursor::{Cursor, Read};
-use crate::shard::{age_of, ShardExit, ShardSettings};
+use crate::shard::{newest_created, ShardExit, ShardSettings};
 use crate::streams::{IteratorPosition, StreamsApi, MAX_RECORDS_PER_READ};
 use crate::telemetry::metrics;
 
@@ -72,8 +72,17 @@ impl SharedShard {
                 *finished && (matches!(start, Checkpoint::Sequence(_)) || *start == reader_start)
             })
             .collect();
-        let shared = Arc::new(Shared::new(self.buffer_records, &in_log));
+        let ages: Vec<Arc<metrics::ShardMetrics>> = self
+            .pipelines
+            .iter()
+            .map(|pipeline| {
+                let of_pipeline =
+                    metrics::StreamMetrics::of_pipeline(&self.stream_arn, Some(&pipeline.name));
+                Arc::new(of_pipeline.shard(&self.shard_id))
+            })
+            .collect();
         let metrics = metrics::StreamMetrics::of(&self.stream_arn).shard(&self.shard_id);
+        let shared = Arc::new(Shared::new(self.buffer_records, &in_log, ages.clone()));
         let consumers = self.pipelines.iter().enumerate().map(|(index, pipeline)| {
             PipelineConsumer {
                 index,
@@ -88,6 +97,7 @@ impl SharedShard {
                 joins_unseen: starts[index] == reader_start,
                 in_log: in_log[index],
                 parents: parents_finished[index].not().then(|| self.parents.clone()),
+                metrics: Arc::clone(&ages[index]),
             }
             .run(starts[index].clone(), shutdown.clone())
         });
@@ -183,11 +193,8 @@ async fn read(
         };
         match read {
             Read::Page { page, .. } => {
-                let newest = page
-                    .records
-                    .last()
-                    .and_then(|r| r.dynamodb.approximate_creation_date_time);
-                metrics.iterator_age(age_of(newest));
+                metrics.read_up_to(newest_created(&page.records));
+                shared.caught_up_with(metrics);
                 if let Some(last) = page.records.last() {
                     cursor.checkpointed(last.sequence_number().clone());
                     last_records_at = Instant::now();
@@ -243,6 +250,9 @@ pub(super) struct Shared {
     moved: watch::Sender<u64>,
     /// Cancelled when every pipeline has finished: the reader stops.
     pub(super) all_finished: CancellationToken,
+    /// Each pipeline's age on this shard: one that has every page of the log
+    /// is as far behind as the reader.
+    ages: Vec<Arc<metrics::ShardMetrics>>,
 }
 
 struct State {
@@ -250,6 +260,9 @@ struct State {
     /// The next page of each pipeline reading from the log; `None` while it
     /// reads on its own or after it finished.
     positions: Vec<Option<u64>>,
+    /// Whether each pipeline has been told to wait for the next page (it
+    /// has processed, or is gathering, everything the log has).
+    waiting: Vec<bool>,
     live: Vec<bool>,
     /// How the reader stopped: `Some(None)` at the shard's end.
     finished: Option<Option<ShardExit>>,
@@ -257,18 +270,37 @@ struct State {
 
 impl Shared {
     /// State for pipelines of which those marked in `in_log` read from the
-    /// log's first page.
-    pub(super) fn new(buffer_records: usize, in_log: &[bool]) -> Self {
+    /// log's first page, whose ages are `ages`.
+    pub(super) fn new(
+        buffer_records: usize,
+        in_log: &[bool],
+        ages: Vec<Arc<metrics::ShardMetrics>>,
+    ) -> Self {
         Shared {
             state: Mutex::new(State {
                 log: PageLog::new(buffer_records),
                 positions: in_log.iter().map(|in_log| in_log.then_some(0)).collect(),
+                waiting: vec![false; in_log.len()],
                 live: vec![true; in_log.len()],
                 finished: None,
             }),
             changed: watch::channel(0).0,
             moved: watch::channel(0).0,
             all_finished: CancellationToken::new(),
+            ages,
+        }
+    }
+
+    /// Pipelines reading from the log that have every page of it take the
+    /// reader's position (`reader`) as their own.
+    fn caught_up_with(&self, reader: &metrics::ShardMetrics) {
+        let state = self.lock();
+        let end = state.log.end();
+        let at_end = state.positions.iter().zip(&state.waiting);
+        for ((position, waiting), age) in at_end.zip(&self.ages) {
+            if *waiting && *position == Some(end) {
+                age.caught_up_with(reader);
+            }
         }
     }
 
@@ -352,6 +384,7 @@ impl Shared {
             let Some(position) = state.positions[index] else {
                 return Next::Evicted;
             };
+            state.waiting[index] = false;
             if position < state.log.origin() {
                 state.positions[index] = None;
                 Next::Evicted
@@ -364,7 +397,10 @@ impl Shared {
                 Next::Page(page)
             } else {
                 match &state.finished {
-                    None => return Next::Wait,
+                    None => {
+                        state.waiting[index] = true;
+                        return Next::Wait;
+                    }
                     Some(None) => Next::End,
                     Some(Some(exit)) => Next::Stopped(exit.clone()),
                 }

@@ -87,6 +87,13 @@ impl Cursor {
         }
     }
 
+    /// Counts what this cursor loses to the stream's retention under the
+    /// named pipeline it reads for (a lagging pipeline's own iterator).
+    pub(crate) fn for_pipeline(mut self, pipeline: &str) -> Self {
+        self.stream = StreamMetrics::of_pipeline(&self.stream_arn, Some(pipeline));
+        self
+    }
+
     /// The next page of at most `limit` records (clamped to 1..=1,000): the
     /// page read ahead if there is one, else a GetRecords call, acquiring an
     /// iterator first when there is none.

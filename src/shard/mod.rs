@@ -109,16 +109,12 @@ pub struct ShardConsumer {
     settings: ShardSettings,
 }
 
-/// Seconds since a record's creation; 0 for an empty read (caught up).
-pub(crate) fn age_of(created_epoch_secs: Option<i64>) -> f64 {
-    let Some(created) = created_epoch_secs else {
-        return 0.0;
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    (now - created as f64).max(0.0)
+/// When the newest of `records` was created; `None` for an empty read
+/// (caught up with the stream).
+pub(crate) fn newest_created<R: std::borrow::Borrow<StreamRecord>>(records: &[R]) -> Option<i64> {
+    records
+        .last()
+        .and_then(|r| r.borrow().dynamodb.approximate_creation_date_time)
 }
 
 impl ShardConsumer {
@@ -227,11 +223,7 @@ impl ShardConsumer {
             Read::End => return Err(self.finish_shard().await),
             Read::Exit(exit) => return Err(exit),
         };
-        let newest = page
-            .records
-            .last()
-            .and_then(|r| r.dynamodb.approximate_creation_date_time);
-        self.metrics.iterator_age(age_of(newest));
+        self.metrics.read_up_to(newest_created(&page.records));
         Ok(page)
     }
 

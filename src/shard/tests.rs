@@ -86,6 +86,15 @@ impl LeaseStore for RecordingStore {
             .update_pipeline_checkpoints(lease, checkpoint, pipelines)
             .await
     }
+    async fn remove_pipeline_checkpoints(
+        &self,
+        lease: &Lease,
+        pipelines: &[String],
+    ) -> Result<(), LeaseError> {
+        self.inner
+            .remove_pipeline_checkpoints(lease, pipelines)
+            .await
+    }
     async fn release_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
         self.inner.release_lease(lease).await
     }

@@ -89,11 +89,21 @@ fn emitted() -> BTreeMap<String, BTreeSet<String>> {
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || {
-        let stream = Arc::new(StreamMetrics::new("orders"));
+        let stream = Arc::new(StreamMetrics::new("orders", None));
         stream.processed(&[record()]);
         stream.filtered(1);
         stream.batch(BatchOutcomeLabel::Success);
-        stream.shard_labelled("shard-1", true).iterator_age(3.0);
+        stream
+            .shard_labelled("shard-1", true)
+            .read_up_to(Some(1_700_000_000));
+        // A named pipeline's series carry its name as well.
+        let pipeline = Arc::new(StreamMetrics::new("orders", Some("search")));
+        pipeline.processed(&[record()]);
+        pipeline.filtered(1);
+        pipeline.batch(BatchOutcomeLabel::Success);
+        let pipeline_shard = pipeline.shard_labelled("shard-1", true);
+        pipeline_shard.read_up_to(Some(1_700_000_000));
+        pipeline_shard.halted();
         processor_duration("stdout", Duration::from_millis(2));
         ApiMetrics::new("GetRecords").call(CallOutcome::Ok, Duration::from_millis(5));
         TargetMetrics::new("sqs");
@@ -112,15 +122,17 @@ fn emitted() -> BTreeMap<String, BTreeSet<String>> {
             previous_owner: &None,
         }
         .emit();
-        RecordsSentToDestination {
-            stream: &stream,
-            destination: "sqs",
-            records: 1,
-            start: "100",
-            end: "100",
-            reason: &"test",
+        for stream in [&stream, &pipeline] {
+            RecordsSentToDestination {
+                stream,
+                destination: "sqs",
+                records: 1,
+                start: "100",
+                end: "100",
+                reason: &"test",
+            }
+            .emit();
         }
-        .emit();
         TrimmedDataSkipped {
             stream: &stream,
             message: "trimmed",

@@ -13,7 +13,6 @@ use metrics::counter;
 use super::handles::{StreamMetrics, TargetMetrics};
 use super::metrics::{
     BatchOutcomeLabel, LeaseEvent, TargetRecordOutcome, TargetRequestOutcome, LEASE_EVENTS,
-    RECORDS_FAILED,
 };
 
 fn count_lease(event: LeaseEvent) {
@@ -171,7 +170,8 @@ impl<R: Debug> RecordsSentToDestination<'_, R> {
     /// Logs and counts the event.
     pub fn emit(self) {
         self.stream.batch(BatchOutcomeLabel::SentToDestination);
-        counter!(RECORDS_FAILED, "destination" => self.destination).increment(self.records as u64);
+        super::metrics::records_failed(self.destination, self.stream.pipeline())
+            .increment(self.records as u64);
         tracing::warn!(
             destination = self.destination,
             records = self.records,

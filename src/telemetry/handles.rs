@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -17,9 +17,9 @@ use metrics::{counter, histogram, Counter, Histogram, Key, Label, Level, Metadat
 
 use super::metrics::{
     installed, shard_labels, BatchOutcomeLabel, CallOutcome, TargetRecordOutcome,
-    TargetRequestOutcome, API_CALLS, API_CALL_DURATION, BATCHES, ITERATOR_AGE, PROCESSING_LAG,
-    PROCESSOR_DURATION, RECORDS, RECORDS_FILTERED, SHARD_ITERATOR_AGE, TARGET_RECORDS,
-    TARGET_REQUESTS, TARGET_REQUEST_DURATION, TRIMMED_DATA,
+    TargetRequestOutcome, API_CALLS, API_CALL_DURATION, BATCHES, ITERATOR_AGE,
+    PIPELINE_SHARDS_HALTED, PROCESSING_LAG, PROCESSOR_DURATION, RECORDS, RECORDS_FILTERED,
+    SHARD_ITERATOR_AGE, TARGET_RECORDS, TARGET_REQUESTS, TARGET_REQUEST_DURATION, TRIMMED_DATA,
 };
 use crate::record::{EventName, StreamRecord};
 
@@ -82,7 +82,9 @@ impl<K: Eq + Hash, T> Cache<K, T> {
     }
 }
 
-static STREAMS: Cache<Box<str>, StreamMetrics> = Cache::new();
+/// Stream handles by pipeline name ("" for the one unnamed pipeline), then
+/// by stream label.
+static STREAMS: Cache<Box<str>, Cache<Box<str>, StreamMetrics>> = Cache::new();
 static PROCESSORS: Cache<Box<str>, Histogram> = Cache::new();
 static TARGETS: Cache<&'static str, TargetMetrics> = Cache::new();
 
@@ -103,20 +105,53 @@ fn event_index(name: EventName) -> usize {
     }
 }
 
-/// One stream's series (labelled with its table's name), shared by every
+fn now_epoch_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Where one shard's reader (or one pipeline's consumer of it) stands: the
+/// creation time of the newest record it took, so that its age keeps growing
+/// while it is stuck on them, and whether that pipeline halted there.
+#[derive(Debug)]
+struct ShardSlot {
+    shard: Arc<str>,
+    /// Epoch seconds (`f64` bits) of the newest record taken; 0 when caught up.
+    newest_created: AtomicU64,
+    halted: AtomicBool,
+    gauge: Option<KeyedGauge>,
+}
+
+impl ShardSlot {
+    fn age(&self, now: f64) -> f64 {
+        let created = f64::from_bits(self.newest_created.load(Ordering::Relaxed));
+        if created > 0.0 {
+            (now - created).max(0.0)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// One stream's series (labelled with its table's name, and with the
+/// pipeline's name in an application of named pipelines), shared by every
 /// shard and lane of the stream on this worker.
 #[derive(Debug)]
 pub struct StreamMetrics {
     label: SharedString,
+    pipeline: Option<SharedString>,
     records: [Counter; 3],
     filtered: Counter,
     batches: [Counter; 4],
     trimmed: Counter,
     lag: Histogram,
     iterator_age: KeyedGauge,
-    /// Each shard's latest age (`f64` bits), for the stream's maximum. The
-    /// lock is per stream and only written when a shard joins or leaves.
-    ages: RwLock<Vec<(Arc<str>, Arc<AtomicU64>)>>,
+    halted: Option<KeyedGauge>,
+    /// The shards of the stream on this worker. The lock is per stream and
+    /// only written when a shard joins or leaves.
+    shards: RwLock<Vec<Arc<ShardSlot>>>,
 }
 
 impl StreamMetrics {
@@ -124,32 +159,70 @@ impl StreamMetrics {
     /// use. Two streams of one table (the stream was re-enabled) share them,
     /// as they share the `stream` label.
     pub fn of(stream_arn: &str) -> Arc<StreamMetrics> {
-        let label = crate::record::table_name(stream_arn);
-        STREAMS.get_or_build(label, || label.into(), || StreamMetrics::new(label))
+        StreamMetrics::of_pipeline(stream_arn, None)
     }
 
-    /// Registers a stream's series under `label`, bypassing the shared cache
-    /// (tests use it against a local recorder).
-    pub fn new(label: &str) -> StreamMetrics {
+    /// The handles of the stream for one named pipeline (`None`: the
+    /// application's one unnamed pipeline, or the shared reader).
+    pub fn of_pipeline(stream_arn: &str, pipeline: Option<&str>) -> Arc<StreamMetrics> {
+        let label = crate::record::table_name(stream_arn);
+        let name = pipeline.unwrap_or_default();
+        STREAMS
+            .get_or_build(name, || name.into(), Cache::new)
+            .get_or_build(
+                label,
+                || label.into(),
+                || StreamMetrics::new(label, pipeline),
+            )
+    }
+
+    /// Registers a stream's series under `label` (and `pipeline`), bypassing
+    /// the shared cache (tests use it against a local recorder).
+    pub fn new(label: &str, pipeline: Option<&str>) -> StreamMetrics {
         let label = SharedString::from(label.to_owned());
+        let pipeline = pipeline.map(|p| SharedString::from(p.to_owned()));
+        let labels = |more: &[(&'static str, SharedString)]| {
+            let mut labels = vec![Label::new("stream", label.clone())];
+            if let Some(pipeline) = &pipeline {
+                labels.push(Label::new("pipeline", pipeline.clone()));
+            }
+            labels.extend(more.iter().map(|(k, v)| Label::new(*k, v.clone())));
+            labels
+        };
+        let register = |name: &'static str, labels: Vec<Label>| {
+            metrics::with_recorder(|r| {
+                r.register_counter(&Key::from_parts(name, labels), &METADATA)
+            })
+        };
         let records = ["INSERT", "MODIFY", "REMOVE"]
-            .map(|event| counter!(RECORDS, "stream" => label.clone(), "event_name" => event));
-        let batches = BATCH_OUTCOMES.map(
-            |outcome| counter!(BATCHES, "stream" => label.clone(), "outcome" => outcome.label()),
-        );
-        let trimmed = counter!(TRIMMED_DATA, "stream" => label.clone());
+            .map(|event| register(RECORDS, labels(&[("event_name", event.into())])));
+        let batches = BATCH_OUTCOMES
+            .map(|outcome| register(BATCHES, labels(&[("outcome", outcome.label().into())])));
+        let trimmed = register(TRIMMED_DATA, labels(&[]));
         // The data-loss counter exists from the start, at 0, so that
         // increase() sees its first event.
         trimmed.increment(0);
+        let lag_labels: Vec<Label> = pipeline
+            .iter()
+            .map(|p| Label::new("pipeline", p.clone()))
+            .collect();
+        let lag = metrics::with_recorder(|r| {
+            r.register_histogram(&Key::from_parts(PROCESSING_LAG, lag_labels), &METADATA)
+        });
+        let halted = pipeline
+            .is_some()
+            .then(|| KeyedGauge::new(PIPELINE_SHARDS_HALTED, labels(&[])));
         StreamMetrics {
             records,
-            filtered: counter!(RECORDS_FILTERED, "stream" => label.clone()),
+            filtered: register(RECORDS_FILTERED, labels(&[])),
             batches,
             trimmed,
-            lag: histogram!(PROCESSING_LAG),
-            iterator_age: KeyedGauge::new(ITERATOR_AGE, vec![Label::new("stream", label.clone())]),
-            ages: RwLock::default(),
+            lag,
+            iterator_age: KeyedGauge::new(ITERATOR_AGE, labels(&[])),
+            halted,
+            shards: RwLock::default(),
             label,
+            pipeline,
         }
     }
 
@@ -158,14 +231,16 @@ impl StreamMetrics {
         &self.label
     }
 
+    /// The `pipeline` label value, if the application names its pipelines.
+    pub fn pipeline(&self) -> Option<&str> {
+        self.pipeline.as_deref()
+    }
+
     /// Counts records every processor succeeded with, by event name, and
     /// their lag from creation.
     pub fn processed(&self, records: &[Arc<StreamRecord>]) {
         let mut by_event = [0u64; 3];
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
+        let now = now_epoch_secs();
         for record in records {
             by_event[event_index(record.event_name)] += 1;
             if let Some(created) = record.dynamodb.approximate_creation_date_time {
@@ -206,46 +281,80 @@ impl StreamMetrics {
 
     /// [`StreamMetrics::shard`], with or without the per-shard series.
     pub(super) fn shard_labelled(self: &Arc<Self>, shard_id: &str, labelled: bool) -> ShardMetrics {
-        let mut ages = self.ages.write().unwrap_or_else(|p| p.into_inner());
-        let age = match ages.iter().find(|(shard, _)| &**shard == shard_id) {
-            Some((_, age)) => Arc::clone(age),
+        let mut shards = self.shards.write().unwrap_or_else(|p| p.into_inner());
+        let slot = match shards.iter().find(|slot| &*slot.shard == shard_id) {
+            Some(slot) => Arc::clone(slot),
             None => {
-                let age = Arc::new(AtomicU64::new(0f64.to_bits()));
-                ages.push((Arc::from(shard_id), Arc::clone(&age)));
-                age
-            }
-        };
-        let shard_age = labelled.then(|| {
-            KeyedGauge::new(
-                SHARD_ITERATOR_AGE,
-                vec![
+                let mut labels = vec![
                     Label::new("stream", self.label.clone()),
                     Label::new("shard", shard_id.to_owned()),
-                ],
-            )
-        });
+                ];
+                if let Some(pipeline) = &self.pipeline {
+                    labels.push(Label::new("pipeline", pipeline.clone()));
+                }
+                let slot = Arc::new(ShardSlot {
+                    shard: Arc::from(shard_id),
+                    newest_created: AtomicU64::new(0f64.to_bits()),
+                    halted: AtomicBool::new(false),
+                    gauge: labelled.then(|| KeyedGauge::new(SHARD_ITERATOR_AGE, labels)),
+                });
+                shards.push(Arc::clone(&slot));
+                slot
+            }
+        };
         ShardMetrics {
             stream: Arc::clone(self),
-            age,
-            shard_age,
+            slot,
         }
     }
 
-    fn publish_max_age(&self) {
-        let ages = self.ages.read().unwrap_or_else(|p| p.into_inner());
-        let max = ages
-            .iter()
-            .map(|(_, age)| f64::from_bits(age.load(Ordering::Relaxed)))
-            .fold(0.0, f64::max);
+    /// Sets the stream's series from its shards: the maximum age, each
+    /// shard's age, and the shards its pipeline halted on.
+    fn publish(&self) {
+        let now = now_epoch_secs();
+        let shards = self.shards.read().unwrap_or_else(|p| p.into_inner());
+        let mut max = 0.0f64;
+        let mut halted = 0u32;
+        for slot in shards.iter() {
+            let age = slot.age(now);
+            max = max.max(age);
+            if let Some(gauge) = &slot.gauge {
+                gauge.set(age);
+            }
+            halted += u32::from(slot.halted.load(Ordering::Relaxed));
+        }
         self.iterator_age.set(max);
+        if let Some(gauge) = &self.halted {
+            gauge.set(f64::from(halted));
+        }
+    }
+
+    /// The age of `shard_id`'s position here, if this worker reads it.
+    pub fn shard_age(&self, shard_id: &str) -> Option<f64> {
+        let shards = self.shards.read().unwrap_or_else(|p| p.into_inner());
+        let slot = shards.iter().find(|slot| &*slot.shard == shard_id)?;
+        Some(slot.age(now_epoch_secs()))
     }
 
     fn forget(&self, shard_id: &str) {
-        self.ages
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(shard, _)| &**shard != shard_id);
-        self.publish_max_age();
+        let gone = {
+            let mut shards = self.shards.write().unwrap_or_else(|p| p.into_inner());
+            let gone: Vec<Arc<ShardSlot>> = shards
+                .iter()
+                .filter(|slot| &*slot.shard == shard_id)
+                .cloned()
+                .collect();
+            shards.retain(|slot| &*slot.shard != shard_id);
+            gone
+        };
+        // Zero, then gone from the next scrape's point of view: the exporter
+        // keeps no idle series past its idle timeout, and a zero age is true.
+        for slot in gone {
+            if let Some(gauge) = &slot.gauge {
+                gauge.set(0.0);
+            }
+        }
+        self.publish();
     }
 }
 
@@ -253,8 +362,7 @@ impl StreamMetrics {
 #[derive(Debug)]
 pub struct ShardMetrics {
     stream: Arc<StreamMetrics>,
-    age: Arc<AtomicU64>,
-    shard_age: Option<KeyedGauge>,
+    slot: Arc<ShardSlot>,
 }
 
 impl ShardMetrics {
@@ -263,30 +371,90 @@ impl ShardMetrics {
         &self.stream
     }
 
-    /// Sets the shard's iterator age and its stream's maximum over this
-    /// worker's shards. Two shards setting at once may publish a maximum one
-    /// page old; the next page of either corrects it.
-    pub fn iterator_age(&self, age_seconds: f64) {
-        let age = age_seconds.max(0.0);
-        self.age.store(age.to_bits(), Ordering::Relaxed);
-        self.stream.publish_max_age();
-        if let Some(gauge) = &self.shard_age {
-            gauge.set(age);
-        }
+    /// Records the creation time of the newest record just read or taken
+    /// (`None`: an empty read, caught up with the stream), and publishes the
+    /// shard's age and its stream's maximum over this worker's shards. Two
+    /// shards setting at once may publish a maximum one page old; the next
+    /// page of either, or the next [`republish`], corrects it.
+    pub fn read_up_to(&self, newest_created_epoch_secs: Option<i64>) {
+        let created = newest_created_epoch_secs.map_or(0.0, |secs| secs.max(1) as f64);
+        self.follow_mark(created);
+    }
+
+    /// Takes the position of `other` (a pipeline caught up with its shard's
+    /// reader is as far behind as the reader).
+    pub fn caught_up_with(&self, other: &ShardMetrics) {
+        self.follow_mark(f64::from_bits(
+            other.slot.newest_created.load(Ordering::Relaxed),
+        ));
+    }
+
+    fn follow_mark(&self, created: f64) {
+        self.slot
+            .newest_created
+            .store(created.to_bits(), Ordering::Relaxed);
+        self.stream.publish();
+    }
+
+    /// The pipeline halted on this shard: counted in
+    /// `dynastream_pipeline_shards_halted` until the shard leaves.
+    pub fn halted(&self) {
+        self.slot.halted.store(true, Ordering::Relaxed);
+        self.stream.publish();
+    }
+
+    /// The pipeline read this shard to its end: it no longer counts in the
+    /// stream's age.
+    pub fn ended(&self) {
+        self.stream.forget(&self.slot.shard);
     }
 }
 
-/// Forgets a shard that left this worker: its age no longer counts in the
-/// stream's maximum and its per-shard series goes.
+/// Forgets a shard that left this worker, for every pipeline: its age no
+/// longer counts in the stream's maximum and its per-shard series goes.
 pub fn shard_left(stream: &str, shard: &str) {
-    if let Some(of_stream) = STREAMS.get(stream) {
-        of_stream.forget(shard);
-    }
-    if shard_labels() {
-        // Zero, then gone from the next scrape's point of view: the exporter
-        // keeps no idle series past its idle timeout, and a zero age is true.
-        metrics::gauge!(SHARD_ITERATOR_AGE, "stream" => stream.to_owned(), "shard" => shard.to_owned())
-            .set(0.0);
+    for_each_stream(|of_stream| {
+        if of_stream.label() == stream {
+            of_stream.forget(shard);
+        }
+    });
+}
+
+/// Publishes every stream's ages again, so that a shard stuck on a batch
+/// shows its age growing and its series stay past the exporter's idle
+/// timeout.
+pub fn republish() {
+    for_each_stream(|stream| stream.publish());
+}
+
+/// The age of a pipeline's position in a shard on this worker, if it reads it.
+pub fn pipeline_shard_age(stream: &str, pipeline: &str, shard: &str) -> Option<f64> {
+    STREAMS.get(pipeline)?.get(stream)?.shard_age(shard)
+}
+
+fn for_each_stream(mut visit: impl FnMut(&StreamMetrics)) {
+    let Some(pipelines) = STREAMS.0.get() else {
+        return;
+    };
+    let pipelines: Vec<_> = pipelines
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    for streams in pipelines {
+        let Some(streams) = streams.0.get() else {
+            continue;
+        };
+        let streams: Vec<_> = streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for stream in streams {
+            visit(&stream);
+        }
     }
 }
 
@@ -417,11 +585,27 @@ mod tests {
 
     use super::*;
 
-    fn stream_age(rendered: &str) -> Option<f64> {
+    fn value(rendered: &str, series: &str) -> Option<f64> {
         rendered
             .lines()
-            .find(|l| l.starts_with("dynastream_iterator_age_seconds{stream=\"orders\"}"))
+            .find(|l| l.starts_with(series))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    fn stream_age(rendered: &str) -> Option<f64> {
+        value(
+            rendered,
+            "dynastream_iterator_age_seconds{stream=\"orders\"}",
+        )
+    }
+
+    /// Seconds since the epoch, `ago` seconds back.
+    fn created(ago: i64) -> Option<i64> {
+        Some(now_epoch_secs() as i64 - ago)
+    }
+
+    fn about(found: Option<f64>, expected: f64) -> bool {
+        found.is_some_and(|f| (f - expected).abs() < 1.5)
     }
 
     #[test]
@@ -429,23 +613,39 @@ mod tests {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, || {
-            let stream = Arc::new(StreamMetrics::new("orders"));
+            let stream = Arc::new(StreamMetrics::new("orders", None));
             let a = stream.shard_labelled("a", false);
             let b = stream.shard_labelled("b", false);
-            a.iterator_age(5.0);
-            b.iterator_age(2.0);
-            assert_eq!(stream_age(&handle.render()), Some(5.0));
-            a.iterator_age(1.0);
-            assert_eq!(stream_age(&handle.render()), Some(2.0));
-            b.iterator_age(-3.0);
-            assert_eq!(stream_age(&handle.render()), Some(1.0));
+            a.read_up_to(created(50));
+            b.read_up_to(created(20));
+            assert!(about(stream_age(&handle.render()), 50.0));
+            a.read_up_to(created(10));
+            assert!(about(stream_age(&handle.render()), 20.0));
+            b.read_up_to(None);
+            assert!(about(stream_age(&handle.render()), 10.0));
             stream.forget("a");
             assert_eq!(stream_age(&handle.render()), Some(0.0));
             // A shard taken again reuses its slot: one age per shard.
             let a_again = stream.shard_labelled("a", false);
-            a_again.iterator_age(4.0);
-            assert_eq!(stream.ages.read().unwrap().len(), 2);
-            assert_eq!(stream_age(&handle.render()), Some(4.0));
+            a_again.read_up_to(created(40));
+            assert_eq!(stream.shards.read().unwrap().len(), 2);
+            assert!(about(stream_age(&handle.render()), 40.0));
+        });
+    }
+
+    #[test]
+    fn a_position_stuck_on_old_records_keeps_ageing() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let stream = Arc::new(StreamMetrics::new("orders", None));
+            let shard = stream.shard_labelled("a", false);
+            shard.read_up_to(created(5));
+            let first = stream_age(&handle.render()).unwrap();
+            std::thread::sleep(Duration::from_millis(1100));
+            stream.publish();
+            let later = stream_age(&handle.render()).unwrap();
+            assert!(later >= first + 1.0, "{first} then {later}");
         });
     }
 
@@ -454,15 +654,77 @@ mod tests {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, || {
-            let stream = Arc::new(StreamMetrics::new("orders"));
-            stream.shard_labelled("a", false).iterator_age(1.0);
+            let stream = Arc::new(StreamMetrics::new("orders", None));
+            stream.shard_labelled("a", false).read_up_to(created(1));
             assert!(!handle
                 .render()
                 .contains("dynastream_shard_iterator_age_seconds"));
-            stream.shard_labelled("b", true).iterator_age(1.0);
+            stream.shard_labelled("b", true).read_up_to(None);
             assert!(handle.render().contains(
-                "dynastream_shard_iterator_age_seconds{stream=\"orders\",shard=\"b\"} 1"
+                "dynastream_shard_iterator_age_seconds{stream=\"orders\",shard=\"b\"} 0"
             ));
         });
+    }
+
+    #[test]
+    fn a_named_pipeline_has_its_own_series_its_own_age_and_its_halted_shards() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let reader = Arc::new(StreamMetrics::new("orders", None));
+            let search = Arc::new(StreamMetrics::new("orders", Some("search")));
+            let audit = Arc::new(StreamMetrics::new("orders", Some("audit")));
+            let read = reader.shard_labelled("a", false);
+            read.read_up_to(None);
+            search.shard_labelled("a", false).caught_up_with(&read);
+            let audit_a = audit.shard_labelled("a", false);
+            audit_a.read_up_to(created(600));
+            audit_a.halted();
+            search.processed(&[]);
+            let rendered = handle.render();
+            let age = |pipeline: &str| {
+                value(
+                    &rendered,
+                    &format!(
+                        "dynastream_iterator_age_seconds{{stream=\"orders\",pipeline=\"{pipeline}\"}}"
+                    ),
+                )
+            };
+            assert_eq!(age("search"), Some(0.0));
+            assert!(about(age("audit"), 600.0), "{rendered}");
+            assert_eq!(stream_age(&rendered), Some(0.0));
+            assert_eq!(
+                value(
+                    &rendered,
+                    "dynastream_pipeline_shards_halted{stream=\"orders\",pipeline=\"audit\"}"
+                ),
+                Some(1.0)
+            );
+            assert_eq!(
+                value(
+                    &rendered,
+                    "dynastream_pipeline_shards_halted{stream=\"orders\",pipeline=\"search\"}"
+                ),
+                Some(0.0)
+            );
+            assert!(rendered.contains(
+                "dynastream_records_total{stream=\"orders\",pipeline=\"search\",event_name=\"INSERT\"} 0"
+            ));
+            // The pipeline finished the shard: its position no longer counts.
+            audit_a.ended();
+            assert_eq!(age_after(&handle, "audit"), Some(0.0));
+        });
+    }
+
+    fn age_after(
+        handle: &metrics_exporter_prometheus::PrometheusHandle,
+        pipeline: &str,
+    ) -> Option<f64> {
+        value(
+            &handle.render(),
+            &format!(
+                "dynastream_iterator_age_seconds{{stream=\"orders\",pipeline=\"{pipeline}\"}}"
+            ),
+        )
     }
 }

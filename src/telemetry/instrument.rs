@@ -167,6 +167,17 @@ impl<S: LeaseStore> LeaseStore for MeteredLeases<S> {
         result
     }
 
+    async fn remove_pipeline_checkpoints(
+        &self,
+        lease: &Lease,
+        pipelines: &[String],
+    ) -> Result<(), LeaseError> {
+        let started = Instant::now();
+        let result = self.0.remove_pipeline_checkpoints(lease, pipelines).await;
+        record("UpdateItem", started, &result, lease_outcome);
+        result
+    }
+
     async fn release_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
         let started = Instant::now();
         let result = self.0.release_lease(lease).await;

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
 
-pub use super::handles::{processor_duration, ShardMetrics, StreamMetrics};
+pub use super::handles::{
+    pipeline_shard_age, processor_duration, republish, ShardMetrics, StreamMetrics,
+};
 use super::handles::{ApiMetrics, TargetMetrics};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
@@ -60,6 +62,9 @@ pub const TARGET_RECORDS: &str = "dynastream_target_records_total";
 /// Always 1, labelled with the version.
 pub const BUILD_INFO: &str = "dynastream_build_info";
 
+/// Shards of a stream on which a named pipeline halted, on this worker.
+pub const PIPELINE_SHARDS_HALTED: &str = "dynastream_pipeline_shards_halted";
+
 /// Streams waiting for a shard listing on this worker.
 pub const SHARD_SYNC_PENDING: &str = "dynastream_shard_sync_pending";
 
@@ -85,6 +90,7 @@ pub const ALL: &[&str] = &[
     TARGET_REQUEST_DURATION,
     TARGET_RECORDS,
     SHARD_SYNC_PENDING,
+    PIPELINE_SHARDS_HALTED,
     BUILD_INFO,
 ];
 
@@ -316,6 +322,10 @@ fn describe() {
         "Records a delivery target handled by outcome (delivered, throttled, failed, rejected)."
     );
     describe_gauge!(
+        PIPELINE_SHARDS_HALTED,
+        "Shards of the stream on which the pipeline halted on this worker; the other pipelines go on."
+    );
+    describe_gauge!(
         SHARD_SYNC_PENDING,
         "Streams waiting for a shard listing; at most the streams followed."
     );
@@ -340,9 +350,23 @@ pub fn api_call(api: &'static str, outcome: CallOutcome, took: Duration) {
     ApiMetrics::of(api).call(outcome, took);
 }
 
+/// The failed-records counter of a destination, for one named pipeline or
+/// the application's one pipeline.
+pub(super) fn records_failed(
+    destination: &'static str,
+    pipeline: Option<&str>,
+) -> metrics::Counter {
+    match pipeline {
+        Some(pipeline) => {
+            counter!(RECORDS_FAILED, "destination" => destination, "pipeline" => pipeline.to_owned())
+        }
+        None => counter!(RECORDS_FAILED, "destination" => destination),
+    }
+}
+
 /// Makes the failed-records series of a destination exist, at 0.
-pub fn records_failed_seen(destination: &'static str) {
-    counter!(RECORDS_FAILED, "destination" => destination).increment(0);
+pub fn records_failed_seen(destination: &'static str, pipeline: Option<&str>) {
+    records_failed(destination, pipeline).increment(0);
 }
 
 /// Makes a delivery target's series exist, at 0, so dashboards and alerts
@@ -363,8 +387,8 @@ pub fn target_records(target: &'static str, outcome: TargetRecordOutcome, count:
     }
 }
 
-/// Forgets a shard that left this worker: its age no longer counts in the
-/// stream's maximum and its per-shard series goes.
+/// Forgets a shard that left this worker, for every pipeline: its age no
+/// longer counts in the stream's maximum and its per-shard series goes.
 pub fn shard_left(stream: &str, shard: &str) {
     super::handles::shard_left(stream, shard);
 }
