@@ -324,39 +324,62 @@ async fn a_down_pipeline_holds_nobody_back_and_every_pipeline_resumes_from_its_o
     assert_eq!(down, all, "down: everything once, in order");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn across_a_split_a_lagging_pipeline_finishes_the_parent_while_the_others_read_the_child() {
-    let table = unique_name("pipelines-split");
+/// A stream with one shard, `parent`, served by the scripted endpoint.
+async fn scripted_stream(table: &str) -> (ScriptedStreams, String) {
     let model = MemoryStreams::new();
-    let arn = model.create_stream_with_shards(&table, &["parent"]);
-    let server = ScriptedStreams::start(model).await;
-    let write = |shard: &str, count: usize| -> Vec<String> {
-        (0..count)
-            .map(|i| {
-                server
-                    .model
-                    .put(&arn, shard, EventName::Insert, &format!("{shard}#{i:02}"))
-                    .as_str()
-                    .to_owned()
-            })
-            .collect()
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let (slow_cmd, slow_file, gate) = recording_handler(dir.path(), "slow");
-    std::fs::write(&gate, "").unwrap();
+    let arn = model.create_stream_with_shards(&unique_name(table), &["parent"]);
+    (ScriptedStreams::start(model).await, arn)
+}
+
+/// Puts records `<shard>#<i>` for each `i` of `numbers` into `shard`.
+fn put_in(
+    server: &ScriptedStreams,
+    arn: &str,
+    shard: &str,
+    numbers: std::ops::Range<usize>,
+) -> Vec<String> {
+    numbers
+        .map(|i| {
+            server
+                .model
+                .put(arn, shard, EventName::Insert, &format!("{shard}#{i:02}"))
+                .as_str()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// A worker of a new application on the scripted endpoint's stream, polling often.
+fn scripted_env(server: &ScriptedStreams, arn: &str) -> Vec<(String, String)> {
     let mut env = worker_env(&[
-        ("DYNASTREAM_STREAM_ARNS", arn.as_str()),
+        ("DYNASTREAM_STREAM_ARNS", arn),
         ("DYNASTREAM_STARTING_POSITION", "TRIM_HORIZON"),
         ("DYNASTREAM_SHARD_SYNC_INTERVAL_MS", "1000"),
         ("DYNASTREAM_POLL_INTERVAL_MS", "200"),
         ("DYNASTREAM_IDLE_POLL_INTERVAL_MS", "500"),
-        ("DYNASTREAM_PIPELINES", "fast,slow"),
-        ("DYNASTREAM_PIPELINE_SLOW_PROCESSOR", "exec"),
-        ("DYNASTREAM_PIPELINE_SLOW_EXEC_COMMAND", &slow_cmd),
-        ("DYNASTREAM_PIPELINE_SLOW_MAX_RETRY_ATTEMPTS", "-1"),
     ]);
-    env.push(("DYNASTREAM_APPLICATION".into(), unique_name("split-app")));
+    env.push(("DYNASTREAM_APPLICATION".into(), unique_name("scripted-app")));
     env.push(server.endpoint_env());
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_a_split_a_lagging_pipeline_finishes_the_parent_while_the_others_read_the_child() {
+    let (server, arn) = scripted_stream("pipelines-split").await;
+    let write = |shard: &str, count: usize| put_in(&server, &arn, shard, 0..count);
+    let dir = tempfile::tempdir().unwrap();
+    let (slow_cmd, slow_file, gate) = recording_handler(dir.path(), "slow");
+    std::fs::write(&gate, "").unwrap();
+    let mut env = scripted_env(&server, &arn);
+    env.extend(
+        [
+            ("DYNASTREAM_PIPELINES", "fast,slow"),
+            ("DYNASTREAM_PIPELINE_SLOW_PROCESSOR", "exec"),
+            ("DYNASTREAM_PIPELINE_SLOW_EXEC_COMMAND", &slow_cmd),
+            ("DYNASTREAM_PIPELINE_SLOW_MAX_RETRY_ATTEMPTS", "-1"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
     let worker = Worker::start(&env);
     let in_parent = write("parent", 12);
     server.model.close_shard(&arn, "parent");
@@ -390,6 +413,22 @@ async fn across_a_split_a_lagging_pipeline_finishes_the_parent_while_the_others_
     );
 }
 
+/// `live` and a `replay` pipeline added with `TRIM_HORIZON` that records
+/// through `replay_cmd`.
+fn live_and_replay(replay_cmd: &str) -> Vec<(String, String)> {
+    [
+        ("DYNASTREAM_PIPELINES", "live,replay"),
+        ("DYNASTREAM_PIPELINE_REPLAY_PROCESSOR", "exec"),
+        ("DYNASTREAM_PIPELINE_REPLAY_EXEC_COMMAND", replay_cmd),
+        (
+            "DYNASTREAM_PIPELINE_REPLAY_STARTING_POSITION",
+            "TRIM_HORIZON",
+        ),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .into()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_added_with_trim_horizon_replays_into_itself_only() {
     let client = dynamodb().await;
@@ -413,18 +452,7 @@ async fn a_pipeline_added_with_trim_horizon_replays_into_itself_only() {
     assert!(status.success());
 
     let mut two = worker_env(&base);
-    two.extend(
-        [
-            ("DYNASTREAM_PIPELINES", "live,replay"),
-            ("DYNASTREAM_PIPELINE_REPLAY_PROCESSOR", "exec"),
-            ("DYNASTREAM_PIPELINE_REPLAY_EXEC_COMMAND", &replay_cmd),
-            (
-                "DYNASTREAM_PIPELINE_REPLAY_STARTING_POSITION",
-                "TRIM_HORIZON",
-            ),
-        ]
-        .map(|(k, v)| (k.to_owned(), v.to_owned())),
-    );
+    two.extend(live_and_replay(&replay_cmd));
     let worker = Worker::start(&two);
     write_changes(&client, &table, 10, 5).await;
     let (_, all) = shard_and_sequence_numbers(&stream).await;
@@ -445,6 +473,64 @@ async fn a_pipeline_added_with_trim_horizon_replays_into_itself_only() {
     assert_eq!(live, all, "live: nothing twice across the restart");
     let replay: Vec<String> = handled(&replay_file).into_iter().map(|r| r.2).collect();
     assert_eq!(replay, all, "replay: everything the stream holds, once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_added_with_trim_horizon_replays_closed_shards_before_their_children() {
+    let (server, arn) = scripted_stream("pipelines-replay-closed").await;
+    let write =
+        |shard: &str, from: usize, count: usize| put_in(&server, &arn, shard, from..from + count);
+    let dir = tempfile::tempdir().unwrap();
+    let (replay_cmd, replay_file, _) = recording_handler(dir.path(), "replay");
+    let mut env = scripted_env(&server, &arn);
+    let mut first_env = env.clone();
+    first_env.push(("DYNASTREAM_PIPELINES".into(), "live".into()));
+    let worker = Worker::start(&first_env);
+    let in_parent = write("parent", 0, 10);
+    server.model.close_shard(&arn, "parent");
+    server.model.add_shard(&arn, "child", Some("parent"));
+    let in_child = write("child", 0, 6);
+    let before: Vec<String> = printed(
+        &worker
+            .wait_for_records(in_parent.len() + in_child.len(), WAIT)
+            .await,
+    )
+    .into_iter()
+    .map(|r| r.2)
+    .collect();
+    let (status, _, _) = worker.terminate().await;
+    assert!(status.success(), "{status:?}");
+
+    // `replay` joins: it reads the closed parent (which `live` finished)
+    // from its start, then the child; `live` goes on where it was.
+    env.extend(live_and_replay(&replay_cmd));
+    let worker = Worker::start(&env);
+    let more = write("child", 6, 4);
+    let live_after = worker.wait_for_records(more.len(), WAIT).await;
+    let all: Vec<String> = in_parent
+        .iter()
+        .chain(&in_child)
+        .chain(&more)
+        .cloned()
+        .collect();
+    eventually(WAIT, "replay to read the parent and the child", || async {
+        handled(&replay_file).len() >= all.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, live_total, _) = worker.terminate().await;
+    assert!(status.success(), "{status:?}");
+    assert!(live_after.len() <= live_total.len());
+    let live: Vec<String> = before
+        .into_iter()
+        .chain(printed(&live_total).into_iter().map(|r| r.2))
+        .collect();
+    assert_eq!(live, all, "live: everything once across the restart");
+    let replay: Vec<String> = handled(&replay_file).into_iter().map(|r| r.2).collect();
+    assert_eq!(
+        replay, all,
+        "replay: the closed parent, then the child, once"
+    );
 }
 
 /// The worker's peak resident set so far, in MB (VmHWM).

@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 
 use crate::config::StartingPosition;
-use crate::lease::{Checkpoint, Lease};
+use crate::lease::{Checkpoint, Lease, PipelineStart};
 use crate::streams::ShardInfo;
 
 /// The checkpoint a new lease starts with.
@@ -37,8 +37,8 @@ pub fn initial_checkpoint(
 /// Whether a shard was read to its end: by the application (its checkpoint
 /// is `SHARD_END`) or by any of the declared `pipelines`, which may go on
 /// to its children while others are still behind.
-pub fn finished_by_any(lease: &Lease, pipelines: &[String]) -> bool {
-    lease.checkpoint.is_shard_end() || pipelines.iter().any(|name| lease.is_finished_by(name))
+pub fn finished_by_any(lease: &Lease, pipelines: &[PipelineStart]) -> bool {
+    lease.checkpoint.is_shard_end() || pipelines.iter().any(|p| lease.is_finished_by(p))
 }
 
 /// Whether every parent of `lease` has been read to its end (by the
@@ -53,7 +53,7 @@ pub fn parents_done<'a>(
     lease: &Lease,
     parent_lease: impl Fn(&str) -> Option<&'a Lease>,
     listed_shards: &HashSet<String>,
-    pipelines: &[String],
+    pipelines: &[PipelineStart],
 ) -> bool {
     lease
         .parent_shard_ids
@@ -145,7 +145,10 @@ mod tests {
         parent
             .pipeline_checkpoints
             .insert("gone".into(), Checkpoint::ShardEnd);
-        let declared = ["search".to_string(), "audit".to_string()];
+        let declared = ["search", "audit"].map(|name| PipelineStart {
+            name: name.into(),
+            from_trim_horizon: false,
+        });
         assert!(!parents_done(&child, |p| leases.get(p), &listed, &declared));
         assert!(!parents_done(&child, |p| leases.get(p), &listed, &[]));
         leases

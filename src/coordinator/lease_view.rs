@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{balance, graph};
-use crate::lease::{ItemKind, Lease};
+use crate::lease::{ItemKind, Lease, PipelineStart};
 
 /// What this worker last saw of an item, and since when.
 #[derive(Debug, Clone)]
@@ -181,7 +181,7 @@ impl LeaseView<'_> {
         waiting: impl IntoIterator<Item = (&'k String, &'k str)>,
         shard_keys: &HashMap<(String, String), String>,
         listed: &HashSet<String>,
-        pipelines: &[String],
+        pipelines: &[PipelineStart],
     ) -> Vec<String> {
         let leases = self.leases;
         waiting
@@ -234,7 +234,8 @@ impl LeaseView<'_> {
     }
 
     /// Which leases to take and which to ask for, given which this worker
-    /// holds, which streams are its own, and its cap.
+    /// holds, which leases are its to read (a followed stream's, not read
+    /// to its end by every pipeline), and its cap.
     pub(super) fn decide(
         &self,
         holds: impl Fn(&str) -> bool,
@@ -246,7 +247,6 @@ impl LeaseView<'_> {
             .leases
             .values()
             .filter(|lease| lease.kind() == ItemKind::Shard)
-            .filter(|lease| !lease.checkpoint.is_shard_end())
             .filter(|lease| ours(lease))
             .map(|lease| balance::LeaseState {
                 key: lease.key.clone(),
@@ -277,6 +277,11 @@ impl LeaseView<'_> {
 mod tests {
     use super::*;
     use crate::lease::Checkpoint;
+
+    /// The leases an application with one pipeline reads.
+    fn unread(lease: &Lease) -> bool {
+        lease.needs_reading(&[])
+    }
 
     const DURATION: Duration = Duration::from_secs(10);
 
@@ -384,11 +389,11 @@ mod tests {
         leases.get_mut("done").unwrap().checkpoint = Checkpoint::ShardEnd;
         let mut observed = Observations::default();
         observed.observe(&leases, t0);
-        let decisions = view(&leases, &observed, t0).decide(|_| false, |_| true, None);
+        let decisions = view(&leases, &observed, t0).decide(|_| false, unread, None);
         assert_eq!(decisions.take, vec!["mine".to_owned(), "free".to_owned()]);
         assert!(decisions.ask_for.is_empty());
         // Held already: nothing to take back.
-        let decisions = view(&leases, &observed, t0).decide(|key| key == "mine", |_| true, None);
+        let decisions = view(&leases, &observed, t0).decide(|key| key == "mine", unread, None);
         assert_eq!(decisions.take, vec!["free".to_owned()]);
     }
 
@@ -406,7 +411,7 @@ mod tests {
         let mut observed = Observations::default();
         observed.observe(&leases, t0);
         // b is alive: a asks for half of its leases.
-        let decisions = view(&leases, &observed, t0).decide(|_| false, |_| true, None);
+        let decisions = view(&leases, &observed, t0).decide(|_| false, unread, None);
         assert!(decisions.take.is_empty());
         assert_eq!(decisions.ask_for.len(), 2);
         assert_eq!(
@@ -421,7 +426,7 @@ mod tests {
         let now = t0 + DURATION;
         let view = view(&later, &observed, now);
         assert_eq!(view.live_workers(), ["a"].map(String::from).into());
-        let mut decisions = view.decide(|_| false, |_| true, None);
+        let mut decisions = view.decide(|_| false, unread, None);
         decisions.take.sort();
         assert_eq!(decisions.take, ["s1", "s2", "s3", "s4"].map(String::from));
         assert!(decisions.ask_for.is_empty());
@@ -443,7 +448,7 @@ mod tests {
         for key in ["s1", "s2", "s3", "s4"] {
             observed.mark_stolen(key, t0);
         }
-        let decisions = view(&leases, &observed, t0 + DURATION).decide(|_| false, |_| true, None);
+        let decisions = view(&leases, &observed, t0 + DURATION).decide(|_| false, unread, None);
         assert!(decisions.ask_for.is_empty(), "within the quiet period");
         // b keeps renewing; the quiet period runs out.
         let renewed = table([
@@ -456,7 +461,7 @@ mod tests {
         ]);
         observed.observe(&renewed, t0 + DURATION * 3 / 2);
         let decisions =
-            view(&renewed, &observed, t0 + DURATION * 2).decide(|_| false, |_| true, None);
+            view(&renewed, &observed, t0 + DURATION * 2).decide(|_| false, unread, None);
         assert!(decisions.take.is_empty());
         assert_eq!(decisions.ask_for.len(), 2, "after the quiet period");
         let decisions = view(&leases, &observed, t0).decide(|_| false, |_| false, None);

@@ -51,7 +51,7 @@ use crate::backoff::Backoff;
 use crate::config::StartingPosition;
 use crate::error::Error;
 use crate::lease::held::HeldLease;
-use crate::lease::{Checkpoint, ItemKind, Lease, LeaseError, LeaseStore};
+use crate::lease::{Checkpoint, ItemKind, Lease, LeaseError, LeaseStore, PipelineStart};
 use crate::pipeline::{Parents, Pipelines};
 use crate::retry::{retry, Attempt, RetryError, Retryable};
 use crate::shard::{ShardExit, ShardSettings};
@@ -565,9 +565,10 @@ impl Coordinator {
             });
         }
         self.reconcile_held().await;
+        let pipelines = self.pipelines.starts();
         let decisions = self.view().decide(
             |key| self.held.contains_key(key),
-            |lease| self.stream_of(lease).is_some(),
+            |lease| self.stream_of(lease).is_some() && self.to_read(lease, &pipelines),
             self.settings.max_leases,
         );
         for key in decisions.take {
@@ -589,6 +590,7 @@ impl Coordinator {
         };
         let mut shards = Vec::new();
         let pipeline_names = self.pipelines.names();
+        let pipeline_starts = self.pipelines.starts();
         for stream in &self.discovery.streams {
             let label = metrics::stream_label(stream);
             view.leases_held.insert(label.clone(), 0);
@@ -600,7 +602,8 @@ impl Coordinator {
             };
             let label = metrics::stream_label(&stream);
             let free = lease.owner.is_none() || self.is_expired(lease);
-            if free && !lease.checkpoint.is_shard_end() {
+            let to_read = self.to_read(lease, &pipeline_starts);
+            if free && to_read {
                 *view.unowned.entry(label.clone()).or_default() += 1;
             }
             let Some(held) = self.held.get(&lease.key) else {
@@ -609,7 +612,7 @@ impl Coordinator {
             *view.leases_held.entry(label.clone()).or_default() += 1;
             let state = if held.state.halted().is_some() {
                 "halted"
-            } else if lease.checkpoint.is_shard_end() {
+            } else if !to_read {
                 "ended"
             } else if held.state.has_consumer() {
                 "active"
@@ -839,9 +842,12 @@ impl Coordinator {
             .iter()
             .filter(|(_, held)| held.state.may_start() && !held.lease.is_lost())
             .map(|(key, held)| (key, held.stream_arn.as_str()));
-        let ready =
-            self.view()
-                .ready_to_start(waiting, &self.shard_keys, &listed, &self.pipelines.names());
+        let ready = self.view().ready_to_start(
+            waiting,
+            &self.shard_keys,
+            &listed,
+            &self.pipelines.starts(),
+        );
         for key in ready {
             let Some(held) = self.held.get_mut(&key) else {
                 continue;
@@ -1147,10 +1153,28 @@ impl Coordinator {
 
     /// Whether every shard of a listing has been read to its end.
     fn drained(&self, stream_arn: &str, shards: &[ShardInfo]) -> bool {
+        let pipelines = self.pipelines.starts();
         shards.iter().all(|shard| {
             self.lease_of(stream_arn, &shard.shard_id)
-                .is_some_and(|lease| lease.checkpoint.is_shard_end())
+                .is_some_and(|lease| !self.to_read(lease, &pipelines))
         })
+    }
+
+    /// Whether a shard lease still has to be read here: by the application,
+    /// or by a pipeline that has not finished it, such as one added with
+    /// `TRIM_HORIZON` after the others finished a shard the stream still
+    /// lists (an unlisted one is past retention: nothing is left to read).
+    fn to_read(&self, lease: &Lease, pipelines: &[PipelineStart]) -> bool {
+        if !lease.checkpoint.is_shard_end() {
+            return true;
+        }
+        lease.needs_reading(pipelines)
+            && self.stream_of(lease).is_some_and(|stream| {
+                self.discovery
+                    .listings
+                    .get(&stream)
+                    .is_some_and(|shards| shards.iter().any(|s| s.shard_id == lease.shard_id))
+            })
     }
 
     /// Creates a lease for each shard that has none; returns whether any

@@ -180,25 +180,33 @@ impl Lease {
         }
     }
 
-    /// Whether pipeline `name` has read this shard to its end: every
-    /// pipeline has when the shard's checkpoint is `SHARD_END`.
-    pub fn is_finished_by(&self, name: &str) -> bool {
-        self.checkpoint.is_shard_end()
-            || self
-                .pipeline_checkpoints
-                .get(name)
-                .is_some_and(Checkpoint::is_shard_end)
+    /// Whether `pipeline` has read this shard to its end. A pipeline that
+    /// replays from `TRIM_HORIZON` and has no entry here has not, even when
+    /// the others finished the shard before it was added.
+    pub fn is_finished_by(&self, pipeline: &PipelineStart) -> bool {
+        self.pipeline_checkpoint(pipeline).is_shard_end()
+    }
+
+    /// Whether some pipeline still has to read this shard (with no named
+    /// `pipelines`, whether the application has).
+    pub fn needs_reading(&self, pipelines: &[PipelineStart]) -> bool {
+        if pipelines.is_empty() {
+            !self.checkpoint.is_shard_end()
+        } else {
+            pipelines
+                .iter()
+                .any(|pipeline| !self.is_finished_by(pipeline))
+        }
     }
 
     /// Where a pipeline resumes: its own checkpoint, else (a pipeline new
     /// to this shard) the oldest record held when it starts at
-    /// `TRIM_HORIZON`, or the shard's checkpoint when it starts at `LATEST`.
+    /// `TRIM_HORIZON` (even in a shard the others have finished), or the
+    /// shard's checkpoint when it starts at `LATEST`.
     pub fn pipeline_checkpoint(&self, pipeline: &PipelineStart) -> Checkpoint {
         match self.pipeline_checkpoints.get(&pipeline.name) {
             Some(own) => own.clone(),
-            None if pipeline.from_trim_horizon && !self.checkpoint.is_shard_end() => {
-                Checkpoint::TrimHorizon
-            }
+            None if pipeline.from_trim_horizon => Checkpoint::TrimHorizon,
             None => self.checkpoint.clone(),
         }
     }
@@ -435,11 +443,20 @@ mod tests {
             lease.pipeline_checkpoint(&start("audit", true)),
             Checkpoint::TrimHorizon
         );
+        // A shard the others finished is replayed into a new TRIM_HORIZON
+        // pipeline, and only into it.
         lease.checkpoint = Checkpoint::ShardEnd;
         assert_eq!(
             lease.pipeline_checkpoint(&start("audit", true)),
+            Checkpoint::TrimHorizon
+        );
+        assert_eq!(
+            lease.pipeline_checkpoint(&start("audit", false)),
             Checkpoint::ShardEnd
         );
+        assert!(lease.needs_reading(&[start("search", false), start("audit", true)]));
+        assert!(!lease.needs_reading(&[start("search", false), start("audit", false)]));
+        assert!(!lease.needs_reading(&[]));
     }
 
     proptest! {

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::shared::{position_of, records_after, Next, Shared};
 use super::{Parents, Pipeline};
+use crate::config::OnTrimmed;
 use crate::lease::held::HeldLease;
 use crate::lease::{Checkpoint, PipelineStart};
 use crate::record::{SequenceNumber, StreamRecord};
@@ -17,6 +18,7 @@ use crate::shard::cursor::{Cursor, Read};
 use crate::shard::gather::Gatherer;
 use crate::shard::{deliver, newest_created, write_checkpoint, ShardExit, ShardSettings};
 use crate::streams::StreamsApi;
+use crate::telemetry::events::{TrimmedDataSkipped, TrimmedDataStopped};
 use crate::telemetry::metrics::ShardMetrics;
 
 /// Where a consumer takes its next page from.
@@ -34,6 +36,8 @@ struct Taken {
     closed: bool,
     /// Read from its own iterator and empty: caught up with the stream.
     idle: bool,
+    /// Records before these were trimmed unread by the shared reader.
+    trimmed_before: bool,
 }
 
 /// One pipeline reading one shard.
@@ -95,7 +99,7 @@ impl PipelineConsumer {
                 _ = self.lease.lost().cancelled() => return Err(ShardExit::LeaseLost),
                 _ = tokio::time::sleep(self.poll.idle_poll_interval) => {}
             }
-            if parents.finished_now(&self.pipeline.name).await == Some(true) {
+            if parents.finished_now(&self.pipeline.start()).await == Some(true) {
                 let lease = self.lease.snapshot().await;
                 return Ok(lease.pipeline_checkpoint(&self.pipeline.start()));
             }
@@ -139,6 +143,17 @@ impl PipelineConsumer {
                 }
                 Err(exit) => return exit,
             };
+            if taken.trimmed_before {
+                // What was gathered before the gap is delivered first.
+                if let Some(batch) = gatherer.take_batch(true) {
+                    if let Err(exit) = self.process(batch, shutdown).await {
+                        return exit;
+                    }
+                }
+                if let Err(exit) = self.crossed_trimmed(&seen) {
+                    return exit;
+                }
+            }
             self.metrics.read_up_to(newest_created(&taken.records));
             let fresh = records_after(&taken.records, &mut seen);
             gatherer.add_shared(fresh);
@@ -187,15 +202,17 @@ impl PipelineConsumer {
             Source::Log => {
                 let mut changes = self.shared.changes();
                 match self.shared.next(self.index) {
-                    Next::Page(records) => Ok(Some(Taken {
+                    Next::Page(records, trimmed_before) => Ok(Some(Taken {
                         records,
                         closed: false,
                         idle: false,
+                        trimmed_before,
                     })),
                     Next::End => Ok(Some(Taken {
                         records: Arc::new([]),
                         closed: true,
                         idle: false,
+                        trimmed_before: false,
                     })),
                     Next::Stopped(exit) => Err(exit),
                     Next::Evicted => {
@@ -225,15 +242,44 @@ impl PipelineConsumer {
                     idle: page.records.is_empty(),
                     closed: page.next_iterator.is_none(),
                     records: page.records.into_iter().map(Arc::new).collect(),
+                    trimmed_before: false,
                 })),
                 Read::End => Ok(Some(Taken {
                     records: Arc::new([]),
                     closed: true,
                     idle: false,
+                    trimmed_before: false,
                 })),
                 Read::Exit(exit) => Err(exit),
             },
         }
+    }
+
+    /// The shared reader went on from the oldest record held after records
+    /// were trimmed unread: this pipeline skips them too, or halts here
+    /// (`DYNASTREAM_ON_TRIMMED=stop`), whatever the other pipelines do.
+    fn crossed_trimmed(&self, seen: &Option<SequenceNumber>) -> Result<(), ShardExit> {
+        let stream = self.metrics.stream();
+        if self.pipeline.settings.on_trimmed == OnTrimmed::Stop {
+            let reason = format!(
+                "records after {seen:?} fell behind the stream's 24-hour retention before they \
+                 could be read and DYNASTREAM_ON_TRIMMED=stop for this pipeline: it stops here \
+                 until an operator acts"
+            );
+            TrimmedDataStopped {
+                stream,
+                reason: &reason,
+            }
+            .emit();
+            return Err(ShardExit::Halted(reason));
+        }
+        TrimmedDataSkipped {
+            stream,
+            message: "records were trimmed before the shared reader got to them",
+            position: seen,
+        }
+        .emit();
+        Ok(())
     }
 
     /// Dispatches a batch and checkpoints this pipeline's progress.

@@ -18,6 +18,10 @@ pub(super) struct LoggedPage {
     pub after: Option<SequenceNumber>,
     /// Its records, in shard order; never empty.
     pub records: Arc<[Arc<StreamRecord>]>,
+    /// Records between `after` and this page fell behind the stream's
+    /// retention before the reader got to them (it went on from the oldest
+    /// record held): each pipeline's `DYNASTREAM_ON_TRIMMED` decides.
+    pub trimmed_before: bool,
 }
 
 impl LoggedPage {
@@ -66,15 +70,17 @@ impl PageLog {
         self.records + count <= self.capacity
     }
 
-    /// Appends a page read after everything held (empty pages are not kept)
-    /// and evicts the oldest pages beyond the capacity.
-    pub fn append(&mut self, records: Vec<StreamRecord>) {
+    /// Appends a page read after everything held (empty pages are not
+    /// kept), noting whether records before it were trimmed unread, and
+    /// evicts the oldest pages beyond the capacity.
+    pub fn append(&mut self, records: Vec<StreamRecord>, trimmed_before: bool) {
         if records.is_empty() {
             return;
         }
         let page = LoggedPage {
             after: self.last_read.clone(),
             records: records.into_iter().map(Arc::new).collect(),
+            trimmed_before,
         };
         self.last_read = Some(page.last().clone());
         self.records += page.records.len();
@@ -159,13 +165,13 @@ mod tests {
     #[test]
     fn the_window_keeps_the_capacity_and_the_newest_page() {
         let mut log = PageLog::new(10);
-        log.append(page(1, 4));
-        log.append(page(5, 4));
-        log.append(Vec::new());
+        log.append(page(1, 4), false);
+        log.append(page(5, 4), false);
+        log.append(Vec::new(), false);
         assert_eq!((log.origin(), log.end(), log.records), (0, 2, 8));
-        log.append(page(9, 4));
+        log.append(page(9, 4), false);
         assert_eq!((log.origin(), log.end(), log.records), (1, 3, 8));
-        log.append(page(13, 30));
+        log.append(page(13, 30), false);
         assert_eq!((log.origin(), log.end(), log.records), (3, 4, 30));
         assert!(log.get(2).is_none());
         assert_eq!(log.get(3).unwrap().after, Some(seq(12)));
@@ -177,8 +183,8 @@ mod tests {
     fn a_lagging_reader_rejoins_only_without_a_gap() {
         let mut log = PageLog::new(100);
         assert_eq!(log.resume_after(None), Some(0));
-        log.append(page(10, 5)); // 10..=14
-        log.append(page(15, 5)); // 15..=19
+        log.append(page(10, 5), false); // 10..=14
+        log.append(page(15, 5), false); // 15..=19
         assert_eq!(log.resume_after(None), Some(0));
         assert_eq!(log.resume_after(Some(&seq(12))), Some(0));
         assert_eq!(log.resume_after(Some(&seq(14))), Some(1));
@@ -205,7 +211,7 @@ mod tests {
             let mut log = PageLog::new(capacity);
             let mut next = 1;
             for size in sizes {
-                log.append(page(next, size));
+                log.append(page(next, size), false);
                 next += size;
             }
             let seen_seq = (seen > 0).then(|| seq(seen));

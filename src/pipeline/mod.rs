@@ -48,7 +48,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    fn start(&self) -> PipelineStart {
+    pub(crate) fn start(&self) -> PipelineStart {
         PipelineStart {
             name: self.name.clone(),
             from_trim_horizon: self.from_trim_horizon,
@@ -94,6 +94,15 @@ impl Pipelines {
                 .iter()
                 .flat_map(|p| p.dispatcher.processors().iter().cloned())
                 .collect(),
+        }
+    }
+
+    /// How each named pipeline starts on a shard new to it; empty for the
+    /// one unnamed pipeline.
+    pub fn starts(&self) -> Vec<PipelineStart> {
+        match self {
+            Pipelines::Single(_) => Vec::new(),
+            Pipelines::Named { pipelines, .. } => pipelines.iter().map(|p| p.start()).collect(),
         }
     }
 
@@ -169,7 +178,7 @@ impl Parents {
 
     /// Whether `pipeline` has read every parent among `leases` to its end (a
     /// parent whose lease is gone was finished and collected).
-    fn finished_in(&self, leases: &[Lease], pipeline: &str) -> bool {
+    fn finished_in(&self, leases: &[Lease], pipeline: &PipelineStart) -> bool {
         self.keys.iter().all(|key| {
             leases
                 .iter()
@@ -180,16 +189,16 @@ impl Parents {
 
     /// For each of `pipelines`, whether it had read every parent to its end
     /// when the coordinator last read the lease table.
-    fn finished_when_known(&self, pipelines: &[&str]) -> Vec<bool> {
+    fn finished_when_known(&self, pipelines: &[PipelineStart]) -> Vec<bool> {
         pipelines
             .iter()
-            .map(|name| self.finished_in(&self.known, name))
+            .map(|pipeline| self.finished_in(&self.known, pipeline))
             .collect()
     }
 
     /// Whether `pipeline` has read every parent to its end now, by a fresh
     /// read of the lease table; `None` when it cannot be read now.
-    async fn finished_now(&self, pipeline: &str) -> Option<bool> {
+    async fn finished_now(&self, pipeline: &PipelineStart) -> Option<bool> {
         let Some(store) = self.store.as_ref().filter(|_| !self.keys.is_empty()) else {
             return Some(true);
         };

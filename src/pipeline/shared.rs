@@ -60,8 +60,7 @@ impl SharedShard {
         let Some(reader_start) = Checkpoint::least_advanced(&starts).cloned() else {
             return ShardExit::Ended;
         };
-        let names: Vec<&str> = self.pipelines.iter().map(|p| p.name.as_str()).collect();
-        let parents_finished = self.parents.finished_when_known(&names);
+        let parents_finished = self.parents.finished_when_known(&declared);
         // Every pipeline the reader's first page serves reads from the log
         // from the start, before anything is read (and evicted); one still
         // behind in a parent starts later, with an iterator of its own.
@@ -183,6 +182,7 @@ async fn read(
     shutdown: &CancellationToken,
 ) {
     let mut last_records_at = Instant::now();
+    let mut trimmed_before = false;
     loop {
         if !shared.wait_until_wanted(limit, shutdown).await {
             return;
@@ -201,7 +201,10 @@ async fn read(
                 }
                 let empty = page.records.is_empty();
                 let closed = page.next_iterator.is_none();
-                shared.append(page.records);
+                trimmed_before |= cursor.take_trimmed();
+                if !page.records.is_empty() {
+                    shared.append(page.records, std::mem::take(&mut trimmed_before));
+                }
                 if closed {
                     shared.finish(None);
                     return;
@@ -229,8 +232,9 @@ async fn read(
 
 /// What a pipeline reading from the log gets next.
 pub(super) enum Next {
-    /// Its next page's records (shared with the log and the other pipelines).
-    Page(Arc<[Arc<StreamRecord>]>),
+    /// Its next page's records (shared with the log and the other
+    /// pipelines), and whether records before them were trimmed unread.
+    Page(Arc<[Arc<StreamRecord>]>, bool),
     /// Nothing yet: wait for a change.
     Wait,
     /// Its next page was evicted: read on with an own iterator.
@@ -348,11 +352,11 @@ impl Shared {
         }
     }
 
-    fn append(&self, records: Vec<StreamRecord>) {
+    fn append(&self, records: Vec<StreamRecord>, trimmed_before: bool) {
         if records.is_empty() {
             return;
         }
-        self.lock().log.append(records);
+        self.lock().log.append(records, trimmed_before);
         Self::bump(&self.changed);
     }
 
@@ -388,13 +392,17 @@ impl Shared {
             if position < state.log.origin() {
                 state.positions[index] = None;
                 Next::Evicted
-            } else if let Some(page) = state.log.get(position).map(|p| Arc::clone(&p.records)) {
+            } else if let Some(page) = state
+                .log
+                .get(position)
+                .map(|p| (Arc::clone(&p.records), p.trimmed_before))
+            {
                 state.positions[index] = Some(position + 1);
                 let oldest_wanted = state.positions.iter().flatten().min().copied();
                 if let Some(oldest) = oldest_wanted {
                     state.log.evict_before(oldest);
                 }
-                Next::Page(page)
+                Next::Page(page.0, page.1)
             } else {
                 match &state.finished {
                     None => {

@@ -423,3 +423,84 @@ async fn across_a_split_a_lagging_pipeline_finishes_the_parent_while_the_others_
     in_order(&slow.delivered(), &all);
     assert_eq!(store.get(CHILD).unwrap().checkpoint, Checkpoint::ShardEnd);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pipeline_added_with_trim_horizon_replays_a_shard_the_others_finished() {
+    let fixture = Fixture::new(Checkpoint::TrimHorizon).await;
+    let want = fixture.put(25);
+    fixture.streams.close_shard(&fixture.arn, SHARD);
+    let old = Target::new();
+    let before = Pipelines::named(vec![Fixture::pipeline("old", &old, false)], 1_000);
+    assert_eq!(
+        fixture.run(&before, CancellationToken::new()).await,
+        ShardExit::Ended
+    );
+    in_order(&old.delivered(), &want);
+    let finished = fixture.stored();
+    assert_eq!(finished.checkpoint, Checkpoint::ShardEnd);
+
+    let (old_again, replay) = (Target::new(), Target::new());
+    let after = Pipelines::named(
+        vec![
+            Fixture::pipeline("old", &old_again, false),
+            Fixture::pipeline("replay", &replay, true),
+        ],
+        1_000,
+    );
+    assert!(
+        finished.needs_reading(&after.starts()),
+        "the shard is to be read again, for the new pipeline"
+    );
+    assert!(!finished.needs_reading(&before.starts()));
+    assert_eq!(
+        fixture.run(&after, CancellationToken::new()).await,
+        ShardExit::Ended
+    );
+    in_order(&replay.delivered(), &want);
+    assert!(old_again.delivered().is_empty(), "old sees nothing twice");
+    let stored = fixture.stored();
+    assert_eq!(stored.checkpoint, Checkpoint::ShardEnd);
+    assert!(!stored.needs_reading(&after.starts()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn records_trimmed_before_the_shared_reader_got_to_them_halt_only_the_pipelines_that_say_stop(
+) {
+    let fixture = Fixture::new(Checkpoint::TrimHorizon).await;
+    let written = fixture.put(4);
+    fixture.streams.close_shard(&fixture.arn, SHARD);
+    let mut moved = fixture.stored();
+    moved.checkpoint = Checkpoint::Sequence(written[0].clone());
+    fixture.store.put(moved);
+    // The position after the first record is no longer held: the reader
+    // goes on from the oldest record held.
+    fixture.streams.fail_next(
+        crate::streams::memory::Operation::GetShardIterator,
+        crate::streams::StreamsError::TrimmedData("position is before the trim horizon".into()),
+    );
+    let (lenient, strict) = (Target::new(), Target::new());
+    let mut strict_pipeline = Fixture::pipeline("strict", &strict, false);
+    strict_pipeline.settings.on_trimmed = crate::config::OnTrimmed::Stop;
+    let pipelines = Pipelines::named(
+        vec![
+            Fixture::pipeline("lenient", &lenient, false),
+            strict_pipeline,
+        ],
+        1_000,
+    );
+    let exit = fixture.run(&pipelines, CancellationToken::new()).await;
+    assert!(
+        matches!(&exit, ShardExit::Halted(reason)
+            if reason.contains("pipeline strict") && reason.contains("DYNASTREAM_ON_TRIMMED=stop")),
+        "{exit:?}"
+    );
+    in_order(&lenient.delivered(), &written[1..]);
+    assert!(strict.delivered().is_empty(), "strict stops at the gap");
+    let stored = fixture.stored();
+    assert_eq!(stored.pipeline_checkpoints["lenient"], Checkpoint::ShardEnd);
+    assert_eq!(
+        stored.pipeline_checkpoints.get("strict"),
+        Some(&Checkpoint::Sequence(written[0].clone())),
+        "strict resumes before the gap once an operator acts"
+    );
+}

@@ -51,6 +51,9 @@ pub(crate) struct Cursor {
     ahead: Option<Result<RecordsPage, StreamsError>>,
     backoff: Backoff,
     announced: bool,
+    /// Whether the position fell behind the stream's retention and reading
+    /// went on from the oldest record held, since [`Cursor::take_trimmed`].
+    trimmed: bool,
 }
 
 /// Why a call gave no page.
@@ -84,6 +87,7 @@ impl Cursor {
             ahead: None,
             backoff: Backoff::for_aws_calls(),
             announced: false,
+            trimmed: false,
         }
     }
 
@@ -268,7 +272,13 @@ impl Cursor {
         }
         .emit();
         self.position = IteratorPosition::TrimHorizon;
+        self.trimmed = true;
         Setback::Again
+    }
+
+    /// Whether records were trimmed unread (and skipped) since the last call.
+    pub(crate) fn take_trimmed(&mut self) -> bool {
+        std::mem::take(&mut self.trimmed)
     }
 }
 
