@@ -132,6 +132,9 @@ pub struct Coordinator {
     sync_results: mpsc::UnboundedReceiver<Listing>,
     syncer: Option<ShardSyncer>,
     health: Arc<Health>,
+    /// The shard leases after each look at the lease table, for pipelines
+    /// waiting to finish a parent shard (published only while one waits).
+    lease_table: tokio::sync::watch::Sender<Arc<[Lease]>>,
     tasks: TaskTracker,
     /// Every task in `tasks` can be aborted: when the shutdown grace runs
     /// out, none may outlive [`Coordinator::run`].
@@ -181,6 +184,7 @@ impl Coordinator {
             sync_results,
             syncer: Some(syncer),
             health: Health::new(),
+            lease_table: tokio::sync::watch::channel(Arc::from(Vec::new())).0,
             tasks: TaskTracker::new(),
             aborts: Vec::new(),
             stop_consumers: CancellationToken::new(),
@@ -581,8 +585,18 @@ impl Coordinator {
         self.publish();
     }
 
-    /// Publishes what this worker holds and sees: gauges and `/status`.
+    /// Publishes what this worker holds and sees: gauges, `/status`, and the
+    /// shard leases to pipelines waiting for a parent.
     fn publish(&self) {
+        if self.lease_table.receiver_count() > 0 {
+            let shard_leases: Vec<Lease> = self
+                .leases
+                .values()
+                .filter(|l| l.kind() == ItemKind::Shard)
+                .cloned()
+                .collect();
+            self.lease_table.send_replace(Arc::from(shard_leases));
+        }
         let me = self.settings.worker_id.as_str();
         let mut view = metrics::FleetView {
             workers: self.view().live_workers().len().max(1) as u64,
@@ -885,7 +899,7 @@ impl Coordinator {
                 Arc::clone(&self.api),
                 Arc::clone(&held.lease),
                 self.settings.shard.clone(),
-                Parents::new(Arc::clone(&self.store), parent_keys, known_parents),
+                Parents::new(parent_keys, known_parents, self.lease_table.subscribe()),
             );
             let span = tracing::info_span!("shard", stream = %held.stream_arn, shard = %shard_id);
             let stop = held.stop.clone();

@@ -66,8 +66,8 @@ pub(super) struct PipelineConsumer {
 impl PipelineConsumer {
     /// Runs from `start` until the shard ends for this pipeline, the lease
     /// is lost, `shutdown` fires or a batch is undeliverable for good.
-    pub async fn run(self, start: Checkpoint, shutdown: CancellationToken) -> ShardExit {
-        let start = match &self.parents {
+    pub async fn run(mut self, start: Checkpoint, shutdown: CancellationToken) -> ShardExit {
+        let start = match self.parents.take() {
             None => Ok(start),
             Some(parents) => self.wait_for_parents(parents, &shutdown).await,
         };
@@ -89,21 +89,18 @@ impl PipelineConsumer {
     /// returns where it starts on this shard then.
     async fn wait_for_parents(
         &self,
-        parents: &Parents,
+        parents: Parents,
         shutdown: &CancellationToken,
     ) -> Result<Checkpoint, ShardExit> {
         tracing::info!(pipeline = %self.pipeline.name, "waiting to finish the parent shard before reading this one");
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Err(ShardExit::Stopped),
-                _ = self.lease.lost().cancelled() => return Err(ShardExit::LeaseLost),
-                _ = tokio::time::sleep(self.poll.idle_poll_interval) => {}
-            }
-            if parents.finished_now(&self.pipeline.start()).await == Some(true) {
-                let lease = self.lease.snapshot().await;
-                return Ok(lease.pipeline_checkpoint(&self.pipeline.start()));
-            }
+        let start = self.pipeline.start();
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(ShardExit::Stopped),
+            _ = self.lease.lost().cancelled() => return Err(ShardExit::LeaseLost),
+            () = parents.finished(&start) => {}
         }
+        let lease = self.lease.snapshot().await;
+        Ok(lease.pipeline_checkpoint(&start))
     }
 
     async fn consume(&self, start: Checkpoint, shutdown: &CancellationToken) -> ShardExit {

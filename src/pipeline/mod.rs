@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::OnTrimmed;
 use crate::dispatch::Dispatcher;
 use crate::lease::held::HeldLease;
-use crate::lease::{Lease, LeaseStore, PipelineStart};
+use crate::lease::{Lease, PipelineStart};
 use crate::processor::Processor;
 use crate::shard::{ShardConsumer, ShardExit, ShardSettings};
 use crate::streams::StreamsApi;
@@ -158,21 +158,28 @@ impl Pipelines {
 /// to their ends before it reads the shard.
 #[derive(Debug, Clone, Default)]
 pub struct Parents {
-    store: Option<Arc<dyn LeaseStore>>,
     keys: Vec<String>,
     /// The parents' leases as the coordinator last read them, so that a
     /// shard starting costs no read of the lease table.
     known: Vec<Lease>,
+    /// The coordinator's reads of the lease table from now on, so that a
+    /// pipeline waiting for a parent costs no read of its own.
+    table: Option<LeaseTableWatch>,
 }
 
+/// The shard leases as the coordinator last read them, published after each
+/// of its looks at the lease table while a pipeline waits for a parent.
+pub type LeaseTableWatch = tokio::sync::watch::Receiver<Arc<[Lease]>>;
+
 impl Parents {
-    /// The parents whose leases have these keys in `store`, as last read
-    /// (`known`; a key without a lease there is a parent already collected).
-    pub fn new(store: Arc<dyn LeaseStore>, keys: Vec<String>, known: Vec<Lease>) -> Self {
+    /// The parents whose leases have these keys, as last read (`known`; a
+    /// key without a lease there is a parent already collected), and the
+    /// coordinator's later reads (`table`).
+    pub fn new(keys: Vec<String>, known: Vec<Lease>, table: LeaseTableWatch) -> Self {
         Parents {
-            store: Some(store),
             keys,
             known,
+            table: Some(table),
         }
     }
 
@@ -196,14 +203,25 @@ impl Parents {
             .collect()
     }
 
-    /// Whether `pipeline` has read every parent to its end now, by a fresh
-    /// read of the lease table; `None` when it cannot be read now.
-    async fn finished_now(&self, pipeline: &PipelineStart) -> Option<bool> {
-        let Some(store) = self.store.as_ref().filter(|_| !self.keys.is_empty()) else {
-            return Some(true);
+    /// Waits for the coordinator's next read of the lease table in which
+    /// `pipeline` has read every parent to its end; returns at once without
+    /// parents, and never when nothing publishes the table.
+    async fn finished(mut self, pipeline: &PipelineStart) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let Some(mut table) = self.table.take() else {
+            return std::future::pending().await;
         };
-        let scan = store.list_leases().await.ok()?;
-        Some(self.finished_in(&scan.leases, pipeline))
+        loop {
+            if table.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            let leases = Arc::clone(&table.borrow_and_update());
+            if self.finished_in(&leases, pipeline) {
+                return;
+            }
+        }
     }
 }
 

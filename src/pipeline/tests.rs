@@ -375,6 +375,7 @@ async fn across_a_split_a_lagging_pipeline_finishes_the_parent_while_the_others_
         Parents::default(),
     );
     let child_lease = held(CHILD, Some(PARENT)).await;
+    let table = tokio::sync::watch::channel(Arc::<[Lease]>::from(Vec::new())).0;
     let script = async {
         // The coordinator starts the child once any pipeline finished the parent.
         eventually(
@@ -394,11 +395,19 @@ async fn across_a_split_a_lagging_pipeline_finishes_the_parent_while_the_others_
             Arc::clone(&child_lease),
             Fixture::settings(),
             Parents::new(
-                Arc::new(store.clone()),
                 vec![PARENT.to_owned()],
                 store.get(PARENT).into_iter().collect(),
+                table.subscribe(),
             ),
         );
+        // The coordinator's looks at the lease table, twice a second.
+        let publish = async {
+            loop {
+                let leases: Vec<Lease> = store.get(PARENT).into_iter().collect();
+                table.send_replace(Arc::from(leases));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
         let heal = async {
             eventually(
                 WAIT,
@@ -412,8 +421,10 @@ async fn across_a_split_a_lagging_pipeline_finishes_the_parent_while_the_others_
             );
             slow.fail(false);
         };
-        let (exit, ()) = tokio::join!(child_task.run(CancellationToken::new()), heal);
-        exit
+        tokio::select! {
+            (exit, ()) = async { tokio::join!(child_task.run(CancellationToken::new()), heal) } => exit,
+            () = publish => unreachable!("publishes forever"),
+        }
     };
     let (parent_exit, child_exit) = tokio::join!(parent_task.run(CancellationToken::new()), script);
     assert_eq!(parent_exit, ShardExit::Ended);
