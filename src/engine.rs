@@ -26,6 +26,7 @@ use crate::processor::Processor;
 use crate::shard::ShardSettings;
 use crate::streams::rate_limit::DescribeRateLimit;
 use crate::streams::sdk::SdkStreams;
+use crate::streams::IteratorPosition;
 use crate::streams::StreamsApi;
 use crate::telemetry;
 use crate::telemetry::instrument::{MeteredLeases, MeteredStreams};
@@ -150,7 +151,10 @@ fn build_destination(
 
 /// Reads the application's lease table and renders it for an operator
 /// (`dynastream status`), as aligned text or as JSON.
-pub async fn status_report(config: &Config, json: bool) -> Result<String, Error> {
+/// With `lag`, it also reads, for each shard not finished, the first record
+/// after each pipeline's checkpoint (one GetShardIterator and one
+/// GetRecords of one record each) to show how far behind it is.
+pub async fn status_report(config: &Config, json: bool, lag: bool) -> Result<String, Error> {
     let sdk = load_checked_sdk_config().await?;
     let table = config.lease_table_name();
     let store = DynamoLeaseStore::new(aws_sdk_dynamodb::Client::new(&sdk), table.clone());
@@ -159,7 +163,34 @@ pub async fn status_report(config: &Config, json: bool) -> Result<String, Error>
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let report = crate::lease::report::build(&table, &scan, now_millis);
+    let mut report = crate::lease::report::build(&table, &scan, now_millis);
+    if lag {
+        let api = SdkStreams::from_conf(&sdk);
+        let now = (now_millis / 1000) as i64;
+        for row in &mut report.shards {
+            let mut lags = std::collections::BTreeMap::new();
+            for (name, checkpoint) in row.positions() {
+                // LATEST starts at the newest record: nothing older waits.
+                let position = match crate::pipeline::position_of(&checkpoint) {
+                    Some(IteratorPosition::Latest) | None => {
+                        lags.insert(name, Some(0));
+                        continue;
+                    }
+                    Some(position) => position,
+                };
+                let age = crate::streams::age_of_next_record(
+                    &api,
+                    &row.stream,
+                    &row.shard,
+                    &position,
+                    now,
+                )
+                .await;
+                lags.insert(name, age.ok());
+            }
+            row.lag_seconds = Some(lags);
+        }
+    }
     Ok(if json {
         serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
     } else {

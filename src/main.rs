@@ -42,8 +42,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(Command::Status { json }) = config.command {
-        return match runtime.block_on(dynastream::status_report(&config, json)) {
+    if let Some(Command::Status { json, lag }) = config.command {
+        return match runtime.block_on(dynastream::status_report(&config, json, lag)) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS

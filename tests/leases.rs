@@ -405,17 +405,8 @@ async fn status_prints_the_lease_table_as_text_and_json() {
     worker.wait_for_records(1, WAIT).await;
 
     let run_status = |json: bool| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_dynastream"));
-        command
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(aws_env())
-            .env("DYNASTREAM_APPLICATION", &application)
-            .arg("status");
-        if json {
-            command.arg("--json");
-        }
-        command.output().expect("run dynastream status")
+        let args: &[&str] = if json { &["--json"] } else { &["--lag"] };
+        dynastream_status(&application, args)
     };
     let text = run_status(false);
     assert!(
@@ -433,6 +424,10 @@ async fn status_prints_the_lease_table_as_text_and_json() {
         "{text}"
     );
     assert!(text.contains(&table), "{text}");
+    assert!(
+        text.contains("LAG_SECONDS") && text.lines().nth(2).is_some_and(|l| l.ends_with(" 0")),
+        "caught up: no record waits\n{text}"
+    );
 
     let json = run_status(true);
     assert!(json.status.success());

@@ -203,7 +203,8 @@ async fn a_down_pipeline_holds_nobody_back_and_every_pipeline_resumes_from_its_o
         ("DYNASTREAM_PIPELINE_DOWN_EXEC_COMMAND", &down_cmd),
         ("DYNASTREAM_PIPELINE_DOWN_MAX_RETRY_ATTEMPTS", "-1"),
     ]);
-    env.push(("DYNASTREAM_APPLICATION".into(), unique_name("app")));
+    let application = unique_name("app");
+    env.push(("DYNASTREAM_APPLICATION".into(), application.clone()));
     let worker = Worker::start(&env);
     write_changes(&client, &table, 0, 40).await;
     let (_, first) = shard_and_sequence_numbers(&stream).await;
@@ -266,6 +267,20 @@ async fn a_down_pipeline_holds_nobody_back_and_every_pipeline_resumes_from_its_o
     let before = down_age();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(down_age() > before, "a stuck pipeline's age grows");
+    let status = dynastream_status(&application, &["--json", "--lag"]);
+    assert!(status.status.success(), "{status:?}");
+    let report: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let lags = &report["shards"][0]["lag_seconds"];
+    assert_eq!(lags["up"], 0, "up has nothing waiting: {report}");
+    assert!(
+        lags["down"].as_u64().unwrap_or(0) >= 1,
+        "down waits: {report}"
+    );
+    assert_eq!(
+        report["workers"][0]["pipelines"],
+        serde_json::json!(["down", "up"]),
+        "{report}"
+    );
     let (_, status) = http_get(&format!("{url}/status"));
     let status: Value = serde_json::from_str(&status).unwrap();
     let shard = &status["shards"][0];

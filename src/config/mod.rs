@@ -256,6 +256,10 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also read the first record after each checkpoint to show how far
+        /// behind each pipeline is (two Streams calls per shard and pipeline).
+        #[arg(long)]
+        lag: bool,
     },
 }
 

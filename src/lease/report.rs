@@ -32,6 +32,28 @@ pub struct ShardRow {
     pub seconds_since_update: Option<u64>,
     /// The lease counter.
     pub counter: u64,
+    /// With `--lag`: how old the oldest record not yet processed is, in
+    /// seconds (0 when none is waiting), by pipeline (`-` for the
+    /// application's one pipeline); `None` where it could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<BTreeMap<String, Option<u64>>>,
+}
+
+impl ShardRow {
+    /// Where each pipeline (or, with none named, the application) goes on
+    /// reading this shard, for measuring its lag; none once it ended.
+    pub fn positions(&self) -> Vec<(String, Checkpoint)> {
+        let positions: Vec<(String, &String)> = if self.pipelines.is_empty() {
+            vec![("-".to_owned(), &self.checkpoint)]
+        } else {
+            self.pipelines.iter().map(|(n, c)| (n.clone(), c)).collect()
+        };
+        positions
+            .into_iter()
+            .filter_map(|(name, stored)| Some((name, Checkpoint::parse(stored)?)))
+            .filter(|(_, checkpoint)| !checkpoint.is_shard_end())
+            .collect()
+    }
 }
 
 /// A worker seen in the table.
@@ -45,6 +67,8 @@ pub struct WorkerRow {
     pub seconds_since_update: Option<u64>,
     /// Whether it holds the shard-sync leadership.
     pub leader: bool,
+    /// The pipelines it runs (`DYNASTREAM_PIPELINES`); empty for one.
+    pub pipelines: Vec<String>,
 }
 
 /// The whole report.
@@ -111,6 +135,7 @@ pub fn build(table: &str, scan: &LeaseScan, now_millis: u64) -> Report {
                 state,
                 seconds_since_update: age(lease, now_millis),
                 counter: lease.counter,
+                lag_seconds: None,
             }
         })
         .collect();
@@ -133,6 +158,7 @@ pub fn build(table: &str, scan: &LeaseScan, now_millis: u64) -> Report {
                     .count(),
                 seconds_since_update: age(presence, now_millis),
                 leader: leader.as_deref() == Some(worker.as_str()),
+                pipelines: presence.pipeline_checkpoints.keys().cloned().collect(),
                 worker,
             })
         })
@@ -149,11 +175,12 @@ pub fn build(table: &str, scan: &LeaseScan, now_millis: u64) -> Report {
 /// Renders the report as aligned text columns.
 pub fn render_text(report: &Report) -> String {
     let mut out = String::new();
-    let shard_rows: Vec<[String; 7]> = report
+    let with_lag = report.shards.iter().any(|row| row.lag_seconds.is_some());
+    let shard_rows: Vec<Vec<String>> = report
         .shards
         .iter()
         .map(|row| {
-            [
+            let mut cells = vec![
                 short_stream(&row.stream),
                 row.shard.clone(),
                 if row.parents.is_empty() {
@@ -166,7 +193,11 @@ pub fn render_text(report: &Report) -> String {
                 row.state.to_owned(),
                 row.seconds_since_update
                     .map_or("-".into(), |s| s.to_string()),
-            ]
+            ];
+            if with_lag {
+                cells.push(lag_cell(row));
+            }
+            cells
         })
         .collect();
     let _ = writeln!(
@@ -175,33 +206,45 @@ pub fn render_text(report: &Report) -> String {
         report.table,
         report.shards.len()
     );
-    out.push_str(&columns(
-        [
-            "STREAM",
-            "SHARD",
-            "PARENT",
-            "OWNER",
-            "CHECKPOINT",
-            "STATE",
-            "SECONDS_SINCE_UPDATE",
-        ],
-        &shard_rows,
-    ));
-    let worker_rows: Vec<[String; 4]> = report
+    let mut header = vec![
+        "STREAM",
+        "SHARD",
+        "PARENT",
+        "OWNER",
+        "CHECKPOINT",
+        "STATE",
+        "SECONDS_SINCE_UPDATE",
+    ];
+    if with_lag {
+        header.push("LAG_SECONDS");
+    }
+    out.push_str(&columns(&header, &shard_rows));
+    let worker_rows: Vec<Vec<String>> = report
         .workers
         .iter()
         .map(|w| {
-            [
+            vec![
                 w.worker.clone(),
                 w.leases.to_string(),
                 w.seconds_since_update.map_or("-".into(), |s| s.to_string()),
                 if w.leader { "yes".into() } else { "-".into() },
+                if w.pipelines.is_empty() {
+                    "-".into()
+                } else {
+                    w.pipelines.join(",")
+                },
             ]
         })
         .collect();
     let _ = writeln!(out, "\nworkers: {}", report.workers.len());
     out.push_str(&columns(
-        ["WORKER", "LEASES", "SECONDS_SINCE_UPDATE", "LEADER"],
+        &[
+            "WORKER",
+            "LEASES",
+            "SECONDS_SINCE_UPDATE",
+            "LEADER",
+            "PIPELINES",
+        ],
         &worker_rows,
     ));
     for item in &report.malformed {
@@ -223,6 +266,23 @@ fn checkpoint_cell(row: &ShardRow) -> String {
     format!("{} ({})", row.checkpoint, each.join(" "))
 }
 
+/// Each pipeline's lag (`audit=3600 search=0`), or the application's; `?`
+/// where it could not be read, `-` where nothing is left to read.
+fn lag_cell(row: &ShardRow) -> String {
+    let Some(lags) = row.lag_seconds.as_ref().filter(|lags| !lags.is_empty()) else {
+        return "-".into();
+    };
+    let shown = |lag: &Option<u64>| lag.map_or("?".into(), |s| s.to_string());
+    match lags.get("-") {
+        Some(lag) if lags.len() == 1 => shown(lag),
+        _ => lags
+            .iter()
+            .map(|(name, lag)| format!("{name}={}", shown(lag)))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
 /// `arn:aws:dynamodb:r:a:table/orders/stream/2024-...` reads as `orders/2024-...`.
 fn short_stream(arn: &str) -> String {
     match arn.split_once(":table/") {
@@ -231,8 +291,8 @@ fn short_stream(arn: &str) -> String {
     }
 }
 
-fn columns<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
-    let mut widths: [usize; N] = header.map(str::len);
+fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.len());
@@ -310,8 +370,28 @@ mod tests {
         assert!(text.contains("t/l"), "{text}");
         assert!(text.contains("waiting_for_parent"));
         assert!(text.contains("5 (audit=5 search=7)"), "{text}");
+        assert!(!text.contains("LAG_SECONDS"), "only with --lag: {text}");
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["shards"][2]["owner"], "w1");
         assert_eq!(json["shards"][2]["pipelines"]["search"], "7");
+
+        // With --lag: each pipeline's, where it is measured; none in an ended shard.
+        let mut report = report;
+        let positions: Vec<Vec<String>> = report
+            .shards
+            .iter()
+            .map(|r| r.positions().into_iter().map(|(name, _)| name).collect())
+            .collect();
+        assert_eq!(positions, [vec!["-"], vec![], vec!["audit", "search"]]);
+        report.shards[2].lag_seconds =
+            Some([("audit".into(), Some(3600)), ("search".into(), None)].into());
+        report.shards[0].lag_seconds = Some([("-".into(), Some(0))].into());
+        let text = render_text(&report);
+        assert!(text.contains("LAG_SECONDS"), "{text}");
+        assert!(text.contains("audit=3600 search=?"), "{text}");
+        assert!(
+            text.lines().nth(2).is_some_and(|l| l.ends_with(" 0")),
+            "{text}"
+        );
     }
 }

@@ -17,6 +17,8 @@ mod consumer;
 mod log;
 mod shared;
 
+pub(crate) use shared::position_of;
+
 #[cfg(test)]
 mod tests;
 

@@ -38,7 +38,7 @@ pub struct SharedShard {
 }
 
 /// Where an iterator for `checkpoint` starts; `None` for SHARD_END.
-pub(super) fn position_of(checkpoint: &Checkpoint) -> Option<IteratorPosition> {
+pub(crate) fn position_of(checkpoint: &Checkpoint) -> Option<IteratorPosition> {
     match checkpoint {
         Checkpoint::ShardEnd => None,
         Checkpoint::TrimHorizon => Some(IteratorPosition::TrimHorizon),

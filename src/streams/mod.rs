@@ -218,6 +218,30 @@ pub async fn list_all_shards(
     }
 }
 
+/// How old the first record after `position` is, in seconds (0 when there
+/// is none yet): how far a reader at `position` is behind. Costs one
+/// GetShardIterator and one GetRecords of a single record.
+pub async fn age_of_next_record(
+    api: &dyn StreamsApi,
+    stream_arn: &str,
+    shard_id: &str,
+    position: &IteratorPosition,
+    now_epoch_secs: i64,
+) -> Result<u64, StreamsError> {
+    let Some(iterator) = api
+        .get_shard_iterator(stream_arn, shard_id, position)
+        .await?
+    else {
+        return Ok(0);
+    };
+    let page = api.get_records(stream_arn, &iterator, 1).await?;
+    let created = page
+        .records
+        .first()
+        .and_then(|r| r.dynamodb.approximate_creation_date_time);
+    Ok(created.map_or(0, |at| now_epoch_secs.saturating_sub(at).max(0) as u64))
+}
+
 /// The current stream of a table: the newest by label.
 pub fn newest_stream(streams: &[StreamSummary]) -> Option<&StreamSummary> {
     streams

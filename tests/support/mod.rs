@@ -552,6 +552,19 @@ pub async fn lease_owners(
         .collect()
 }
 
+/// Runs `dynastream status` with `args` for `application`, against DynamoDB Local.
+pub fn dynastream_status(application: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dynastream"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(aws_env())
+        .env("DYNASTREAM_APPLICATION", application)
+        .arg("status")
+        .args(args)
+        .output()
+        .expect("run dynastream status")
+}
+
 /// A lease store over `table` in DynamoDB Local.
 pub async fn lease_store(table: &str) -> dynastream::lease::dynamo::DynamoLeaseStore {
     dynastream::lease::dynamo::DynamoLeaseStore::new(dynamodb().await, table)
