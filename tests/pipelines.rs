@@ -150,10 +150,12 @@ async fn three_pipelines_get_their_own_records_from_one_read() {
     );
     let mut one = worker_env(&common);
     one.push(("DYNASTREAM_APPLICATION".into(), "one".into()));
+    // The changes are there before both workers start, so that both read
+    // the same pages and poll the idle shard on the same clock: their
+    // GetRecords calls differ only by the polls between their starts.
+    write_changes(&client, &table, 0, 60).await;
     let (three, one) = (Worker::start(&three), Worker::start(&one));
     let (three_url, one_url) = (three.endpoints().await, one.endpoints().await);
-
-    write_changes(&client, &table, 0, 60).await;
     let (_, every_change) = shard_and_sequence_numbers(&stream).await;
     let total = every_change.len();
     one.wait_for_records(total, WAIT).await;
@@ -180,7 +182,7 @@ async fn three_pipelines_get_their_own_records_from_one_read() {
     eprintln!("GetRecords calls: one pipeline {one_calls}, three pipelines {three_calls}");
     assert!(one_calls > 0.0);
     assert!(
-        three_calls <= one_calls * 1.25 + 2.0,
+        three_calls <= one_calls + 3.0,
         "three pipelines read like one: {three_calls} against {one_calls}"
     );
     three.terminate().await;
