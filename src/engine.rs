@@ -171,7 +171,7 @@ pub async fn status_report(config: &Config, json: bool, lag: bool) -> Result<Str
             let mut lags = std::collections::BTreeMap::new();
             for (name, checkpoint) in row.positions() {
                 // LATEST starts at the newest record: nothing older waits.
-                let position = match crate::pipeline::position_of(&checkpoint) {
+                let position = match checkpoint.resume_position() {
                     Some(IteratorPosition::Latest) | None => {
                         lags.insert(name, Some(0));
                         continue;

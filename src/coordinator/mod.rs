@@ -117,6 +117,9 @@ pub struct Coordinator {
     api: Arc<dyn StreamsApi>,
     store: Arc<dyn LeaseStore>,
     pipelines: Pipelines,
+    /// How each named pipeline starts on a shard new to it (none for the one
+    /// unnamed pipeline), derived once from `pipelines`.
+    pipeline_starts: Vec<PipelineStart>,
     discovery: Discovery,
     leases: HashMap<String, Lease>,
     shard_keys: HashMap<(String, String), String>,
@@ -152,6 +155,7 @@ impl Coordinator {
         store: Arc<dyn LeaseStore>,
         pipelines: impl Into<Pipelines>,
     ) -> Self {
+        let pipelines: Pipelines = pipelines.into();
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
         let pending = Arc::new(SyncSet::default());
         let (results_tx, sync_results) = mpsc::unbounded_channel();
@@ -169,7 +173,8 @@ impl Coordinator {
             settings,
             api,
             store,
-            pipelines: pipelines.into(),
+            pipeline_starts: pipelines.starts(),
+            pipelines,
             discovery,
             leases: HashMap::new(),
             shard_keys: HashMap::new(),
@@ -346,7 +351,11 @@ impl Coordinator {
     /// worker id listed, so the leader keeps their checkpoints; `None` when
     /// it could not be written (the announcement is retried).
     async fn announce_pipelines(&self, presence: Lease) -> Option<Lease> {
-        let names = self.pipelines.names();
+        let names: Vec<String> = self
+            .pipeline_starts
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
         let stale: Vec<String> = presence
             .pipeline_checkpoints
             .keys()
@@ -569,10 +578,9 @@ impl Coordinator {
             });
         }
         self.reconcile_held().await;
-        let pipelines = self.pipelines.starts();
         let decisions = self.view().decide(
             |key| self.held.contains_key(key),
-            |lease| self.stream_of(lease).is_some() && self.to_read(lease, &pipelines),
+            |lease| self.stream_of(lease).is_some() && self.to_read(lease),
             self.settings.max_leases,
         );
         for key in decisions.take {
@@ -603,8 +611,6 @@ impl Coordinator {
             ..metrics::FleetView::default()
         };
         let mut shards = Vec::new();
-        let pipeline_names = self.pipelines.names();
-        let pipeline_starts = self.pipelines.starts();
         for stream in &self.discovery.streams {
             let label = metrics::stream_label(stream);
             view.leases_held.insert(label.clone(), 0);
@@ -616,7 +622,7 @@ impl Coordinator {
             };
             let label = metrics::stream_label(&stream);
             let free = lease.owner.is_none() || self.is_expired(lease);
-            let to_read = self.to_read(lease, &pipeline_starts);
+            let to_read = self.to_read(lease);
             if free && to_read {
                 *view.unowned.entry(label.clone()).or_default() += 1;
             }
@@ -636,9 +642,10 @@ impl Coordinator {
             *view.shards.entry(state).or_default() += 1;
             // Our own last write is newer than the table read.
             let lease = held.lease.try_snapshot().unwrap_or_else(|| lease.clone());
-            let pipelines: serde_json::Map<String, serde_json::Value> = pipeline_names
+            let pipelines: serde_json::Map<String, serde_json::Value> = self
+                .pipeline_starts
                 .iter()
-                .map(|name| {
+                .map(|PipelineStart { name, .. }| {
                     let checkpoint = lease.pipeline_checkpoints.get(name).map(|c| c.as_stored());
                     let age = metrics::pipeline_shard_age(&label, name, &lease.shard_id);
                     let entry = serde_json::json!({
@@ -856,12 +863,9 @@ impl Coordinator {
             .iter()
             .filter(|(_, held)| held.state.may_start() && !held.lease.is_lost())
             .map(|(key, held)| (key, held.stream_arn.as_str()));
-        let ready = self.view().ready_to_start(
-            waiting,
-            &self.shard_keys,
-            &listed,
-            &self.pipelines.starts(),
-        );
+        let ready =
+            self.view()
+                .ready_to_start(waiting, &self.shard_keys, &listed, &self.pipeline_starts);
         for key in ready {
             let Some(held) = self.held.get_mut(&key) else {
                 continue;
@@ -1167,10 +1171,9 @@ impl Coordinator {
 
     /// Whether every shard of a listing has been read to its end.
     fn drained(&self, stream_arn: &str, shards: &[ShardInfo]) -> bool {
-        let pipelines = self.pipelines.starts();
         shards.iter().all(|shard| {
             self.lease_of(stream_arn, &shard.shard_id)
-                .is_some_and(|lease| !self.to_read(lease, &pipelines))
+                .is_some_and(|lease| !self.to_read(lease))
         })
     }
 
@@ -1178,11 +1181,11 @@ impl Coordinator {
     /// or by a pipeline that has not finished it, such as one added with
     /// `TRIM_HORIZON` after the others finished a shard the stream still
     /// lists (an unlisted one is past retention: nothing is left to read).
-    fn to_read(&self, lease: &Lease, pipelines: &[PipelineStart]) -> bool {
+    fn to_read(&self, lease: &Lease) -> bool {
         if !lease.checkpoint.is_shard_end() {
             return true;
         }
-        lease.needs_reading(pipelines)
+        lease.needs_reading(&self.pipeline_starts)
             && self.stream_of(lease).is_some_and(|stream| {
                 self.discovery
                     .listings
@@ -1244,7 +1247,11 @@ impl Coordinator {
     /// keys of its presence item's `pipelineCheckpoints`).
     async fn remove_undeclared_pipelines(&mut self, now: Instant) {
         let live = self.view().live_workers();
-        let mut declared: BTreeSet<String> = self.pipelines.names().into_iter().collect();
+        let mut declared: BTreeSet<String> = self
+            .pipeline_starts
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
         for presence in self
             .leases
             .values()

@@ -26,6 +26,7 @@ use async_trait::async_trait;
 
 use crate::aws::FailureKind;
 use crate::record::SequenceNumber;
+use crate::streams::IteratorPosition;
 
 /// How far a shard has been processed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -62,6 +63,17 @@ impl Checkpoint {
                 Some(Checkpoint::Sequence(SequenceNumber(digits.to_owned())))
             }
             _ => None,
+        }
+    }
+
+    /// Where reading resumes after this checkpoint; `None` once the shard
+    /// was read to its end.
+    pub fn resume_position(&self) -> Option<IteratorPosition> {
+        match self {
+            Checkpoint::ShardEnd => None,
+            Checkpoint::TrimHorizon => Some(IteratorPosition::TrimHorizon),
+            Checkpoint::Latest => Some(IteratorPosition::Latest),
+            Checkpoint::Sequence(seq) => Some(IteratorPosition::AfterSequenceNumber(seq.clone())),
         }
     }
 

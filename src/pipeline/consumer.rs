@@ -8,17 +8,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::shared::{position_of, records_after, Next, Shared};
+use super::shared::{records_after, Next, Shared};
 use super::{Parents, Pipeline};
-use crate::config::OnTrimmed;
 use crate::lease::held::HeldLease;
 use crate::lease::{Checkpoint, PipelineStart};
 use crate::record::{SequenceNumber, StreamRecord};
-use crate::shard::cursor::{Cursor, Read};
+use crate::shard::cursor::{apply_on_trimmed, Cursor, Read};
 use crate::shard::gather::Gatherer;
 use crate::shard::{deliver, newest_created, write_checkpoint, ShardExit, ShardSettings};
 use crate::streams::StreamsApi;
-use crate::telemetry::events::{TrimmedDataSkipped, TrimmedDataStopped};
 use crate::telemetry::metrics::ShardMetrics;
 
 /// Where a consumer takes its next page from.
@@ -73,7 +71,7 @@ impl PipelineConsumer {
         };
         let exit = match start {
             Err(exit) => exit,
-            Ok(start) if position_of(&start).is_none() => ShardExit::Ended,
+            Ok(start) if start.is_shard_end() => ShardExit::Ended,
             Ok(start) => self.consume(start, &shutdown).await,
         };
         self.shared.leave(self.index);
@@ -256,27 +254,12 @@ impl PipelineConsumer {
     /// were trimmed unread: this pipeline skips them too, or halts here
     /// (`DYNASTREAM_ON_TRIMMED=stop`), whatever the other pipelines do.
     fn crossed_trimmed(&self, seen: &Option<SequenceNumber>) -> Result<(), ShardExit> {
-        let stream = self.metrics.stream();
-        if self.pipeline.settings.on_trimmed == OnTrimmed::Stop {
-            let reason = format!(
-                "records after {seen:?} fell behind the stream's 24-hour retention before they \
-                 could be read and DYNASTREAM_ON_TRIMMED=stop for this pipeline: it stops here \
-                 until an operator acts"
-            );
-            TrimmedDataStopped {
-                stream,
-                reason: &reason,
-            }
-            .emit();
-            return Err(ShardExit::Halted(reason));
-        }
-        TrimmedDataSkipped {
-            stream,
-            message: "records were trimmed before the shared reader got to them",
-            position: seen,
-        }
-        .emit();
-        Ok(())
+        apply_on_trimmed(
+            self.pipeline.settings.on_trimmed,
+            self.metrics.stream(),
+            seen,
+            "records were trimmed before the shared reader got to them",
+        )
     }
 
     /// Dispatches a batch and checkpoints this pipeline's progress.
@@ -326,7 +309,8 @@ impl PipelineConsumer {
             Arc::clone(&self.shard_id),
             self.pipeline.settings.on_trimmed,
             self.lease.lost().clone(),
-            position_of(from).unwrap_or(crate::streams::IteratorPosition::TrimHorizon),
+            from.resume_position()
+                .unwrap_or(crate::streams::IteratorPosition::TrimHorizon),
         )
         .for_pipeline(&self.pipeline.name)
     }

@@ -17,8 +17,6 @@ mod consumer;
 mod log;
 mod shared;
 
-pub(crate) use shared::position_of;
-
 #[cfg(test)]
 mod tests;
 
@@ -105,16 +103,6 @@ impl Pipelines {
         match self {
             Pipelines::Single(_) => Vec::new(),
             Pipelines::Named { pipelines, .. } => pipelines.iter().map(|p| p.start()).collect(),
-        }
-    }
-
-    /// The names of the named pipelines; empty for the one unnamed pipeline.
-    pub fn names(&self) -> Vec<String> {
-        match self {
-            Pipelines::Single(_) => Vec::new(),
-            Pipelines::Named { pipelines, .. } => {
-                pipelines.iter().map(|p| p.name.clone()).collect()
-            }
         }
     }
 

@@ -22,7 +22,7 @@ use crate::lease::{Checkpoint, PipelineStart};
 use crate::record::{SequenceNumber, StreamRecord};
 use crate::shard::cursor::{Cursor, Read};
 use crate::shard::{newest_created, ShardExit, ShardSettings};
-use crate::streams::{IteratorPosition, StreamsApi, MAX_RECORDS_PER_READ};
+use crate::streams::{StreamsApi, MAX_RECORDS_PER_READ};
 use crate::telemetry::metrics;
 
 /// A leased shard read once into several pipelines.
@@ -35,16 +35,6 @@ pub struct SharedShard {
     pub(super) pipelines: Arc<[Arc<Pipeline>]>,
     pub(super) buffer_records: usize,
     pub(super) parents: Parents,
-}
-
-/// Where an iterator for `checkpoint` starts; `None` for SHARD_END.
-pub(crate) fn position_of(checkpoint: &Checkpoint) -> Option<IteratorPosition> {
-    match checkpoint {
-        Checkpoint::ShardEnd => None,
-        Checkpoint::TrimHorizon => Some(IteratorPosition::TrimHorizon),
-        Checkpoint::Latest => Some(IteratorPosition::Latest),
-        Checkpoint::Sequence(seq) => Some(IteratorPosition::AfterSequenceNumber(seq.clone())),
-    }
 }
 
 impl SharedShard {
@@ -106,7 +96,7 @@ impl SharedShard {
             exits
         };
         let reader = async {
-            if let Some(position) = position_of(&reader_start) {
+            if let Some(position) = reader_start.resume_position() {
                 let cursor = Cursor::new(
                     Arc::clone(&self.api),
                     Arc::clone(&self.stream_arn),
@@ -392,7 +382,7 @@ impl Shared {
             if position < state.log.origin() {
                 state.positions[index] = None;
                 Next::Evicted
-            } else if let Some(page) = state
+            } else if let Some((records, trimmed_before)) = state
                 .log
                 .get(position)
                 .map(|p| (Arc::clone(&p.records), p.trimmed_before))
@@ -402,7 +392,7 @@ impl Shared {
                 if let Some(oldest) = oldest_wanted {
                     state.log.evict_before(oldest);
                 }
-                Next::Page(page.0, page.1)
+                Next::Page(records, trimmed_before)
             } else {
                 match &state.finished {
                     None => {

@@ -251,26 +251,11 @@ impl Cursor {
 
     /// The position fell behind the stream's retention: records were lost.
     fn trimmed(&mut self, message: String) -> Setback {
-        let position = &self.position;
-        if self.on_trimmed == OnTrimmed::Stop {
-            let reason = format!(
-                "the shard position {position:?} fell behind the stream's 24-hour retention \
-                 (records were lost before they could be read) and DYNASTREAM_ON_TRIMMED=stop: \
-                 the shard stops here until an operator acts ({message})"
-            );
-            TrimmedDataStopped {
-                stream: &self.stream,
-                reason: &reason,
-            }
-            .emit();
-            return Setback::Exit(Read::Exit(ShardExit::Halted(reason)));
+        if let Err(halted) =
+            apply_on_trimmed(self.on_trimmed, &self.stream, &self.position, &message)
+        {
+            return Setback::Exit(Read::Exit(halted));
         }
-        TrimmedDataSkipped {
-            stream: &self.stream,
-            message: &message,
-            position,
-        }
-        .emit();
         self.position = IteratorPosition::TrimHorizon;
         self.trimmed = true;
         Setback::Again
@@ -280,6 +265,37 @@ impl Cursor {
     pub(crate) fn take_trimmed(&mut self) -> bool {
         std::mem::take(&mut self.trimmed)
     }
+}
+
+/// What `on_trimmed` makes of records lost to the stream's retention after
+/// `position`: counted and logged either way; `stop` halts the shard (or
+/// the pipeline) there, `skip` lets reading go on from the oldest record held.
+pub(crate) fn apply_on_trimmed<P: std::fmt::Debug>(
+    on_trimmed: OnTrimmed,
+    stream: &StreamMetrics,
+    position: &P,
+    message: &str,
+) -> Result<(), ShardExit> {
+    if on_trimmed == OnTrimmed::Stop {
+        let reason = format!(
+            "the shard position {position:?} fell behind the stream's 24-hour retention \
+             (records were lost before they could be read) and DYNASTREAM_ON_TRIMMED=stop: \
+             the shard stops here until an operator acts ({message})"
+        );
+        TrimmedDataStopped {
+            stream,
+            reason: &reason,
+        }
+        .emit();
+        return Err(ShardExit::Halted(reason));
+    }
+    TrimmedDataSkipped {
+        stream,
+        message,
+        position,
+    }
+    .emit();
+    Ok(())
 }
 
 /// A transient failure is retried with the same call; anything else is

@@ -143,11 +143,8 @@ impl ShardConsumer {
     /// fatal error occurs. On shutdown a batch being processed is finished
     /// and checkpointed first.
     pub async fn run(self, shutdown: CancellationToken) -> ShardExit {
-        let position = match self.lease.snapshot().await.checkpoint {
-            Checkpoint::ShardEnd => return ShardExit::Ended,
-            Checkpoint::TrimHorizon => IteratorPosition::TrimHorizon,
-            Checkpoint::Latest => IteratorPosition::Latest,
-            Checkpoint::Sequence(seq) => IteratorPosition::AfterSequenceNumber(seq),
+        let Some(position) = self.lease.snapshot().await.checkpoint.resume_position() else {
+            return ShardExit::Ended;
         };
         let mut cursor = self.cursor(position);
         for processor in self.dispatcher.processors() {

@@ -105,6 +105,19 @@ fn event_index(name: EventName) -> usize {
     }
 }
 
+/// The labels of a stream's series: `stream`, `pipeline` for a named
+/// pipeline, then `more`.
+fn series_labels(
+    stream: &SharedString,
+    pipeline: Option<&SharedString>,
+    more: &[(&'static str, SharedString)],
+) -> Vec<Label> {
+    let mut labels = vec![Label::new("stream", stream.clone())];
+    labels.extend(pipeline.map(|p| Label::new("pipeline", p.clone())));
+    labels.extend(more.iter().map(|(k, v)| Label::new(*k, v.clone())));
+    labels
+}
+
 fn now_epoch_secs() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -125,6 +138,13 @@ struct ShardSlot {
 }
 
 impl ShardSlot {
+    /// Sets the shard's own age series, where there is one.
+    fn publish_own(&self, now: f64) {
+        if let Some(gauge) = &self.gauge {
+            gauge.set(self.age(now));
+        }
+    }
+
     fn age(&self, now: f64) -> f64 {
         let created = f64::from_bits(self.newest_created.load(Ordering::Relaxed));
         if created > 0.0 {
@@ -181,14 +201,8 @@ impl StreamMetrics {
     pub fn new(label: &str, pipeline: Option<&str>) -> StreamMetrics {
         let label = SharedString::from(label.to_owned());
         let pipeline = pipeline.map(|p| SharedString::from(p.to_owned()));
-        let labels = |more: &[(&'static str, SharedString)]| {
-            let mut labels = vec![Label::new("stream", label.clone())];
-            if let Some(pipeline) = &pipeline {
-                labels.push(Label::new("pipeline", pipeline.clone()));
-            }
-            labels.extend(more.iter().map(|(k, v)| Label::new(*k, v.clone())));
-            labels
-        };
+        let labels =
+            |more: &[(&'static str, SharedString)]| series_labels(&label, pipeline.as_ref(), more);
         let register = |name: &'static str, labels: Vec<Label>| {
             metrics::with_recorder(|r| {
                 r.register_counter(&Key::from_parts(name, labels), &METADATA)
@@ -285,13 +299,11 @@ impl StreamMetrics {
         let slot = match shards.iter().find(|slot| &*slot.shard == shard_id) {
             Some(slot) => Arc::clone(slot),
             None => {
-                let mut labels = vec![
-                    Label::new("stream", self.label.clone()),
-                    Label::new("shard", shard_id.to_owned()),
-                ];
-                if let Some(pipeline) = &self.pipeline {
-                    labels.push(Label::new("pipeline", pipeline.clone()));
-                }
+                let labels = series_labels(
+                    &self.label,
+                    self.pipeline.as_ref(),
+                    &[("shard", shard_id.to_owned().into())],
+                );
                 let slot = Arc::new(ShardSlot {
                     shard: Arc::from(shard_id),
                     newest_created: AtomicU64::new(0f64.to_bits()),
@@ -308,25 +320,31 @@ impl StreamMetrics {
         }
     }
 
-    /// Sets the stream's series from its shards: the maximum age, each
-    /// shard's age, and the shards its pipeline halted on.
+    /// Sets the stream's series from its shards: the maximum age and the
+    /// shards its pipeline halted on.
     fn publish(&self) {
         let now = now_epoch_secs();
         let shards = self.shards.read().unwrap_or_else(|p| p.into_inner());
         let mut max = 0.0f64;
         let mut halted = 0u32;
         for slot in shards.iter() {
-            let age = slot.age(now);
-            max = max.max(age);
-            if let Some(gauge) = &slot.gauge {
-                gauge.set(age);
-            }
+            max = max.max(slot.age(now));
             halted += u32::from(slot.halted.load(Ordering::Relaxed));
         }
         self.iterator_age.set(max);
         if let Some(gauge) = &self.halted {
             gauge.set(f64::from(halted));
         }
+    }
+
+    /// [`StreamMetrics::publish`], and each shard's own age series (which
+    /// a read sets only for its own shard).
+    fn publish_every_shard(&self) {
+        let now = now_epoch_secs();
+        for slot in self.shards.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            slot.publish_own(now);
+        }
+        self.publish();
     }
 
     /// The age of `shard_id`'s position here, if this worker reads it.
@@ -337,14 +355,12 @@ impl StreamMetrics {
     }
 
     fn forget(&self, shard_id: &str) {
-        let gone = {
+        let gone: Vec<Arc<ShardSlot>> = {
             let mut shards = self.shards.write().unwrap_or_else(|p| p.into_inner());
-            let gone: Vec<Arc<ShardSlot>> = shards
-                .iter()
-                .filter(|slot| &*slot.shard == shard_id)
-                .cloned()
-                .collect();
-            shards.retain(|slot| &*slot.shard != shard_id);
+            let (gone, kept) = std::mem::take(&mut *shards)
+                .into_iter()
+                .partition(|slot| &*slot.shard == shard_id);
+            *shards = kept;
             gone
         };
         // Zero, then gone from the next scrape's point of view: the exporter
@@ -393,6 +409,7 @@ impl ShardMetrics {
         self.slot
             .newest_created
             .store(created.to_bits(), Ordering::Relaxed);
+        self.slot.publish_own(now_epoch_secs());
         self.stream.publish();
     }
 
@@ -424,7 +441,7 @@ pub fn shard_left(stream: &str, shard: &str) {
 /// shows its age growing and its series stay past the exporter's idle
 /// timeout.
 pub fn republish() {
-    for_each_stream(|stream| stream.publish());
+    for_each_stream(StreamMetrics::publish_every_shard);
 }
 
 /// The age of a pipeline's position in a shard on this worker, if it reads it.
