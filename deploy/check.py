@@ -8,7 +8,8 @@ hadolint. It checks that the files agree with the code and with each other:
 - the dashboard (dashboards/dynastream.json) and the alert rules
   (deploy/prometheus/alerts.yaml) use only the metrics and labels dynastream
   exports (METRICS below, which src/telemetry/ must still export), every panel
-  query filters by $stream and $worker where the metric has those labels, and
+  query filters by $stream (stream and table labels), $pipeline and $worker
+  where the metric has those labels, and
   every query parses (promtool, with Grafana's variables substituted);
 - every alert has a severity, a summary, a description and a runbook section
   in deploy/README.md;
@@ -64,6 +65,15 @@ METRICS = {
     "dynastream_target_request_duration_seconds": ("histogram", {"target"}),
     "dynastream_target_records_total": ("counter", {"target", "outcome"}),
     "dynastream_pipeline_shards_halted": ("gauge", {"stream", "pipeline"}),
+    # Snapshots (DYNASTREAM_SNAPSHOT): `table` is the table's name, the value
+    # `stream` has for its stream. consumed_rcu is a gauge only ever
+    # increased (a page can cost half a unit), read with rate() as a counter.
+    "dynastream_snapshot_items_total": ("counter", {"table"}),
+    "dynastream_snapshot_segments": ("gauge", {"table", "state"}),
+    "dynastream_snapshot_consumed_rcu_total": ("gauge", {"table"}),
+    "dynastream_snapshot_throttled_total": ("counter", {"table"}),
+    "dynastream_snapshot_eta_seconds": ("gauge", {"table"}),
+    "dynastream_snapshot_changes_skipped_total": ("counter", {"stream"}),
     "dynastream_build_info": ("gauge", {"version"}),
 }
 TARGET_LABELS = {"instance", "job"}
@@ -97,6 +107,8 @@ SDK_OPERATIONS = {
     "batch_write_item": "dynamodb:BatchWriteItem",
     "transact_write_items": "dynamodb:PutItem",
     "update_time_to_live": "dynamodb:UpdateTimeToLive",
+    "list_tables": "dynamodb:ListTables",
+    "list_tags_of_resource": "dynamodb:ListTagsOfResource",
     "list_streams": "dynamodb:ListStreams",
     "describe_stream": "dynamodb:DescribeStream",
     "get_shard_iterator": "dynamodb:GetShardIterator",
@@ -127,7 +139,7 @@ for _operations in TARGETS.values():
     for _op, _action in _operations.items():
         assert OPERATIONS.setdefault(_op, _action) == _action, f"{_op} maps to two actions"
 # Actions that cannot be scoped to a resource.
-RESOURCE_STAR_ACTIONS = {"dynamodb:ListStreams"}
+RESOURCE_STAR_ACTIONS = {"dynamodb:ListStreams", "dynamodb:ListTables"}
 POLICY = "deploy/iam/policy.json"
 
 problems = []
@@ -164,9 +176,9 @@ def metric_of(series):
 def check_expr(where, expr, filters):
     """Checks one PromQL expression; returns the metrics it uses.
 
-    filters: require `stream=~"$stream"` and `pipeline=~"$pipeline"` (where
-    the metric has those labels) and `instance=~"$worker"` on every selector,
-    as dashboard panels do.
+    filters: require `stream=~"$stream"`, `table=~"$stream"` and
+    `pipeline=~"$pipeline"` (where the metric has those labels) and
+    `instance=~"$worker"` on every selector, as dashboard panels do.
     """
     used = set()
     allowed_grouping = set(TARGET_LABELS)
@@ -188,6 +200,9 @@ def check_expr(where, expr, filters):
                 problem(where, f'{series} is not filtered by stream=~"$stream"')
             if "pipeline" in labels and given.get("pipeline") != ("=~", "$pipeline"):
                 problem(where, f'{series} is not filtered by pipeline=~"$pipeline"')
+            # A snapshot's table label holds the table's name, as stream does.
+            if "table" in labels and given.get("table") != ("=~", "$stream"):
+                problem(where, f'{series} is not filtered by table=~"$stream"')
             if given.get("instance") != ("=~", "$worker"):
                 problem(where, f'{series} is not filtered by instance=~"$worker"')
         if METRICS[metric][0] == "histogram" and suffix == "" and "histogram_quantile" in expr:

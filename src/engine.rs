@@ -6,8 +6,10 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    setting_variable, Config, FailureDestination, Processing, ProcessorSpec, StartingPosition,
+    setting_variable, Config, FailureDestination, Processing, ProcessorSpec, SnapshotMode,
+    StartingPosition,
 };
+use crate::coordinator::table_discovery::TableDiscoverySettings;
 use crate::coordinator::{Coordinator, CoordinatorSettings};
 use crate::dispatch::destination::{
     FailureDestination as Destination, FileDestination, SqsDestination,
@@ -24,10 +26,13 @@ use crate::processor::http::HttpProcessor;
 use crate::processor::stdout::StdoutProcessor;
 use crate::processor::Processor;
 use crate::shard::ShardSettings;
+use crate::snapshot::{SnapshotSettings, Snapshots};
 use crate::streams::rate_limit::DescribeRateLimit;
 use crate::streams::sdk::SdkStreams;
 use crate::streams::IteratorPosition;
 use crate::streams::StreamsApi;
+use crate::tables::sdk::SdkTables;
+use crate::tables::TablesApi;
 use crate::telemetry;
 use crate::telemetry::instrument::{MeteredLeases, MeteredStreams};
 use crate::telemetry::server::Health;
@@ -47,6 +52,10 @@ pub struct Engine {
     /// named pipeline.
     pipelines: Vec<PipelineParts>,
     buffer_records: usize,
+    /// The snapshot settings, unless `DYNASTREAM_SNAPSHOT=off`.
+    snapshot: Option<SnapshotSettings>,
+    /// Table reads, for snapshots and table discovery.
+    tables_api: Option<Arc<dyn TablesApi>>,
 }
 
 /// What one pipeline's dispatcher is built from.
@@ -164,6 +173,26 @@ pub async fn status_report(config: &Config, json: bool, lag: bool) -> Result<Str
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let mut report = crate::lease::report::build(&table, &scan, now_millis);
+    // A running snapshot's time to completion, from the table's estimated
+    // item count and the pace kept since it began.
+    let tables = SdkTables::new(aws_sdk_dynamodb::Client::new(&sdk));
+    for row in report
+        .snapshots
+        .iter_mut()
+        .filter(|r| r.eta_seconds.is_none())
+    {
+        let count = tables
+            .describe_table(&row.table)
+            .await
+            .ok()
+            .and_then(|d| d.item_count);
+        row.eta_seconds = crate::snapshot::estimated_remaining(
+            row.items,
+            count,
+            std::time::Duration::from_secs(row.elapsed_seconds),
+        )
+        .map(|eta| eta.as_secs());
+    }
     if lag {
         let api = SdkStreams::from_conf(&sdk);
         let now = (now_millis / 1000) as i64;
@@ -223,7 +252,9 @@ impl Engine {
             aws_sdk_dynamodb::Client::new(&sdk),
             config.lease_table_name(),
         )));
-        let mut engine = Engine::with_parts(config, streams, leases, Vec::new())?;
+        let mut engine = Engine::with_parts(config, streams, leases, Vec::new())?.with_tables(
+            Arc::new(SdkTables::new(aws_sdk_dynamodb::Client::new(&sdk))),
+        );
         for (parts, (name, processing, _)) in engine.pipelines.iter_mut().zip(processing_of(config))
         {
             parts.processors = build_processors(name, processing, &sdk)?;
@@ -242,10 +273,37 @@ impl Engine {
         leases: Arc<dyn LeaseStore>,
         processors: Vec<Arc<dyn Processor>>,
     ) -> Result<Engine, Error> {
+        let snapshot = (config.snapshot != SnapshotMode::Off).then(|| SnapshotSettings {
+            mode: config.snapshot,
+            segments: config.snapshot_segments.get(),
+            rcu: config.snapshot_rcu.get() as f64,
+            page_items: processing_of(config)
+                .iter()
+                .map(|(_, processing, _)| u32::from(processing.batch_size.get()))
+                .max()
+                .unwrap_or(100),
+            tables: config.table_names(),
+            on_trimmed: config.processing.on_trimmed,
+        });
         let settings = CoordinatorSettings {
             worker_id: config.resolve_worker_id(),
-            tables: config.table_names(),
-            stream_arns: config.stream_arn_list(),
+            // With a snapshot, the configured tables are followed through
+            // their items in the lease table, once their snapshot is complete.
+            tables: match config.snapshot {
+                SnapshotMode::Off => config.table_names(),
+                _ => Vec::new(),
+            },
+            stream_arns: match config.snapshot {
+                SnapshotMode::Only => Vec::new(),
+                _ => config.stream_arn_list(),
+            },
+            table_discovery: config.discovers_tables().then(|| TableDiscoverySettings {
+                prefix: config.table_prefix.clone(),
+                tag: config.table_tag.clone(),
+                interval: config.table_discovery_interval,
+            }),
+            snapshot_found_tables: (config.snapshot != SnapshotMode::Off)
+                .then(|| config.snapshot_segments.get()),
             starting_position: config.starting_position,
             lease_duration: config.lease_duration,
             renew_interval: config.renew_interval(),
@@ -284,7 +342,17 @@ impl Engine {
             leases,
             pipelines,
             buffer_records: config.pipeline_buffer_records.get(),
+            snapshot,
+            tables_api: None,
         })
+    }
+
+    /// Reads tables (Scan, DescribeTable, ListTables, tags) through `api`:
+    /// what snapshots and table discovery need. [`Engine::connect`] uses
+    /// the SDK's.
+    pub fn with_tables(mut self, api: Arc<dyn TablesApi>) -> Engine {
+        self.tables_api = Some(api);
+        self
     }
 
     /// Sends records whose retries or age run out to `destination`, in
@@ -340,6 +408,11 @@ impl Engine {
     /// Runs until `shutdown` is cancelled, then finishes in-flight batches,
     /// checkpoints and releases its leases before returning.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        if self.snapshot.is_some() && self.tables_api.is_none() {
+            return Err(Error::Config(
+                "DYNASTREAM_SNAPSHOT needs table reads: give the engine a TablesApi with Engine::with_tables".into(),
+            ));
+        }
         let handle = telemetry::metrics::install(self.shard_labels);
         let health = Health::new();
         let server_stop = CancellationToken::new();
@@ -362,6 +435,8 @@ impl Engine {
             None => None,
         };
         let buffer_records = self.buffer_records;
+        let worker_id = self.settings.worker_id.clone();
+        let lease_duration = self.settings.lease_duration;
         let mut parts = self.pipelines;
         let pipelines = match parts.first() {
             Some(first) if first.name.is_none() => {
@@ -380,10 +455,30 @@ impl Engine {
                 buffer_records,
             ),
         };
-        let outcome = Coordinator::new(self.settings, self.streams, self.leases, pipelines)
-            .with_health(health)
-            .run(shutdown)
-            .await;
+        let dispatchers: Vec<Arc<Dispatcher>> = match &pipelines {
+            Pipelines::Single(dispatcher) => vec![Arc::clone(dispatcher)],
+            Pipelines::Named { pipelines, .. } => pipelines
+                .iter()
+                .map(|p| Arc::clone(&p.dispatcher))
+                .collect(),
+        };
+        let leases = Arc::clone(&self.leases);
+        let mut coordinator = Coordinator::new(self.settings, self.streams, self.leases, pipelines)
+            .with_health(health);
+        if let Some(api) = &self.tables_api {
+            coordinator = coordinator.with_tables(Arc::clone(api));
+        }
+        if let (Some(settings), Some(api)) = (self.snapshot, self.tables_api) {
+            coordinator = coordinator.with_snapshots(Snapshots::new(
+                settings,
+                &worker_id,
+                lease_duration,
+                api,
+                leases,
+                dispatchers,
+            ));
+        }
+        let outcome = coordinator.run(shutdown).await;
         server_stop.cancel();
         if let Some(server) = server {
             let _ = server.await;
@@ -402,5 +497,6 @@ fn shard_settings(config: &Config, processing: &Processing) -> ShardSettings {
         idle_after: config.idle_after,
         batch_window: processing.batch_window,
         on_trimmed: processing.on_trimmed,
+        skip_created_before: None,
     }
 }

@@ -16,6 +16,9 @@ pub enum Error {
         /// The table name.
         table: String,
     },
+    /// A table call (DescribeTable, Scan, ListTables) failed for good.
+    #[error("DynamoDB: {0}")]
+    Tables(#[from] crate::tables::TablesError),
     /// A DynamoDB Streams call failed for good.
     #[error("DynamoDB Streams: {0}")]
     Streams(#[from] StreamsError),
@@ -34,6 +37,7 @@ impl Error {
         match self {
             Error::Streams(e) => e.is_retryable(),
             Error::Lease(e) => e.is_retryable(),
+            Error::Tables(e) => e.is_retryable(),
             Error::NoStream { .. } | Error::Config(_) => false,
         }
     }

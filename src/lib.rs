@@ -14,6 +14,10 @@
 //!   dispatch, checkpoint.
 //! - [`pipeline`]: with `DYNASTREAM_PIPELINES`, one read of each shard feeding
 //!   several pipelines, each with its own filter, processors and checkpoint.
+//! - [`tables`]: the [`tables::TablesApi`] trait over table reads (Scan,
+//!   DescribeTable, ListTables, tags) for snapshots and table discovery.
+//! - [`snapshot`]: a table's existing items before its changes, in Scan
+//!   segments leased like shards.
 //! - [`filter`]: Lambda's FilterCriteria, matched against the typed record.
 //! - [`dispatch`]: gets each batch through every processor, with retries.
 //! - [`processor`]: the [`processor::Processor`] trait and the built-ins.
@@ -42,7 +46,9 @@ pub mod processor;
 pub mod record;
 pub mod retry;
 pub mod shard;
+pub mod snapshot;
 pub mod streams;
+pub mod tables;
 pub mod telemetry;
 
 #[cfg(test)]

@@ -25,6 +25,12 @@ impl Retryable for crate::streams::StreamsError {
     }
 }
 
+impl Retryable for crate::tables::TablesError {
+    fn is_retryable(&self) -> bool {
+        crate::tables::TablesError::is_retryable(self)
+    }
+}
+
 impl Retryable for crate::lease::LeaseError {
     fn is_retryable(&self) -> bool {
         crate::lease::LeaseError::is_retryable(self)

@@ -316,3 +316,57 @@ fn pipeline_settings_name_the_variable_at_fault() {
         &["DYNASTREAM_PIPELINE_BUFFER_RECORDS", "1000 to 1000000"],
     );
 }
+
+#[test]
+fn snapshot_and_discovery_settings_are_checked() {
+    let t = ("DYNASTREAM_TABLES", "orders");
+    assert_config_error(
+        &[t, ("DYNASTREAM_SNAPSHOT", "sometimes")],
+        &["DYNASTREAM_SNAPSHOT", "off", "on", "only"],
+    );
+    for bad in ["0", "1000001", "x"] {
+        assert_config_error(
+            &[t, ("DYNASTREAM_SNAPSHOT_SEGMENTS", bad)],
+            &["DYNASTREAM_SNAPSHOT_SEGMENTS", "1 to 1000000"],
+        );
+    }
+    for bad in ["0", "2000000", "-5"] {
+        assert_config_error(
+            &[t, ("DYNASTREAM_SNAPSHOT_RCU", bad)],
+            &["DYNASTREAM_SNAPSHOT_RCU", "1 to 1000000"],
+        );
+    }
+    for bad in ["", "orders/*", "a b"] {
+        assert_config_error(
+            &[t, ("DYNASTREAM_TABLE_PREFIX", bad)],
+            &["DYNASTREAM_TABLE_PREFIX"],
+        );
+    }
+    for bad in ["cdc", "=on", "cdc:on"] {
+        assert_config_error(
+            &[t, ("DYNASTREAM_TABLE_TAG", bad)],
+            &["DYNASTREAM_TABLE_TAG", "key=value"],
+        );
+    }
+    for bad in ["999", "86400001", "soon"] {
+        assert_config_error(
+            &[t, ("DYNASTREAM_TABLE_DISCOVERY_INTERVAL_MS", bad)],
+            &["DYNASTREAM_TABLE_DISCOVERY_INTERVAL_MS", "1000 to 86400000"],
+        );
+    }
+    // A stream ARN names no table to scan.
+    assert_config_error(
+        &[
+            (
+                "DYNASTREAM_STREAM_ARNS",
+                "arn:aws:dynamodb:us-east-1:1:table/t/stream/2024",
+            ),
+            ("DYNASTREAM_SNAPSHOT", "on"),
+        ],
+        &[
+            "DYNASTREAM_SNAPSHOT",
+            "DYNASTREAM_TABLES",
+            "DYNASTREAM_TABLE_PREFIX",
+        ],
+    );
+}

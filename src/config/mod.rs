@@ -39,6 +39,51 @@ pub enum OnTrimmed {
     Stop,
 }
 
+/// Whether a table's existing items are delivered before its changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum SnapshotMode {
+    /// Only the stream's changes.
+    #[default]
+    #[value(name = "off")]
+    Off,
+    /// Each table's existing items once (per application), then its stream.
+    #[value(name = "on")]
+    On,
+    /// Each table's existing items once, then exit 0: a one-off copy.
+    #[value(name = "only")]
+    Only,
+}
+
+/// A `key=value` tag that selects tables (`DYNASTREAM_TABLE_TAG`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableTag {
+    /// The tag's key.
+    pub key: String,
+    /// The value the tag must have.
+    pub value: String,
+}
+
+impl std::str::FromStr for TableTag {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let expected = || "expected key=value, e.g. cdc=enabled".to_owned();
+        let (key, value) = text.trim().split_once('=').ok_or_else(expected)?;
+        let (key, value) = (key.trim(), value.trim());
+        // DynamoDB's limits: keys 1-128 characters, values up to 256.
+        if key.is_empty() || key.chars().count() > 128 || value.chars().count() > 256 {
+            return Err(format!(
+                "{}: the key must be 1-128 characters and the value at most 256",
+                expected()
+            ));
+        }
+        Ok(TableTag {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        })
+    }
+}
+
 mod pipelines;
 mod processing;
 
@@ -149,6 +194,35 @@ pub struct Config {
         value_name = "ARNS"
     )]
     pub stream_arns: Vec<String>,
+
+    /// Also consume every table whose name starts with this prefix, found by the shard-sync leader every DYNASTREAM_TABLE_DISCOVERY_INTERVAL_MS.
+    #[arg(long, env = "DYNASTREAM_TABLE_PREFIX", value_name = "PREFIX", value_parser = table_prefix)]
+    pub table_prefix: Option<String>,
+
+    /// Also consume every table carrying this tag (key=value), found by the shard-sync leader every DYNASTREAM_TABLE_DISCOVERY_INTERVAL_MS.
+    #[arg(long, env = "DYNASTREAM_TABLE_TAG", value_name = "KEY=VALUE")]
+    pub table_tag: Option<TableTag>,
+
+    /// How often the leader looks for tables matching DYNASTREAM_TABLE_PREFIX or DYNASTREAM_TABLE_TAG, in ms (1000..=86400000).
+    #[arg(long = "table-discovery-interval-ms", env = "DYNASTREAM_TABLE_DISCOVERY_INTERVAL_MS", value_name = "MS", default_value = "300000", value_parser = millis::<1_000, 86_400_000>)]
+    pub table_discovery_interval: Duration,
+
+    /// Deliver each table's existing items before its changes: off, on (items, then the stream), only (items, then exit 0). Done once per table per application.
+    #[arg(
+        long,
+        env = "DYNASTREAM_SNAPSHOT",
+        default_value = "off",
+        ignore_case = true
+    )]
+    pub snapshot: SnapshotMode,
+
+    /// Parallel Scan segments per table snapshot (1..=1000000), each a lease the workers share.
+    #[arg(long, env = "DYNASTREAM_SNAPSHOT_SEGMENTS", default_value = "16", value_parser = count::<std::num::NonZeroU32, 1, 1_000_000>)]
+    pub snapshot_segments: std::num::NonZeroU32,
+
+    /// Read capacity units per second the whole application's snapshot Scans may consume (1..=1000000), shared by the workers holding segments.
+    #[arg(long, env = "DYNASTREAM_SNAPSHOT_RCU", default_value = "500", value_parser = count::<NonZeroU64, 1, 1_000_000>)]
+    pub snapshot_rcu: NonZeroU64,
 
     /// Application name: the workers of one application share its leases.
     #[arg(long, env = "DYNASTREAM_APPLICATION", default_value = "dynastream", value_parser = non_empty_name)]
@@ -320,10 +394,23 @@ impl Config {
         if self.command.is_none()
             && self.tables.iter().all(|t| t.trim().is_empty())
             && self.stream_arns.iter().all(|a| a.trim().is_empty())
+            && !self.discovers_tables()
         {
             return Err(ConfigError(
-                "DYNASTREAM_TABLES or DYNASTREAM_STREAM_ARNS is required: name at least one table \
-                 (e.g. DYNASTREAM_TABLES=orders) or stream ARN"
+                "DYNASTREAM_TABLES, DYNASTREAM_TABLE_PREFIX, DYNASTREAM_TABLE_TAG or \
+                 DYNASTREAM_STREAM_ARNS is required: name at least one table (e.g. \
+                 DYNASTREAM_TABLES=orders), a way to find tables, or a stream ARN"
+                    .into(),
+            ));
+        }
+        if self.snapshot != SnapshotMode::Off
+            && self.tables.iter().all(|t| t.trim().is_empty())
+            && !self.discovers_tables()
+        {
+            return Err(ConfigError(
+                "DYNASTREAM_SNAPSHOT needs tables to scan: set DYNASTREAM_TABLES, \
+                 DYNASTREAM_TABLE_PREFIX or DYNASTREAM_TABLE_TAG (a stream ARN alone names no \
+                 table to scan)"
                     .into(),
             ));
         }
@@ -373,6 +460,11 @@ impl Config {
     /// The table names, trimmed, without empty entries.
     pub fn table_names(&self) -> Vec<String> {
         clean_list(&self.tables)
+    }
+
+    /// Whether tables are also found by prefix or tag.
+    pub fn discovers_tables(&self) -> bool {
+        self.table_prefix.is_some() || self.table_tag.is_some()
     }
 
     /// The stream ARNs given directly, trimmed, without empty entries.
@@ -533,6 +625,20 @@ fn whole_number<const MIN: u64, const MAX: u64>(value: &str) -> Result<u64, Stri
         Ok(number)
     } else {
         Err(expected())
+    }
+}
+
+/// A table-name prefix: the characters a table name may hold, 1-255 of them.
+fn table_prefix(value: &str) -> Result<String, String> {
+    let prefix = value.trim();
+    if (1..=255).contains(&prefix.len())
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        Ok(prefix.to_owned())
+    } else {
+        Err("expected 1-255 characters of a-z, A-Z, 0-9, '_', '-' and '.'".into())
     }
 }
 

@@ -109,7 +109,10 @@ impl Collector {
                         doomed.push(lease.clone());
                     }
                 }
-                ItemKind::Leader => {}
+                // A table's items are removed with the table (by discovery),
+                // never collected as done: they are how a restarted fleet
+                // knows a snapshot is complete.
+                ItemKind::Leader | ItemKind::Table | ItemKind::Segment => {}
                 ItemKind::Shard => {
                     if self.shard_is_done(view, lease) {
                         doomed.push(lease.clone());

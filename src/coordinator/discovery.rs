@@ -215,9 +215,28 @@ impl Discovery {
         is_leader: bool,
         now: Instant,
     ) {
+        self.follow_table(table, stream, true, is_leader, now);
+    }
+
+    /// Follows a table's stream, listing it at once and then, for the
+    /// leader, periodically; `from_start` reads it from its start whatever
+    /// the starting position.
+    pub(super) fn follow_table(
+        &mut self,
+        table: &str,
+        stream: &str,
+        from_start: bool,
+        is_leader: bool,
+        now: Instant,
+    ) {
         self.table_streams
             .insert(table.to_owned(), stream.to_owned());
-        self.successor_streams.insert(stream.to_owned());
+        self.table_checks
+            .entry(table.to_owned())
+            .or_insert(now + self.settings.stream_refresh_interval);
+        if from_start {
+            self.successor_streams.insert(stream.to_owned());
+        }
         self.streams.push(stream.to_owned());
         self.streams.sort();
         self.streams.dedup();

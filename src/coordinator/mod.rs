@@ -28,6 +28,7 @@ mod lease_view;
 mod state;
 mod sync_set;
 mod syncer;
+pub mod table_discovery;
 
 use collect::{CollectView, Collector};
 use discovery::{Discovery, DiscoverySettings, SyncRequest};
@@ -35,6 +36,7 @@ use lease_view::{Ask, HeldVerdict, LeaseView, Observations};
 use state::{Handoff, ShardState};
 use sync_set::SyncSet;
 use syncer::{Listing, ShardSyncer};
+use table_discovery::{TableDiscovery, TableDiscoverySettings};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -55,7 +57,9 @@ use crate::lease::{Checkpoint, ItemKind, Lease, LeaseError, LeaseStore, Pipeline
 use crate::pipeline::{Parents, Pipelines};
 use crate::retry::{retry, Attempt, RetryError, Retryable};
 use crate::shard::{ShardExit, ShardSettings};
+use crate::snapshot::{Snapshots, StreamStart};
 use crate::streams::{newest_stream, ShardInfo, StreamStatus, StreamsApi, StreamsError};
+use crate::tables::TablesApi;
 use crate::telemetry::events::{
     LeaseHandedOver, LeaseLost, LeaseReleased, LeaseRenewFailed, LeaseRequested, LeaseStolen,
     LeaseTaken, LostBy,
@@ -92,6 +96,10 @@ pub struct CoordinatorSettings {
     pub max_leases: Option<usize>,
     /// How each shard is read.
     pub shard: ShardSettings,
+    /// How tables are found besides `tables` (`None`: they are not).
+    pub table_discovery: Option<TableDiscoverySettings>,
+    /// Whether found tables are snapshotted before their stream is followed.
+    pub snapshot_found_tables: Option<u32>,
 }
 
 impl CoordinatorSettings {
@@ -145,6 +153,17 @@ pub struct Coordinator {
     stop_consumers: CancellationToken,
     exits_tx: mpsc::UnboundedSender<(String, ShardExit)>,
     exits_rx: mpsc::UnboundedReceiver<(String, ShardExit)>,
+    /// This worker's part in the application's snapshots.
+    snapshots: Option<Snapshots>,
+    /// Table reads, for discovery.
+    tables_api: Option<Arc<dyn TablesApi>>,
+    table_discovery: Option<TableDiscovery>,
+    /// Streams of snapshotted tables: records created before this time
+    /// (epoch seconds) are passed over.
+    stream_cutoffs: HashMap<String, i64>,
+    /// Registered tables whose stream is not followed (their snapshot
+    /// outlived the stream's retention under `DYNASTREAM_ON_TRIMMED=stop`).
+    refused_streams: HashSet<String>,
 }
 
 impl Coordinator {
@@ -195,7 +214,34 @@ impl Coordinator {
             stop_consumers: CancellationToken::new(),
             exits_tx,
             exits_rx,
+            snapshots: None,
+            tables_api: None,
+            table_discovery: None,
+            stream_cutoffs: HashMap::new(),
+            refused_streams: HashSet::new(),
         }
+    }
+
+    /// Takes part in the application's snapshots.
+    pub fn with_snapshots(mut self, snapshots: Snapshots) -> Self {
+        self.snapshots = Some(snapshots);
+        self
+    }
+
+    /// Reads tables through `api`: table discovery (when configured) needs it.
+    pub fn with_tables(mut self, api: Arc<dyn TablesApi>) -> Self {
+        self.table_discovery = self
+            .settings
+            .table_discovery
+            .clone()
+            .map(TableDiscovery::new);
+        self.tables_api = Some(api);
+        self
+    }
+
+    /// Whether this worker only takes snapshots (`DYNASTREAM_SNAPSHOT=only`).
+    fn snapshot_only(&self) -> bool {
+        self.snapshots.as_ref().is_some_and(Snapshots::only)
     }
 
     /// Reports readiness and status through `health` (the HTTP endpoints).
@@ -235,6 +281,15 @@ impl Coordinator {
         scan.set_missed_tick_behavior(MissedTickBehavior::Delay);
         scan.reset();
         loop {
+            if self.snapshot_only()
+                && self
+                    .snapshots
+                    .as_ref()
+                    .is_some_and(|s| s.finished(&self.leases))
+            {
+                tracing::info!("every snapshot is complete (DYNASTREAM_SNAPSHOT=only): stopping");
+                break;
+            }
             let listing_due = self.discovery.next_listing_due();
             let table_due = self.discovery.next_table_due();
             let next_expiry = self.next_expiry();
@@ -268,6 +323,9 @@ impl Coordinator {
         retry_until_done("create the lease table", shutdown, || store.ensure_table())
             .await
             .map_err(Error::Lease)?;
+        if let Some(snapshots) = &mut self.snapshots {
+            snapshots.register_configured(shutdown).await?;
+        }
         let mut table_streams = HashMap::new();
         for table in self.settings.tables.clone() {
             let api = Arc::clone(&self.api);
@@ -307,6 +365,9 @@ impl Coordinator {
         self.announce().await;
         self.refresh_leases().await;
         self.elect_leader().await;
+        // Every worker looks for tables once at start-up (registering is
+        // idempotent); afterwards only the leader does.
+        self.discover_tables().await;
         // Streams no lease mentions yet (a new application, or a stream the
         // leader does not know) are listed by this worker itself, from
         // within balance() when it is not the leader.
@@ -578,6 +639,16 @@ impl Coordinator {
             });
         }
         self.reconcile_held().await;
+        if self.leader.as_ref().is_some_and(|l| !l.is_lost())
+            && self
+                .table_discovery
+                .as_ref()
+                .is_some_and(|d| d.is_due(Instant::now()))
+        {
+            self.discover_tables().await;
+        }
+        self.run_snapshots().await;
+        self.adopt_tables();
         let decisions = self.view().decide(
             |key| self.held.contains_key(key),
             |lease| self.stream_of(lease).is_some() && self.to_read(lease),
@@ -676,6 +747,7 @@ impl Coordinator {
             .values()
             .filter(|h| h.state.halted().is_some())
             .count();
+        let halted = halted + self.snapshots.as_ref().map_or(0, Snapshots::halted);
         self.health
             .set_ready(halted == 0 && !self.lease_table_missing);
         self.health.set_status(serde_json::json!({
@@ -897,12 +969,14 @@ impl Coordinator {
             if held.state.start().is_err() {
                 continue;
             }
+            let mut settings = self.settings.shard.clone();
+            settings.skip_created_before = self.stream_cutoffs.get(&held.stream_arn).copied();
             let consumer = self.pipelines.shard_task(
                 &held.stream_arn,
                 &shard_id,
                 Arc::clone(&self.api),
                 Arc::clone(&held.lease),
-                self.settings.shard.clone(),
+                settings,
                 Parents::new(parent_keys, known_parents, self.lease_table.subscribe()),
             );
             let span = tracing::info_span!("shard", stream = %held.stream_arn, shard = %shard_id);
@@ -929,6 +1003,9 @@ impl Coordinator {
 
     /// Renews every held item concurrently: shard leases, presence, leadership.
     async fn renew_all(&mut self) {
+        if let Some(snapshots) = &mut self.snapshots {
+            snapshots.renew().await;
+        }
         let mut handles: Vec<(String, Arc<HeldLease>)> = self
             .held
             .iter()
@@ -1038,6 +1115,9 @@ impl Coordinator {
         );
         self.stop_consumers.cancel();
         self.tasks.close();
+        if let Some(snapshots) = self.snapshots.take() {
+            snapshots.shut_down(self.settings.shutdown_grace).await;
+        }
         let deadline = tokio::time::sleep(self.settings.shutdown_grace);
         tokio::pin!(deadline);
         let mut renew = tokio::time::interval(self.settings.renew_interval);
@@ -1206,7 +1286,9 @@ impl Coordinator {
             if self.lease_of(stream_arn, &shard.shard_id).is_some() {
                 continue;
             }
-            let starting_position = if self.discovery.successor_streams.contains(stream_arn) {
+            let starting_position = if self.discovery.successor_streams.contains(stream_arn)
+                || self.stream_cutoffs.contains_key(stream_arn)
+            {
                 StartingPosition::TrimHorizon
             } else {
                 self.settings.starting_position
@@ -1240,6 +1322,167 @@ impl Coordinator {
             }
         }
         changed
+    }
+
+    /// Lets the snapshots act on the lease table as just read.
+    async fn run_snapshots(&mut self) {
+        let Some(mut snapshots) = self.snapshots.take() else {
+            return;
+        };
+        let live = self.view().live_workers().len().max(1);
+        let view = self.view();
+        let expired: HashSet<String> = self
+            .leases
+            .values()
+            .filter(|l| l.kind() == ItemKind::Segment && view.is_expired(l))
+            .map(|l| l.key.clone())
+            .collect();
+        snapshots
+            .tick(&self.leases, |lease| expired.contains(&lease.key), live)
+            .await;
+        self.snapshots = Some(snapshots);
+    }
+
+    /// Follows the stream of every registered table (found by discovery,
+    /// or snapshotted) once it may be: at once without a snapshot, after
+    /// it with one, from where the stream was when the snapshot began.
+    fn adopt_tables(&mut self) {
+        if self.snapshot_only() {
+            return;
+        }
+        let now_millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let is_leader = self.leader.as_ref().is_some_and(|l| !l.is_lost());
+        let items: Vec<Lease> = self
+            .leases
+            .values()
+            .filter(|l| l.kind() == ItemKind::Table)
+            .cloned()
+            .collect();
+        for item in items {
+            let Some(stream) = item.stream_arn.clone() else {
+                continue;
+            };
+            if self.discovery.streams.contains(&stream) || self.refused_streams.contains(&stream) {
+                continue;
+            }
+            let table = item
+                .key
+                .strip_prefix(crate::lease::TABLE_KEY_PREFIX)
+                .unwrap_or(&item.key)
+                .to_owned();
+            let on_trimmed = self.settings.shard.on_trimmed;
+            let start =
+                crate::snapshot::stream_start(self.leases.values(), &item, now_millis, on_trimmed);
+            let outlived = item.snapshot.as_ref().is_some_and(|s| {
+                Duration::from_millis(now_millis.saturating_sub(s.started_at_millis))
+                    > crate::snapshot::STREAM_RETENTION
+            });
+            match start {
+                StreamStart::Wait => {}
+                StreamStart::Refused => {
+                    tracing::error!(%table, stream = %stream, "the table's snapshot took longer than the stream's 24-hour retention: changes made in its first hours may be trimmed; DYNASTREAM_ON_TRIMMED=stop, so its stream is not followed (take a new snapshot: delete the table's dynastream:table and dynastream:segment items, or set DYNASTREAM_ON_TRIMMED=skip)");
+                    self.refused_streams.insert(stream);
+                }
+                StreamStart::Follow(cutoff) => {
+                    if outlived {
+                        tracing::error!(%table, stream = %stream, "the table's snapshot took longer than the stream's 24-hour retention: changes made in its first hours may have been trimmed unread; following the stream anyway (DYNASTREAM_ON_TRIMMED=skip)");
+                    }
+                    tracing::info!(%table, stream = %stream, skip_created_before = ?cutoff, "following the table's stream");
+                    if let Some(cutoff) = cutoff {
+                        self.stream_cutoffs.insert(stream.clone(), cutoff);
+                    }
+                    self.discovery.follow_table(
+                        &table,
+                        &stream,
+                        cutoff.is_some(),
+                        is_leader,
+                        Instant::now(),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Looks for tables matching the prefix or tag, registers new ones in
+    /// the lease table and drops those that are gone.
+    async fn discover_tables(&mut self) {
+        let only = self.snapshot_only();
+        let (Some(api), Some(discovery)) = (self.tables_api.clone(), self.table_discovery.as_mut())
+        else {
+            return;
+        };
+        let found = match discovery.look(api.as_ref(), Instant::now()).await {
+            Ok(found) => found,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not look for tables; will look again at the next interval");
+                return;
+            }
+        };
+        let snapshot_segments = self.settings.snapshot_found_tables;
+        for table in &found.tables {
+            let key = crate::lease::SnapshotState::table_key(&table.name);
+            if self.leases.contains_key(&key) || self.settings.tables.contains(&table.name) {
+                continue;
+            }
+            if table.stream_arn.is_none() && !only {
+                if discovery.report_once(&table.name) {
+                    tracing::error!(table = %table.name, "a table matching DYNASTREAM_TABLE_PREFIX or DYNASTREAM_TABLE_TAG has no stream: it is not consumed until DynamoDB Streams is enabled on it (looked for again every DYNASTREAM_TABLE_DISCOVERY_INTERVAL_MS)");
+                }
+                continue;
+            }
+            let snapshot =
+                snapshot_segments.map(|segments| crate::snapshot::begin(&table.name, segments));
+            let item =
+                crate::snapshot::table_item(&table.name, table.stream_arn.as_deref(), snapshot);
+            match self.store.create_lease_if_absent(&item).await {
+                Ok(true) => {
+                    tracing::info!(table = %table.name, stream = ?table.stream_arn, snapshot = item.snapshot.is_some(), "found a new table");
+                    self.leases.insert(item.key.clone(), item);
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(table = %table.name, error = %err, "could not register a found table; will retry")
+                }
+            }
+        }
+        let gone: Vec<Lease> = self
+            .leases
+            .values()
+            .filter(|l| l.kind() == ItemKind::Table)
+            .filter(|l| {
+                let table = l
+                    .key
+                    .strip_prefix(crate::lease::TABLE_KEY_PREFIX)
+                    .unwrap_or(&l.key);
+                !found.names.contains(table) && !self.settings.tables.iter().any(|t| t == table)
+            })
+            .cloned()
+            .collect();
+        for item in gone {
+            let table = item
+                .key
+                .strip_prefix(crate::lease::TABLE_KEY_PREFIX)
+                .unwrap_or(&item.key)
+                .to_owned();
+            tracing::warn!(%table, "a found table no longer exists or matches: dropping it (its stream is read to its end while it can still be read)");
+            let segments: Vec<Lease> = self
+                .leases
+                .values()
+                .filter(|l| {
+                    l.kind() == ItemKind::Segment
+                        && l.snapshot.as_ref().is_some_and(|s| s.table == table)
+                })
+                .cloned()
+                .collect();
+            for lease in segments.iter().chain(std::iter::once(&item)) {
+                if let Err(err) = self.store.delete_lease(lease).await {
+                    tracing::debug!(key = %lease.key, error = %err, "could not delete a dropped table's item");
+                }
+            }
+        }
     }
 
     /// Removes, from every shard lease, the checkpoints of pipelines that no

@@ -49,6 +49,8 @@ fn settings(starting_position: StartingPosition) -> CoordinatorSettings {
         describe_stream_rps: 10.0,
         shutdown_grace: Duration::from_secs(5),
         max_leases: None,
+        table_discovery: None,
+        snapshot_found_tables: None,
         shard: ShardSettings {
             batch_size: 2,
             poll_interval: Duration::from_millis(200),
@@ -225,6 +227,13 @@ impl LeaseStore for GatedStore {
     }
     async fn hand_off_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
         self.inner.hand_off_lease(lease).await
+    }
+    async fn update_snapshot(
+        &self,
+        lease: &Lease,
+        progress: &crate::lease::SnapshotState,
+    ) -> Result<Lease, LeaseError> {
+        self.inner.update_snapshot(lease, progress).await
     }
     async fn delete_lease(&self, lease: &Lease) -> Result<(), LeaseError> {
         self.inner.delete_lease(lease).await

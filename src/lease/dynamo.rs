@@ -20,7 +20,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_runtime_api::client::waiters::error::WaiterError;
 
-use super::{Checkpoint, Lease, LeaseError, LeaseScan, LeaseStore};
+use super::{Checkpoint, Lease, LeaseError, LeaseScan, LeaseStore, SnapshotState};
 use crate::aws::{classify, FailureKind};
 
 /// How long start-up waits for a new lease table to become ACTIVE before it
@@ -41,6 +41,13 @@ const STREAM_ARN: &str = "streamArn";
 const SHARD_ID: &str = "shardId";
 const UPDATED_AT: &str = "updatedAtMillis";
 const PENDING_OWNER: &str = "pendingOwner";
+const SNAPSHOT_TABLE: &str = "snapshotTable";
+const SNAPSHOT_STARTED_AT: &str = "snapshotStartedAtMillis";
+const SNAPSHOT_SEGMENTS: &str = "snapshotSegments";
+const SNAPSHOT_SEGMENT: &str = "snapshotSegment";
+const SNAPSHOT_RESUME_KEY: &str = "snapshotResumeKey";
+const SNAPSHOT_ITEMS: &str = "snapshotItems";
+const SNAPSHOT_COMPLETE: &str = "snapshotComplete";
 
 fn now_millis() -> AttributeValue {
     let millis = std::time::SystemTime::now()
@@ -271,7 +278,34 @@ pub fn lease_from_item(item: &HashMap<String, AttributeValue>) -> Result<Lease, 
             )))
         }
     };
+    let snapshot = match read_string(SNAPSHOT_TABLE)? {
+        None => None,
+        Some(table) => {
+            let segments = read_number(SNAPSHOT_SEGMENTS)?;
+            Some(SnapshotState {
+                table,
+                started_at_millis: read_number(SNAPSHOT_STARTED_AT)?,
+                total_segments: u32::try_from(segments).map_err(|_| {
+                    malformed(format!("{SNAPSHOT_SEGMENTS} is too large: {segments}"))
+                })?,
+                segment: match item.get(SNAPSHOT_SEGMENT) {
+                    None => None,
+                    Some(_) => Some(
+                        u32::try_from(read_number(SNAPSHOT_SEGMENT)?)
+                            .map_err(|_| malformed(format!("{SNAPSHOT_SEGMENT} is too large")))?,
+                    ),
+                },
+                resume_key: read_string(SNAPSHOT_RESUME_KEY)?,
+                items: read_number(SNAPSHOT_ITEMS)?,
+                complete: matches!(
+                    item.get(SNAPSHOT_COMPLETE),
+                    Some(AttributeValue::Bool(true))
+                ),
+            })
+        }
+    };
     Ok(Lease {
+        snapshot,
         pipeline_checkpoints,
         shard_id: read_string(SHARD_ID)?.unwrap_or_else(|| key.clone()),
         pending_owner: read_string(PENDING_OWNER)?,
@@ -330,6 +364,31 @@ pub fn lease_to_item(lease: &Lease) -> HashMap<String, AttributeValue> {
         item.insert(
             PIPELINE_CHECKPOINTS.into(),
             pipeline_checkpoints_value(&lease.pipeline_checkpoints),
+        );
+    }
+    if let Some(snapshot) = &lease.snapshot {
+        item.insert(
+            SNAPSHOT_TABLE.into(),
+            AttributeValue::S(snapshot.table.clone()),
+        );
+        item.insert(
+            SNAPSHOT_STARTED_AT.into(),
+            number(snapshot.started_at_millis),
+        );
+        item.insert(
+            SNAPSHOT_SEGMENTS.into(),
+            number(u64::from(snapshot.total_segments)),
+        );
+        if let Some(segment) = snapshot.segment {
+            item.insert(SNAPSHOT_SEGMENT.into(), number(u64::from(segment)));
+        }
+        if let Some(key) = &snapshot.resume_key {
+            item.insert(SNAPSHOT_RESUME_KEY.into(), AttributeValue::S(key.clone()));
+        }
+        item.insert(SNAPSHOT_ITEMS.into(), number(snapshot.items));
+        item.insert(
+            SNAPSHOT_COMPLETE.into(),
+            AttributeValue::Bool(snapshot.complete),
         );
     }
     item
@@ -538,6 +597,34 @@ impl LeaseStore for DynamoLeaseStore {
             .await
             .map_err(|e| self.error("RemovePipelineCheckpoints", &lease.key, e))?;
         Ok(())
+    }
+
+    async fn update_snapshot(
+        &self,
+        lease: &Lease,
+        progress: &SnapshotState,
+    ) -> Result<Lease, LeaseError> {
+        let mut values = HashMap::from([
+            (":one".to_owned(), number(1)),
+            (":items".to_owned(), number(progress.items)),
+            (
+                ":complete".to_owned(),
+                AttributeValue::Bool(progress.complete),
+            ),
+        ]);
+        let mut names = HashMap::from([
+            ("#items".to_owned(), SNAPSHOT_ITEMS.to_owned()),
+            ("#complete".to_owned(), SNAPSHOT_COMPLETE.to_owned()),
+        ]);
+        let mut update =
+            "SET #counter = #counter + :one, #items = :items, #complete = :complete".to_owned();
+        if let Some(key) = &progress.resume_key {
+            values.insert(":resume".into(), AttributeValue::S(key.clone()));
+            names.insert("#resume".into(), SNAPSHOT_RESUME_KEY.into());
+            update.push_str(", #resume = :resume");
+        }
+        self.conditional_update("SnapshotProgress", lease, update, values, names)
+            .await
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {

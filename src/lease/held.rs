@@ -163,6 +163,14 @@ impl HeldLease {
         .map(drop)
     }
 
+    /// Records a snapshot segment's progress. Fenced like
+    /// [`HeldLease::checkpoint`].
+    pub async fn record_snapshot(&self, progress: &super::SnapshotState) -> Result<(), LeaseError> {
+        self.write(|store, lease| async move { store.update_snapshot(&lease, progress).await })
+            .await
+            .map(drop)
+    }
+
     /// Hands the lease to the worker that asked for it (its `pendingOwner`),
     /// after the caller has checkpointed. The handle is lost afterwards.
     pub async fn hand_off(&self, pending: &Lease) -> Result<(), LeaseError> {

@@ -166,6 +166,16 @@ impl LeaseStore for MemoryLeaseStore {
         })
     }
 
+    async fn update_snapshot(
+        &self,
+        lease: &Lease,
+        progress: &super::SnapshotState,
+    ) -> Result<Lease, LeaseError> {
+        self.update(lease, |stored| {
+            stored.snapshot = Some(progress.clone());
+        })
+    }
+
     async fn release_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
         self.update(lease, |stored| stored.owner = None)
     }

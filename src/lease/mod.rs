@@ -116,6 +116,48 @@ pub const WORKER_KEY_PREFIX: &str = "dynastream:worker:";
 /// Key of the item whose holder performs full shard syncs.
 pub const SHARD_SYNC_LEADER_KEY: &str = "dynastream:leader:shard-sync";
 
+/// Key prefix of the items that register a table with the application:
+/// tables found by prefix or tag, and tables being or having been snapshotted.
+pub const TABLE_KEY_PREFIX: &str = "dynastream:table:";
+
+/// Key prefix of snapshot segment items (`dynastream:segment:<table>#<n>`).
+pub const SEGMENT_KEY_PREFIX: &str = "dynastream:segment:";
+
+/// A table's snapshot as the lease table records it: on the table's item
+/// (`segment` is `None`), and on each segment's item, which is a lease the
+/// workers share like a shard's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotState {
+    /// The table scanned.
+    pub table: String,
+    /// When the snapshot began, in epoch milliseconds: recorded before the
+    /// first Scan, it is where the table's stream is read from afterwards.
+    pub started_at_millis: u64,
+    /// How many segments the parallel Scan has.
+    pub total_segments: u32,
+    /// The segment this item is for; `None` on the table's item.
+    pub segment: Option<u32>,
+    /// Where the segment's Scan resumes: the last page's
+    /// `LastEvaluatedKey`, as DynamoDB JSON; `None` before the first page.
+    pub resume_key: Option<String>,
+    /// Items delivered from this segment so far.
+    pub items: u64,
+    /// Whether the segment was scanned to its end and every item delivered.
+    pub complete: bool,
+}
+
+impl SnapshotState {
+    /// The key of a table's item.
+    pub fn table_key(table: &str) -> String {
+        format!("{TABLE_KEY_PREFIX}{table}")
+    }
+
+    /// The key of one of a table's segment items.
+    pub fn segment_key(table: &str, segment: u32) -> String {
+        format!("{SEGMENT_KEY_PREFIX}{table}#{segment}")
+    }
+}
+
 /// What a lease-table item stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ItemKind {
@@ -126,6 +168,11 @@ pub enum ItemKind {
     Worker,
     /// The shard-sync leadership: one worker at a time lists whole streams.
     Leader,
+    /// A table the application follows without it being configured
+    /// (found by prefix or tag), or whose snapshot it takes.
+    Table,
+    /// One segment of a table's snapshot, leased like a shard.
+    Segment,
 }
 
 /// One lease item.
@@ -166,6 +213,9 @@ pub struct Lease {
     /// the least advanced of them, so the KCL's column stays meaningful.
     /// Empty for an application with one pipeline.
     pub pipeline_checkpoints: BTreeMap<String, Checkpoint>,
+    /// On table and segment items: the table's snapshot and this segment's
+    /// progress through it.
+    pub snapshot: Option<SnapshotState>,
 }
 
 impl Lease {
@@ -189,6 +239,7 @@ impl Lease {
             updated_at_millis: None,
             pending_owner: None,
             pipeline_checkpoints: BTreeMap::new(),
+            snapshot: None,
         }
     }
 
@@ -249,6 +300,10 @@ impl Lease {
     pub fn kind(&self) -> ItemKind {
         if self.key.starts_with(WORKER_KEY_PREFIX) {
             ItemKind::Worker
+        } else if self.key.starts_with(TABLE_KEY_PREFIX) {
+            ItemKind::Table
+        } else if self.key.starts_with(SEGMENT_KEY_PREFIX) {
+            ItemKind::Segment
         } else if self.key == SHARD_SYNC_LEADER_KEY {
             ItemKind::Leader
         } else {
@@ -392,6 +447,15 @@ pub trait LeaseStore: Send + Sync + std::fmt::Debug + 'static {
     /// The owner's side of a handoff: makes the pending owner the owner and
     /// bumps the counter.
     async fn hand_off_lease(&self, lease: &Lease) -> Result<Lease, LeaseError>;
+
+    /// Records a snapshot segment's progress (its resume key, items and
+    /// whether it is complete), in one conditional write as
+    /// [`LeaseStore::update_checkpoint`].
+    async fn update_snapshot(
+        &self,
+        lease: &Lease,
+        progress: &SnapshotState,
+    ) -> Result<Lease, LeaseError>;
 
     /// Removes the lease item.
     async fn delete_lease(&self, lease: &Lease) -> Result<(), LeaseError>;

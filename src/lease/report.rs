@@ -71,6 +71,26 @@ pub struct WorkerRow {
     pub pipelines: Vec<String>,
 }
 
+/// A table's snapshot, as an operator reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotRow {
+    /// The table scanned.
+    pub table: String,
+    /// Its segments.
+    pub segments: u32,
+    /// Segments scanned to their end.
+    pub complete: u32,
+    /// Segments a worker holds now.
+    pub scanning: u32,
+    /// Items delivered so far.
+    pub items: u64,
+    /// Seconds since the snapshot began, by this host's clock.
+    pub elapsed_seconds: u64,
+    /// Seconds until it completes at the pace kept so far (0 once
+    /// complete); `None` when it cannot be told yet.
+    pub eta_seconds: Option<u64>,
+}
+
 /// The whole report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
@@ -82,6 +102,8 @@ pub struct Report {
     pub workers: Vec<WorkerRow>,
     /// Items that are not leases, described.
     pub malformed: Vec<String>,
+    /// One row per table snapshot recorded in the table.
+    pub snapshots: Vec<SnapshotRow>,
 }
 
 fn age(lease: &Lease, now_millis: u64) -> Option<u64> {
@@ -164,11 +186,44 @@ pub fn build(table: &str, scan: &LeaseScan, now_millis: u64) -> Report {
         })
         .collect();
     workers.sort_by(|a, b| a.worker.cmp(&b.worker));
+    let mut snapshots: Vec<SnapshotRow> = scan
+        .leases
+        .iter()
+        .filter(|l| l.kind() == ItemKind::Table)
+        .filter_map(|item| {
+            let state = item.snapshot.as_ref()?;
+            let segments: Vec<&Lease> = scan
+                .leases
+                .iter()
+                .filter(|l| l.kind() == ItemKind::Segment)
+                .filter(|l| l.snapshot.as_ref().is_some_and(|s| s.table == state.table))
+                .collect();
+            let done = |l: &Lease| l.snapshot.as_ref().is_some_and(|s| s.complete);
+            let complete = segments.iter().filter(|l| done(l)).count() as u32;
+            Some(SnapshotRow {
+                table: state.table.clone(),
+                segments: state.total_segments,
+                complete,
+                scanning: segments
+                    .iter()
+                    .filter(|l| !done(l) && l.owner.is_some())
+                    .count() as u32,
+                items: segments
+                    .iter()
+                    .filter_map(|l| l.snapshot.as_ref().map(|s| s.items))
+                    .sum(),
+                elapsed_seconds: now_millis.saturating_sub(state.started_at_millis) / 1000,
+                eta_seconds: (complete == state.total_segments).then_some(0),
+            })
+        })
+        .collect();
+    snapshots.sort_by(|a, b| a.table.cmp(&b.table));
     Report {
         table: table.to_owned(),
         shards,
         workers,
         malformed: scan.malformed.iter().map(|e| e.to_string()).collect(),
+        snapshots,
     }
 }
 
@@ -247,6 +302,39 @@ pub fn render_text(report: &Report) -> String {
         ],
         &worker_rows,
     ));
+    if !report.snapshots.is_empty() {
+        let rows: Vec<Vec<String>> = report
+            .snapshots
+            .iter()
+            .map(|s| {
+                vec![
+                    s.table.clone(),
+                    format!("{}/{}", s.complete, s.segments),
+                    s.scanning.to_string(),
+                    s.items.to_string(),
+                    s.elapsed_seconds.to_string(),
+                    s.eta_seconds.map_or("-".into(), |eta| eta.to_string()),
+                ]
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "
+snapshots: {}",
+            report.snapshots.len()
+        );
+        out.push_str(&columns(
+            &[
+                "TABLE",
+                "COMPLETE",
+                "SCANNING",
+                "ITEMS",
+                "ELAPSED_SECONDS",
+                "ETA_SECONDS",
+            ],
+            &rows,
+        ));
+    }
     for item in &report.malformed {
         let _ = writeln!(out, "malformed item: {item}");
     }

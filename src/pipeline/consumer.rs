@@ -313,6 +313,7 @@ impl PipelineConsumer {
                 .unwrap_or(crate::streams::IteratorPosition::TrimHorizon),
         )
         .for_pipeline(&self.pipeline.name)
+        .skipping_created_before(self.poll.skip_created_before)
     }
 
     fn gatherer(&self) -> Gatherer {

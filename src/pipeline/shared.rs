@@ -104,7 +104,8 @@ impl SharedShard {
                     shared_on_trimmed(&self.pipelines),
                     self.lease.lost().clone(),
                     position,
-                );
+                )
+                .skipping_created_before(self.settings.skip_created_before);
                 let limit = self
                     .pipelines
                     .iter()

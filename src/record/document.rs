@@ -14,7 +14,7 @@ use base64::Engine;
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 
-use super::{AttributeValue, EventName, Item, SequenceNumber, StreamRecord};
+use super::{AttributeValue, Item, SequenceNumber, StreamRecord};
 
 /// One record as a document, borrowing from the record.
 #[derive(Debug, Serialize)]
@@ -22,9 +22,10 @@ pub struct Document<'a> {
     /// Unique id of the change (Lambda's `eventID`).
     #[serde(rename = "eventID")]
     pub event_id: &'a str,
-    /// INSERT, MODIFY or REMOVE.
+    /// INSERT, MODIFY or REMOVE; SNAPSHOT for an item a table's snapshot
+    /// delivered (an INSERT in Lambda's shape).
     #[serde(rename = "eventName")]
-    pub event_name: EventName,
+    pub event_name: &'static str,
     /// The table the change was made to.
     pub table: &'a str,
     /// The item's primary key, unmarshalled.
@@ -55,7 +56,11 @@ impl<'a> Document<'a> {
         let change = &record.dynamodb;
         Document {
             event_id: &record.event_id,
-            event_name: record.event_name,
+            event_name: if record.is_snapshot() {
+                "SNAPSHOT"
+            } else {
+                record.event_name.as_str()
+            },
             table: super::table_name(&record.event_source_arn),
             keys: Plain(&change.keys),
             new_image: change.new_image.as_ref().map(Plain),

@@ -219,7 +219,20 @@ pub struct StreamRecord {
     pub user_identity: Option<UserIdentity>,
 }
 
+/// The `principalId` of a snapshot record's `userIdentity`, marked the way
+/// Lambda marks deletes made by DynamoDB's TTL, so that a handler can tell
+/// an item that already existed from a new one.
+pub const SNAPSHOT_PRINCIPAL: &str = "dynastream.snapshot";
+
 impl StreamRecord {
+    /// Whether a table's snapshot delivered this record (it is an existing
+    /// item, not a change).
+    pub fn is_snapshot(&self) -> bool {
+        self.user_identity
+            .as_ref()
+            .is_some_and(|identity| identity.principal_id == SNAPSHOT_PRINCIPAL)
+    }
+
     /// The record's sequence number, the unit of checkpointing.
     pub fn sequence_number(&self) -> &SequenceNumber {
         &self.dynamodb.sequence_number

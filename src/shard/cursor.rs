@@ -54,6 +54,8 @@ pub(crate) struct Cursor {
     /// Whether the position fell behind the stream's retention and reading
     /// went on from the oldest record held, since [`Cursor::take_trimmed`].
     trimmed: bool,
+    /// Records created before this (epoch seconds) are passed over.
+    skip_created_before: Option<i64>,
 }
 
 /// Why a call gave no page.
@@ -88,7 +90,15 @@ impl Cursor {
             backoff: Backoff::for_aws_calls(),
             announced: false,
             trimmed: false,
+            skip_created_before: None,
         }
+    }
+
+    /// Passes over records created before `cutoff` (epoch seconds): the
+    /// changes a table's snapshot already holds.
+    pub(crate) fn skipping_created_before(mut self, cutoff: Option<i64>) -> Self {
+        self.skip_created_before = cutoff;
+        self
     }
 
     /// Counts what this cursor loses to the stream's retention under the
@@ -204,9 +214,34 @@ impl Cursor {
             }) => fetched,
         };
         match fetched {
-            Ok(page) => {
+            Ok(mut page) => {
                 self.backoff.reset();
                 self.iterator.clone_from(&page.next_iterator);
+                if let Some(cutoff) = self.skip_created_before {
+                    // Creation times only grow along a shard: once a page
+                    // starts at or after the cutoff, none is passed over.
+                    let before = page.records.len();
+                    page.records.retain(|record| {
+                        record
+                            .dynamodb
+                            .approximate_creation_date_time
+                            .is_none_or(|created| created >= cutoff)
+                    });
+                    let skipped = before - page.records.len();
+                    if skipped > 0 {
+                        tracing::debug!(
+                            skipped,
+                            cutoff,
+                            "passed over records older than the table's snapshot"
+                        );
+                        crate::telemetry::metrics::snapshot_changes_skipped(
+                            &self.stream_arn,
+                            skipped as u64,
+                        );
+                    } else if !page.records.is_empty() {
+                        self.skip_created_before = None;
+                    }
+                }
                 Ok(page)
             }
             Err(RetryError::Cancelled(_)) => Err(Setback::Exit(Read::Exit(ShardExit::Stopped))),

@@ -51,6 +51,10 @@ pub struct ShardSettings {
     pub batch_window: Duration,
     /// What to do when the position fell behind the stream's retention.
     pub on_trimmed: OnTrimmed,
+    /// Records created before this time (epoch seconds) are passed over:
+    /// the stream of a snapshotted table is read from where it was when
+    /// the snapshot began, and the snapshot already holds their effect.
+    pub skip_created_before: Option<i64>,
 }
 
 impl ShardSettings {
@@ -75,6 +79,7 @@ impl Default for ShardSettings {
             idle_after: Duration::from_secs(30),
             batch_window: Duration::ZERO,
             on_trimmed: OnTrimmed::Skip,
+            skip_created_before: None,
         }
     }
 }
@@ -234,6 +239,7 @@ impl ShardConsumer {
             self.lease.lost().clone(),
             position,
         )
+        .skipping_created_before(self.settings.skip_created_before)
     }
 
     /// A gatherer that fills a batch for every lane.
@@ -331,7 +337,7 @@ pub(crate) async fn deliver(
 
 /// Waits until records may flow under `lease`: while renewals are failing,
 /// for one to succeed. `Err` when the lease is lost or shutdown comes first.
-async fn wait_for_valid_lease(
+pub(crate) async fn wait_for_valid_lease(
     lease: &HeldLease,
     shutdown: &CancellationToken,
 ) -> Result<(), ShardExit> {
@@ -351,12 +357,9 @@ async fn wait_for_valid_lease(
 /// Writes `checkpoint` with `write`, retrying transient failures while the
 /// lease is still valid (even during shutdown: the last batch must be
 /// recorded). `false` when the lease is gone.
-pub(crate) async fn write_checkpoint<F, Fut>(
-    lease: &HeldLease,
-    checkpoint: &Checkpoint,
-    write: F,
-) -> bool
+pub(crate) async fn write_checkpoint<C, F, Fut>(lease: &HeldLease, checkpoint: &C, write: F) -> bool
 where
+    C: std::fmt::Display + ?Sized,
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<(), LeaseError>>,
 {

@@ -104,6 +104,13 @@ impl LeaseStore for RecordingStore {
     async fn hand_off_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
         self.inner.hand_off_lease(lease).await
     }
+    async fn update_snapshot(
+        &self,
+        lease: &Lease,
+        progress: &crate::lease::SnapshotState,
+    ) -> Result<Lease, LeaseError> {
+        self.inner.update_snapshot(lease, progress).await
+    }
     async fn delete_lease(&self, lease: &Lease) -> Result<(), LeaseError> {
         self.inner.delete_lease(lease).await
     }

@@ -140,6 +140,13 @@ fn emitted() -> BTreeMap<String, BTreeSet<String>> {
         }
         .emit();
         shard_sync_pending(3);
+        super::metrics::snapshot_page("orders", 100, 2.5);
+        super::metrics::snapshot_throttled("orders");
+        super::metrics::snapshot_progress("orders", 1, 2, 3, Some(60.0));
+        super::metrics::snapshot_changes_skipped(
+            "arn:aws:dynamodb:us-east-1:1:table/orders/stream/x",
+            2,
+        );
         fleet(&FleetView {
             leases_held: [("orders".to_owned(), 1)].into(),
             workers: 1,

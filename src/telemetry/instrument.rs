@@ -199,6 +199,17 @@ impl<S: LeaseStore> LeaseStore for MeteredLeases<S> {
         result
     }
 
+    async fn update_snapshot(
+        &self,
+        lease: &Lease,
+        progress: &crate::lease::SnapshotState,
+    ) -> Result<Lease, LeaseError> {
+        let started = Instant::now();
+        let result = self.0.update_snapshot(lease, progress).await;
+        record("UpdateItem", started, &result, lease_outcome);
+        result
+    }
+
     async fn delete_lease(&self, lease: &Lease) -> Result<(), LeaseError> {
         let started = Instant::now();
         let result = self.0.delete_lease(lease).await;

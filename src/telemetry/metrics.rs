@@ -65,6 +65,19 @@ pub const BUILD_INFO: &str = "dynastream_build_info";
 /// Shards of a stream on which a named pipeline halted, on this worker.
 pub const PIPELINE_SHARDS_HALTED: &str = "dynastream_pipeline_shards_halted";
 
+/// Items a table's snapshot delivered.
+pub const SNAPSHOT_ITEMS: &str = "dynastream_snapshot_items_total";
+/// A table's snapshot segments by state, as this worker sees the lease table.
+pub const SNAPSHOT_SEGMENTS: &str = "dynastream_snapshot_segments";
+/// Read capacity units the snapshot Scans of this worker consumed.
+pub const SNAPSHOT_CONSUMED_RCU: &str = "dynastream_snapshot_consumed_rcu_total";
+/// Snapshot Scans refused for the table's read capacity.
+pub const SNAPSHOT_THROTTLED: &str = "dynastream_snapshot_throttled_total";
+/// Stream records passed over because the table's snapshot already held them.
+pub const SNAPSHOT_CHANGES_SKIPPED: &str = "dynastream_snapshot_changes_skipped_total";
+/// Seconds until the table's snapshot completes, estimated from its pace.
+pub const SNAPSHOT_ETA: &str = "dynastream_snapshot_eta_seconds";
+
 /// Streams waiting for a shard listing on this worker.
 pub const SHARD_SYNC_PENDING: &str = "dynastream_shard_sync_pending";
 
@@ -91,6 +104,12 @@ pub const ALL: &[&str] = &[
     TARGET_RECORDS,
     SHARD_SYNC_PENDING,
     PIPELINE_SHARDS_HALTED,
+    SNAPSHOT_ITEMS,
+    SNAPSHOT_SEGMENTS,
+    SNAPSHOT_CONSUMED_RCU,
+    SNAPSHOT_THROTTLED,
+    SNAPSHOT_CHANGES_SKIPPED,
+    SNAPSHOT_ETA,
     BUILD_INFO,
 ];
 
@@ -329,6 +348,18 @@ fn describe() {
         SHARD_SYNC_PENDING,
         "Streams waiting for a shard listing; at most the streams followed."
     );
+    describe_counter!(
+        SNAPSHOT_ITEMS,
+        "Items a table's snapshot delivered through the pipelines."
+    );
+    describe_gauge!(SNAPSHOT_SEGMENTS, "A table's snapshot segments by state (pending, scanning, complete), as this worker last read the lease table.");
+    describe_gauge!(SNAPSHOT_CONSUMED_RCU, "Read capacity units this worker's snapshot Scans consumed, as the Scan responses report them.");
+    describe_counter!(
+        SNAPSHOT_THROTTLED,
+        "Snapshot Scans refused for the table's read capacity and tried again after a backoff."
+    );
+    describe_counter!(SNAPSHOT_CHANGES_SKIPPED, "Stream records created before the table's snapshot began, passed over since the snapshot holds their effect.");
+    describe_gauge!(SNAPSHOT_ETA, "Seconds until the table's snapshot completes, from the fleet's pace and the table's item count; 0 once complete.");
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label says which build runs."
@@ -428,6 +459,45 @@ pub fn fleet(view: &FleetView) {
 /// up with the DescribeStream rate.
 pub fn shard_sync_pending(depth: usize) {
     gauge!(SHARD_SYNC_PENDING).set(depth as f64);
+}
+
+/// Counts the items and capacity of one delivered snapshot page.
+pub fn snapshot_page(table: &str, items: u64, consumed_rcu: f64) {
+    let table = table.to_owned();
+    counter!(SNAPSHOT_ITEMS, "table" => table.clone()).increment(items);
+    // A gauge only ever increased: a counter holds whole numbers, and a
+    // page can cost half a unit. `rate()` reads it as it would a counter.
+    gauge!(SNAPSHOT_CONSUMED_RCU, "table" => table).increment(consumed_rcu);
+}
+
+/// Counts a throttled snapshot Scan.
+pub fn snapshot_throttled(table: &str) {
+    counter!(SNAPSHOT_THROTTLED, "table" => table.to_owned()).increment(1);
+}
+
+/// Publishes a table's segments by state and its estimated time to completion.
+pub fn snapshot_progress(
+    table: &str,
+    pending: u64,
+    scanning: u64,
+    complete: u64,
+    eta: Option<f64>,
+) {
+    for (state, count) in [
+        ("pending", pending),
+        ("scanning", scanning),
+        ("complete", complete),
+    ] {
+        gauge!(SNAPSHOT_SEGMENTS, "table" => table.to_owned(), "state" => state).set(count as f64);
+    }
+    if let Some(eta) = eta {
+        gauge!(SNAPSHOT_ETA, "table" => table.to_owned()).set(eta);
+    }
+}
+
+/// Counts stream records passed over as older than the table's snapshot.
+pub fn snapshot_changes_skipped(stream_arn: &str, count: u64) {
+    counter!(SNAPSHOT_CHANGES_SKIPPED, "stream" => stream_label(stream_arn)).increment(count);
 }
 
 #[cfg(test)]
