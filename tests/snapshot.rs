@@ -411,6 +411,23 @@ async fn only_exits_after_the_last_item_and_a_restarted_fleet_does_not_scan_agai
         2000.0 / took.as_secs_f64()
     );
 
+    // `dynastream status` shows the snapshot complete.
+    let status = dynastream_status(&application, &["--json"]);
+    assert!(status.status.success());
+    let report: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let row = &report["snapshots"][0];
+    assert_eq!(row["table"], table.as_str());
+    assert_eq!(row["segments"], 4);
+    assert_eq!(row["complete"], 4);
+    assert_eq!(row["items"], 2000);
+    assert_eq!(row["eta_seconds"], 0);
+    let text = dynastream_status(&application, &[]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("snapshots: 1") && text.contains("4/4"),
+        "{text}"
+    );
+
     // The same application again: nothing to scan, exit at once.
     let mut again = Worker::start(&env);
     let (status, records, logs) = again.wait(Duration::from_secs(60)).await;
@@ -494,6 +511,9 @@ async fn a_table_created_while_running_is_found_by_prefix_and_consumed() {
     worker
         .wait_for_log("coordinator running", 1, Duration::from_secs(60))
         .await;
+    // A matching table without a stream is reported once, not fatal.
+    let streamless = format!("{prefix}-nostream");
+    create_plain_table(&client, &streamless, "pk").await;
     let table = format!("{prefix}-orders");
     create_plain_table(&client, &table, "pk").await;
     fill(&client, &table, 30, 10).await;
@@ -511,6 +531,24 @@ async fn a_table_created_while_running_is_found_by_prefix_and_consumed() {
     let last = records.last().unwrap();
     assert_eq!(pk_of(last), "after");
     assert!(!is_snapshot(last));
+    let reports = |w: &Worker| {
+        w.logs()
+            .iter()
+            .filter(|l| l.contains("has no stream") && l.contains(&streamless))
+            .count()
+    };
+    assert_eq!(reports(&worker), 1, "reported once over several looks");
+
+    // A deleted table is dropped from the register.
+    client
+        .delete_table()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap();
+    worker
+        .wait_for_log("no longer exists or matches", 1, Duration::from_secs(30))
+        .await;
     let (status, _, _) = worker.terminate().await;
     assert!(status.success());
 }

@@ -30,6 +30,9 @@ struct Bucket {
     rate: f64,
     balance: f64,
     updated: Instant,
+    /// What the last settled page cost: the reservation of a segment's
+    /// first page, before it has a cost of its own.
+    last_cost: f64,
 }
 
 impl Bucket {
@@ -49,6 +52,7 @@ impl ReadBudget {
                 rate: rate.max(0.001),
                 balance: 0.0,
                 updated: Instant::now(),
+                last_cost: 1.0,
             }),
         }
     }
@@ -69,6 +73,11 @@ impl ReadBudget {
     /// The current rate, in units per second.
     pub fn rate(&self) -> f64 {
         self.bucket().rate
+    }
+
+    /// What the last page read under this budget cost (1 before any).
+    pub fn last_page_cost(&self) -> f64 {
+        self.bucket().last_cost
     }
 
     /// Waits until the bucket is not in debt, then reserves `estimate` units.
@@ -92,6 +101,9 @@ impl ReadBudget {
         let mut bucket = self.bucket();
         bucket.refill(Instant::now());
         bucket.balance += estimate - actual;
+        if actual > 0.0 {
+            bucket.last_cost = actual;
+        }
     }
 }
 

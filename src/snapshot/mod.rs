@@ -21,9 +21,12 @@
 //! which is then its current state.
 //!
 //! [`Snapshots`] is driven by the coordinator: at each look at the lease
-//! table it creates missing items, takes segments towards this worker's
-//! share and sets its share of the read budget; it renews what it holds on
-//! the coordinator's renewal clock and releases it at shutdown.
+//! table it creates missing items, takes free segments towards this
+//! worker's share (the unfinished segments over the live workers), asks a
+//! worker holding more than its share to hand one over (the holder does at
+//! its next page boundary, after recording the page, so nothing is
+//! delivered twice), and sets its share of the read budget; it renews what
+//! it holds on the coordinator's renewal clock and releases it at shutdown.
 
 pub mod budget;
 mod segment;
@@ -68,11 +71,6 @@ pub const STREAM_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 /// budget, not the number of segments, sets the pace, and a table of a
 /// million segments must not become a million tasks.
 pub const MAX_SEGMENTS_PER_WORKER: usize = 32;
-
-/// Most segments a worker takes per look at the lease table, so that
-/// workers starting together share a snapshot's segments instead of the
-/// first one taking them all (segments are not stolen to rebalance).
-const TAKE_PER_LOOK: usize = 2;
 
 /// How often a table's snapshot progress is logged.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(30);
@@ -202,6 +200,15 @@ pub fn estimated_remaining(
     ))
 }
 
+/// A segment this worker holds.
+struct HeldSegment {
+    lease: Arc<HeldLease>,
+    /// Stops the segment's task at its next page boundary.
+    stop: CancellationToken,
+    /// The worker it is being handed to, once asked.
+    handing_to: Option<String>,
+}
+
 /// This worker's part in the application's snapshots.
 pub struct Snapshots {
     settings: SnapshotSettings,
@@ -211,7 +218,7 @@ pub struct Snapshots {
     store: Arc<dyn LeaseStore>,
     pipelines: Arc<[Arc<Dispatcher>]>,
     budget: Arc<ReadBudget>,
-    held: HashMap<String, Arc<HeldLease>>,
+    held: HashMap<String, HeldSegment>,
     /// Segments whose records could not be delivered nor stored: kept
     /// leased (so no worker delivers past them) and not scanned again.
     halted: HashMap<String, String>,
@@ -345,7 +352,8 @@ impl Snapshots {
     ) {
         self.settle_exits().await;
         self.create_missing_segments(leases).await;
-        let me = self.worker_id.as_str();
+        let me = self.worker_id.clone();
+        let me = me.as_str();
         let unfinished: Vec<&Lease> = leases
             .values()
             .filter(|l| l.kind() == ItemKind::Segment && !segment_complete(l))
@@ -354,6 +362,7 @@ impl Snapshots {
             .len()
             .div_ceil(live_workers.max(1))
             .min(MAX_SEGMENTS_PER_WORKER);
+        self.hand_over_asked(&unfinished);
         let mut free: Vec<&Lease> = unfinished
             .iter()
             .copied()
@@ -361,12 +370,13 @@ impl Snapshots {
             .filter(|l| l.owner.is_none() || l.is_owned_by(me) || is_expired(l))
             .collect();
         free.sort_by(|a, b| a.key.cmp(&b.key));
-        for lease in free.into_iter().take(TAKE_PER_LOOK) {
+        for lease in free {
             if self.held.len() >= share {
                 break;
             }
             self.take(lease).await;
         }
+        self.ask_for_share(&unfinished, share, &is_expired).await;
         // The read budget is shared in proportion to the segments each
         // worker is scanning.
         let scanning = unfinished
@@ -379,6 +389,77 @@ impl Snapshots {
             self.budget.set_rate(rate);
         }
         self.publish(leases, &is_expired).await;
+    }
+
+    /// Stops, at their next page boundary, the held segments another worker
+    /// asked for; they are handed over when their tasks exit.
+    fn hand_over_asked(&mut self, unfinished: &[&Lease]) {
+        for lease in unfinished {
+            let Some(held) = self.held.get_mut(&lease.key) else {
+                continue;
+            };
+            let Some(next) = lease.pending_owner.as_deref() else {
+                continue;
+            };
+            if held.handing_to.is_none()
+                && next != self.worker_id
+                && !self.halted.contains_key(&lease.key)
+            {
+                tracing::info!(segment = %lease.key, to = %next, "handing a snapshot segment over at its next page");
+                held.handing_to = Some(next.to_owned());
+                held.stop.cancel();
+            }
+        }
+    }
+
+    /// Below its share with no segment free, this worker asks the workers
+    /// holding the most (above the share) for one each.
+    async fn ask_for_share(
+        &mut self,
+        unfinished: &[&Lease],
+        share: usize,
+        is_expired: &impl Fn(&Lease) -> bool,
+    ) {
+        let me = self.worker_id.clone();
+        // Segments already asked for count as coming, and no longer as
+        // their holder's.
+        let asked = unfinished
+            .iter()
+            .filter(|l| l.pending_owner.as_deref() == Some(me.as_str()))
+            .count();
+        let mut wanted = share.saturating_sub(self.held.len() + asked);
+        if wanted == 0 {
+            return;
+        }
+        let mut held_by: HashMap<&str, Vec<&Lease>> = HashMap::new();
+        for lease in unfinished {
+            if let Some(owner) = lease.owner.as_deref() {
+                if owner != me && !is_expired(lease) && lease.pending_owner.is_none() {
+                    held_by.entry(owner).or_default().push(lease);
+                }
+            }
+        }
+        while wanted > 0 {
+            let Some((owner, leases)) = held_by
+                .iter_mut()
+                .filter(|(_, leases)| leases.len() > share)
+                .max_by_key(|(owner, leases)| (leases.len(), std::cmp::Reverse(**owner)))
+            else {
+                return;
+            };
+            let owner = owner.to_string();
+            let lease = leases.remove(0);
+            match self.store.request_handoff(lease, &me).await {
+                Ok(_) => {
+                    tracing::info!(segment = %lease.key, from = %owner, "asked for a snapshot segment");
+                    wanted -= 1;
+                }
+                Err(err) => {
+                    tracing::debug!(segment = %lease.key, error = %err, "could not ask for a snapshot segment");
+                    return;
+                }
+            }
+        }
     }
 
     async fn take(&mut self, lease: &Lease) {
@@ -398,7 +479,15 @@ impl Snapshots {
             self.lease_duration,
             started,
         ));
-        self.held.insert(lease.key.clone(), Arc::clone(&held));
+        let stop = self.stop.child_token();
+        self.held.insert(
+            lease.key.clone(),
+            HeldSegment {
+                lease: Arc::clone(&held),
+                stop: stop.clone(),
+                handing_to: None,
+            },
+        );
         let scan = segment::SegmentScan {
             lease: held,
             api: Arc::clone(&self.api),
@@ -408,7 +497,6 @@ impl Snapshots {
         };
         let key = lease.key.clone();
         let exits = self.exits_tx.clone();
-        let stop = self.stop.child_token();
         let span = tracing::info_span!("snapshot", segment = %key);
         let task = self.tasks.spawn(
             async move {
@@ -424,10 +512,23 @@ impl Snapshots {
 
     async fn settle_exits(&mut self) {
         while let Ok((key, exit)) = self.exits_rx.try_recv() {
-            let Some(held) = self.held.remove(&key) else {
+            let Some(segment) = self.held.remove(&key) else {
                 continue;
             };
+            let held = Arc::clone(&segment.lease);
             match exit {
+                ShardExit::Stopped if segment.handing_to.is_some() && !self.stop.is_cancelled() => {
+                    let mut pending = held.snapshot().await;
+                    pending.pending_owner = segment.handing_to.clone();
+                    match held.hand_off(&pending).await {
+                        Ok(()) => {
+                            tracing::info!(segment = %key, to = ?segment.handing_to, "handed a snapshot segment over")
+                        }
+                        Err(err) => {
+                            tracing::warn!(segment = %key, error = %err, "could not hand a snapshot segment over; it will expire instead")
+                        }
+                    }
+                }
                 ShardExit::Ended => {
                     if let Err(err) = held.release().await {
                         tracing::debug!(segment = %key, error = %err, "could not release a complete segment");
@@ -436,7 +537,7 @@ impl Snapshots {
                 ShardExit::Halted(reason) => {
                     tracing::error!(segment = %key, %reason, "snapshot segment halted: its lease is kept so no worker delivers past the failed items; set DYNASTREAM_ON_FAILURE or fix the processor, then restart this worker");
                     self.halted.insert(key.clone(), reason);
-                    self.held.insert(key, held);
+                    self.held.insert(key, segment);
                 }
                 ShardExit::Failed(reason) => {
                     tracing::error!(segment = %key, %reason, "snapshot segment failed; releasing it so it is retried");
@@ -556,7 +657,7 @@ impl Snapshots {
         let renewals = self
             .held
             .iter()
-            .map(|(key, lease)| async move { (key.clone(), lease.renew().await) });
+            .map(|(key, held)| async move { (key.clone(), held.lease.renew().await) });
         for (key, result) in futures::future::join_all(renewals).await {
             match result {
                 Ok(()) => {}
@@ -589,8 +690,8 @@ impl Snapshots {
             self.tasks.wait().await;
         }
         self.settle_exits().await;
-        for (key, lease) in self.held.drain() {
-            if let Err(err) = lease.release().await {
+        for (key, held) in self.held.drain() {
+            if let Err(err) = held.lease.release().await {
                 tracing::debug!(segment = %key, error = %err, "could not release a snapshot segment; it will expire instead");
             }
         }

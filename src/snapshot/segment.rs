@@ -74,7 +74,7 @@ impl SegmentScan {
                 "resuming the segment from its recorded position"
             );
         }
-        let mut estimate = 1.0;
+        let mut estimate = self.budget.last_page_cost();
         let mut backoff = Backoff::for_aws_calls();
         loop {
             tokio::select! {
