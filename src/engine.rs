@@ -34,7 +34,7 @@ use crate::streams::StreamsApi;
 use crate::tables::sdk::SdkTables;
 use crate::tables::TablesApi;
 use crate::telemetry;
-use crate::telemetry::instrument::{MeteredLeases, MeteredStreams};
+use crate::telemetry::instrument::{MeteredLeases, MeteredStreams, MeteredTables};
 use crate::telemetry::server::Health;
 
 /// A dynastream worker, ready to run.
@@ -252,9 +252,10 @@ impl Engine {
             aws_sdk_dynamodb::Client::new(&sdk),
             config.lease_table_name(),
         )));
-        let mut engine = Engine::with_parts(config, streams, leases, Vec::new())?.with_tables(
-            Arc::new(SdkTables::new(aws_sdk_dynamodb::Client::new(&sdk))),
-        );
+        let mut engine =
+            Engine::with_parts(config, streams, leases, Vec::new())?.with_tables(Arc::new(
+                MeteredTables(SdkTables::new(aws_sdk_dynamodb::Client::new(&sdk))),
+            ));
         for (parts, (name, processing, _)) in engine.pipelines.iter_mut().zip(processing_of(config))
         {
             parts.processors = build_processors(name, processing, &sdk)?;

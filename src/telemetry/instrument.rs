@@ -1,6 +1,7 @@
-//! Metered decorators for the two AWS seams: every call to DynamoDB Streams
-//! and to the lease table is counted and timed, by API and outcome, without
-//! the SDK adapters knowing about metrics.
+//! Metered decorators for the AWS seams: every call to DynamoDB Streams, to
+//! the lease table and to the tables read by snapshots and discovery is
+//! counted and timed, by API and outcome, without the SDK adapters knowing
+//! about metrics.
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use crate::lease::{Checkpoint, Lease, LeaseError, LeaseScan, LeaseStore};
 use crate::streams::{
     IteratorPosition, RecordsPage, StreamPage, StreamSummary, StreamsApi, StreamsError,
 };
+use crate::tables::{ScanPage, SegmentPage, TableDescription, TablesApi, TablesError};
 
 fn streams_outcome<T>(result: &Result<T, StreamsError>) -> CallOutcome {
     match result {
@@ -30,6 +32,14 @@ fn lease_outcome<T>(result: &Result<T, LeaseError>) -> CallOutcome {
             kind: FailureKind::Throttled,
             ..
         }) => CallOutcome::Throttled,
+        Err(_) => CallOutcome::Error,
+    }
+}
+
+fn tables_outcome<T>(result: &Result<T, TablesError>) -> CallOutcome {
+    match result {
+        Ok(_) => CallOutcome::Ok,
+        Err(err) if err.is_throttle() => CallOutcome::Throttled,
         Err(_) => CallOutcome::Error,
     }
 }
@@ -214,6 +224,41 @@ impl<S: LeaseStore> LeaseStore for MeteredLeases<S> {
         let started = Instant::now();
         let result = self.0.delete_lease(lease).await;
         record("DeleteItem", started, &result, lease_outcome);
+        result
+    }
+}
+
+/// [`TablesApi`] with every call counted and timed.
+#[derive(Debug)]
+pub struct MeteredTables<T>(pub T);
+
+#[async_trait]
+impl<T: TablesApi> TablesApi for MeteredTables<T> {
+    async fn describe_table(&self, table: &str) -> Result<TableDescription, TablesError> {
+        let started = Instant::now();
+        let result = self.0.describe_table(table).await;
+        record("DescribeTable", started, &result, tables_outcome);
+        result
+    }
+
+    async fn scan_page(&self, page: SegmentPage<'_>) -> Result<ScanPage, TablesError> {
+        let started = Instant::now();
+        let result = self.0.scan_page(page).await;
+        record("Scan", started, &result, tables_outcome);
+        result
+    }
+
+    async fn list_tables(&self) -> Result<Vec<String>, TablesError> {
+        let started = Instant::now();
+        let result = self.0.list_tables().await;
+        record("ListTables", started, &result, tables_outcome);
+        result
+    }
+
+    async fn tags_of(&self, table_arn: &str) -> Result<Vec<(String, String)>, TablesError> {
+        let started = Instant::now();
+        let result = self.0.tags_of(table_arn).await;
+        record("ListTagsOfResource", started, &result, tables_outcome);
         result
     }
 }
