@@ -498,6 +498,7 @@ fn shard_settings(config: &Config, processing: &Processing) -> ShardSettings {
         idle_after: config.idle_after,
         batch_window: processing.batch_window,
         on_trimmed: processing.on_trimmed,
+        checkpoint_interval: config.checkpoint_interval,
         skip_created_before: None,
     }
 }

@@ -354,6 +354,12 @@ fn snapshot_and_discovery_settings_are_checked() {
             &["DYNASTREAM_TABLE_DISCOVERY_INTERVAL_MS", "1000 to 86400000"],
         );
     }
+    for bad in ["-1", "300001", "1s"] {
+        assert_config_error(
+            &[t, ("DYNASTREAM_CHECKPOINT_INTERVAL_MS", bad)],
+            &["DYNASTREAM_CHECKPOINT_INTERVAL_MS", "0 to 300000"],
+        );
+    }
     // A stream ARN names no table to scan.
     assert_config_error(
         &[

@@ -281,6 +281,10 @@ pub struct Config {
     #[arg(long = "idle-after-ms", env = "DYNASTREAM_IDLE_AFTER_MS", value_name = "MS", default_value = "30000", value_parser = millis::<1_000, 3_600_000>)]
     pub idle_after: Duration,
 
+    /// Least time between two checkpoint writes of a shard, in ms (0..=300000; 0 writes after every batch). What was processed is written within the interval even when no more comes, and at once on shard end, stop and handover; a crash repeats at most this long's records.
+    #[arg(long = "checkpoint-interval-ms", env = "DYNASTREAM_CHECKPOINT_INTERVAL_MS", value_name = "MS", default_value = "0", value_parser = millis::<0, 300_000>)]
+    pub checkpoint_interval: Duration,
+
     /// How long a lease lives without renewal, in ms (1000..=600000); renewed every third of it.
     #[arg(long = "lease-duration-ms", env = "DYNASTREAM_LEASE_DURATION_MS", value_name = "MS", default_value = "10000", value_parser = millis::<1_000, 600_000>)]
     pub lease_duration: Duration,

@@ -15,7 +15,9 @@ use crate::lease::{Checkpoint, PipelineStart};
 use crate::record::{SequenceNumber, StreamRecord};
 use crate::shard::cursor::{apply_on_trimmed, Cursor, Read};
 use crate::shard::gather::Gatherer;
-use crate::shard::{deliver, newest_created, write_checkpoint, ShardExit, ShardSettings};
+use crate::shard::{
+    deliver, newest_created, write_checkpoint, CheckpointPacer, ShardExit, ShardSettings,
+};
 use crate::streams::StreamsApi;
 use crate::telemetry::metrics::ShardMetrics;
 
@@ -69,10 +71,23 @@ impl PipelineConsumer {
             None => Ok(start),
             Some(parents) => self.wait_for_parents(parents, &shutdown).await,
         };
+        let mut pacer = CheckpointPacer::new(self.poll.checkpoint_interval);
         let exit = match start {
             Err(exit) => exit,
             Ok(start) if start.is_shard_end() => ShardExit::Ended,
-            Ok(start) => self.consume(start, &shutdown).await,
+            Ok(start) => self.consume(start, &mut pacer, &shutdown).await,
+        };
+        // What was processed but not yet written is written now, unless
+        // the lease is gone.
+        let exit = match exit {
+            ShardExit::LeaseLost | ShardExit::Ended => exit,
+            exit => {
+                if self.flush(&mut pacer).await {
+                    exit
+                } else {
+                    ShardExit::LeaseLost
+                }
+            }
         };
         self.shared.leave(self.index);
         match exit {
@@ -101,7 +116,12 @@ impl PipelineConsumer {
         Ok(lease.pipeline_checkpoint(&start))
     }
 
-    async fn consume(&self, start: Checkpoint, shutdown: &CancellationToken) -> ShardExit {
+    async fn consume(
+        &self,
+        start: Checkpoint,
+        pacer: &mut CheckpointPacer,
+        shutdown: &CancellationToken,
+    ) -> ShardExit {
         for processor in self.pipeline.dispatcher.processors() {
             processor.shard_started(&self.stream_arn, &self.shard_id);
         }
@@ -123,14 +143,14 @@ impl PipelineConsumer {
                 return ShardExit::LeaseLost;
             }
             let taken = match self
-                .take(&mut source, &mut gatherer, &seen, &start, shutdown)
+                .take(&mut source, &mut gatherer, &seen, &start, pacer, shutdown)
                 .await
             {
                 Ok(Some(taken)) => taken,
                 Ok(None) => {
                     // Nothing new: hand on a batch whose window closed.
                     if let Some(batch) = gatherer.take_batch(false) {
-                        if let Err(exit) = self.process(batch, shutdown).await {
+                        if let Err(exit) = self.process(batch, pacer, shutdown).await {
                             return exit;
                         }
                     }
@@ -141,7 +161,7 @@ impl PipelineConsumer {
             if taken.trimmed_before {
                 // What was gathered before the gap is delivered first.
                 if let Some(batch) = gatherer.take_batch(true) {
-                    if let Err(exit) = self.process(batch, shutdown).await {
+                    if let Err(exit) = self.process(batch, pacer, shutdown).await {
                         return exit;
                     }
                 }
@@ -153,7 +173,7 @@ impl PipelineConsumer {
             let fresh = records_after(&taken.records, &mut seen);
             gatherer.add_shared(fresh);
             if let Some(batch) = gatherer.take_batch(taken.closed) {
-                if let Err(exit) = self.process(batch, shutdown).await {
+                if let Err(exit) = self.process(batch, pacer, shutdown).await {
                     return exit;
                 }
             }
@@ -168,6 +188,9 @@ impl PipelineConsumer {
                     tracing::info!(pipeline = %self.pipeline.name, "caught up: reading from the shared log again");
                     source = Source::Log;
                 } else if taken.idle {
+                    if !self.flush(pacer).await {
+                        return ShardExit::LeaseLost;
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => return ShardExit::Stopped,
                         _ = self.lease.lost().cancelled() => return ShardExit::LeaseLost,
@@ -191,6 +214,7 @@ impl PipelineConsumer {
         gatherer: &mut Gatherer,
         seen: &Option<SequenceNumber>,
         start: &Checkpoint,
+        pacer: &mut CheckpointPacer,
         shutdown: &CancellationToken,
     ) -> Result<Option<Taken>, ShardExit> {
         match source {
@@ -221,8 +245,22 @@ impl PipelineConsumer {
                         Ok(None)
                     }
                     Next::Wait => {
+                        // Caught up with the log: what was processed is
+                        // written once its interval is up, even if no
+                        // more records come.
+                        let flush_at = pacer.pending_due_at();
+                        if flush_at.is_some_and(|at| at <= Instant::now()) {
+                            return if self.flush(pacer).await {
+                                Ok(None)
+                            } else {
+                                Err(ShardExit::LeaseLost)
+                            };
+                        }
                         let window = gatherer.window_closes_in().unwrap_or(Duration::MAX);
-                        let deadline = Instant::now().checked_add(window);
+                        let deadline = match (Instant::now().checked_add(window), flush_at) {
+                            (Some(window), Some(flush)) => Some(window.min(flush)),
+                            (window, flush) => window.or(flush),
+                        };
                         tokio::select! {
                             _ = shutdown.cancelled() => Err(ShardExit::Stopped),
                             _ = self.lease.lost().cancelled() => Err(ShardExit::LeaseLost),
@@ -266,6 +304,7 @@ impl PipelineConsumer {
     async fn process(
         &self,
         batch: Vec<Arc<StreamRecord>>,
+        pacer: &mut CheckpointPacer,
         shutdown: &CancellationToken,
     ) -> Result<(), ShardExit> {
         let (last, _) = deliver(
@@ -276,11 +315,22 @@ impl PipelineConsumer {
             shutdown,
         )
         .await?;
-        if self.checkpoint(&Checkpoint::Sequence(last)).await {
+        let Some(due) = pacer.processed(last) else {
+            return Ok(());
+        };
+        if self.checkpoint(&Checkpoint::Sequence(due)).await {
+            pacer.written();
             Ok(())
         } else {
             Err(ShardExit::LeaseLost)
         }
+    }
+
+    /// Writes the pending checkpoint, if any; `false` when the lease is gone.
+    async fn flush(&self, pacer: &mut CheckpointPacer) -> bool {
+        pacer
+            .flush(|checkpoint| async move { self.checkpoint(&checkpoint).await })
+            .await
     }
 
     async fn checkpoint(&self, checkpoint: &Checkpoint) -> bool {

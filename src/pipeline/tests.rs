@@ -129,12 +129,23 @@ impl Fixture {
 
     /// Runs the shard into `pipelines` until `shutdown` or its end.
     async fn run(&self, pipelines: &Pipelines, shutdown: CancellationToken) -> ShardExit {
+        self.run_with(pipelines, Fixture::settings(), shutdown)
+            .await
+    }
+
+    /// [`Fixture::run`] with the given shard settings.
+    async fn run_with(
+        &self,
+        pipelines: &Pipelines,
+        settings: ShardSettings,
+        shutdown: CancellationToken,
+    ) -> ShardExit {
         let task = pipelines.shard_task(
             &self.arn,
             SHARD,
             Arc::new(self.streams.clone()),
             self.lease().await,
-            Fixture::settings(),
+            settings,
             Parents::default(),
         );
         task.run(shutdown).await
@@ -513,5 +524,60 @@ async fn records_trimmed_before_the_shared_reader_got_to_them_halt_only_the_pipe
         stored.pipeline_checkpoints.get("strict"),
         Some(&Checkpoint::Sequence(written[0].clone())),
         "strict resumes before the gap once an operator acts"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_checkpoint_interval_paces_each_pipelines_writes_and_stopping_writes_the_rest() {
+    let mut counters = Vec::new();
+    for interval in [Duration::ZERO, Duration::from_secs(5)] {
+        let fixture = Fixture::new(Checkpoint::TrimHorizon).await;
+        let want = fixture.put(100);
+        let targets = [Target::new(), Target::new()];
+        let pipelines = Pipelines::named(
+            ["search", "audit"]
+                .iter()
+                .zip(&targets)
+                .map(|(name, target)| Fixture::pipeline(name, target, false))
+                .collect(),
+            1_000,
+        );
+        let shutdown = CancellationToken::new();
+        let settings = ShardSettings {
+            checkpoint_interval: interval,
+            ..Fixture::settings()
+        };
+        let run = fixture.run_with(&pipelines, settings, shutdown.clone());
+        let last = Checkpoint::Sequence(want[99].clone());
+        let stop = async {
+            crate::test_support::eventually(
+                Duration::from_secs(60),
+                || {
+                    fixture
+                        .stored()
+                        .pipeline_checkpoints
+                        .values()
+                        .all(|c| *c == last)
+                        && fixture.stored().pipeline_checkpoints.len() == 2
+                },
+                || format!("both pipelines checkpointed: {:?}", fixture.stored()),
+            )
+            .await;
+            shutdown.cancel();
+        };
+        let (exit, ()) = tokio::join!(run, stop);
+        assert_eq!(exit, ShardExit::Stopped);
+        for target in &targets {
+            in_order(&target.delivered(), &want);
+        }
+        counters.push(fixture.stored().counter);
+    }
+    // Ten batches a pipeline: twenty writes after every batch (and the
+    // take); with the interval, each pipeline's first batch and, once the
+    // interval is up, the rest.
+    assert_eq!(
+        counters,
+        vec![21, 5],
+        "lease writes without and with the interval"
     );
 }

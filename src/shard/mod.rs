@@ -51,6 +51,11 @@ pub struct ShardSettings {
     pub batch_window: Duration,
     /// What to do when the position fell behind the stream's retention.
     pub on_trimmed: OnTrimmed,
+    /// The least time between two checkpoint writes of a shard (zero: after
+    /// every batch). What was processed is still written when the shard
+    /// goes idle (within the interval), ends, or its consumer stops, so only
+    /// a crash delivers more again: at most this long's records.
+    pub checkpoint_interval: Duration,
     /// Records created before this time (epoch seconds) are passed over:
     /// the stream of a snapshotted table is read from where it was when
     /// the snapshot began, and the snapshot already holds their effect.
@@ -79,6 +84,7 @@ impl Default for ShardSettings {
             idle_after: Duration::from_secs(30),
             batch_window: Duration::ZERO,
             on_trimmed: OnTrimmed::Skip,
+            checkpoint_interval: Duration::ZERO,
             skip_created_before: None,
         }
     }
@@ -101,6 +107,74 @@ pub enum ShardExit {
     /// stays leased (so nobody else reads past them) but is not read until
     /// an operator acts.
     Halted(String),
+}
+
+/// When a shard's progress is written to its lease: after every batch, or
+/// at most once per interval, the records processed since the last write
+/// waiting as the pending checkpoint (written by [`CheckpointPacer::flush`]'s
+/// caller when the shard goes idle or the consumer stops).
+#[derive(Debug)]
+pub(crate) struct CheckpointPacer {
+    interval: Duration,
+    last_write: Option<Instant>,
+    pending: Option<SequenceNumber>,
+}
+
+impl CheckpointPacer {
+    pub(crate) fn new(interval: Duration) -> Self {
+        CheckpointPacer {
+            interval,
+            last_write: None,
+            pending: None,
+        }
+    }
+
+    /// Records that everything up to `last` was processed; returns the
+    /// checkpoint to write now, if one is due (else it waits as pending).
+    pub(crate) fn processed(&mut self, last: SequenceNumber) -> Option<SequenceNumber> {
+        let due = self.interval.is_zero()
+            || self
+                .last_write
+                .is_none_or(|at| at.elapsed() >= self.interval);
+        if due {
+            self.pending = None;
+            Some(last)
+        } else {
+            self.pending = Some(last);
+            None
+        }
+    }
+
+    /// Records that a checkpoint was written now.
+    pub(crate) fn written(&mut self) {
+        self.last_write = Some(Instant::now());
+    }
+
+    /// When the pending checkpoint is due to be written; `None` without one.
+    pub(crate) fn pending_due_at(&self) -> Option<Instant> {
+        self.pending.as_ref()?;
+        Some(
+            self.last_write
+                .map_or_else(Instant::now, |at| at + self.interval),
+        )
+    }
+
+    /// Writes the pending checkpoint, if any, with `write` (which says
+    /// whether it was written); `false` when the lease is gone.
+    pub(crate) async fn flush<F, Fut>(&mut self, write: F) -> bool
+    where
+        F: FnOnce(Checkpoint) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let Some(last) = self.pending.take() else {
+            return true;
+        };
+        let written = write(Checkpoint::Sequence(last)).await;
+        if written {
+            self.written();
+        }
+        written
+    }
 }
 
 /// Reads one shard under a lease.
@@ -148,6 +222,23 @@ impl ShardConsumer {
     /// fatal error occurs. On shutdown a batch being processed is finished
     /// and checkpointed first.
     pub async fn run(self, shutdown: CancellationToken) -> ShardExit {
+        let mut pacer = CheckpointPacer::new(self.settings.checkpoint_interval);
+        let exit = self.consume(&mut pacer, &shutdown).await;
+        // What was processed but not yet written is written now, unless
+        // the lease is gone (the next owner repeats it then).
+        match exit {
+            ShardExit::LeaseLost | ShardExit::Ended => exit,
+            exit if self.flush(&mut pacer).await => exit,
+            _ => ShardExit::LeaseLost,
+        }
+    }
+
+    async fn consume(
+        &self,
+        pacer: &mut CheckpointPacer,
+        shutdown: &CancellationToken,
+    ) -> ShardExit {
+        let shutdown = shutdown.clone();
         let Some(position) = self.lease.snapshot().await.checkpoint.resume_position() else {
             return ShardExit::Ended;
         };
@@ -183,8 +274,10 @@ impl ShardConsumer {
                         cursor.read_ahead(gatherer.room(), &shutdown).await;
                     }
                 };
-                let (done, ()) =
-                    tokio::join!(self.process_and_checkpoint(batch, &shutdown), read_ahead);
+                let (done, ()) = tokio::join!(
+                    self.process_and_checkpoint(batch, pacer, &shutdown),
+                    read_ahead
+                );
                 match done {
                     Ok(last) => cursor.checkpointed(last),
                     Err(exit) => return exit,
@@ -197,6 +290,11 @@ impl ShardConsumer {
                 return self.finish_shard().await;
             }
             if was_empty {
+                // An idle shard writes what it processed at once: its
+                // checkpoint would otherwise wait for the next record.
+                if !self.flush(pacer).await {
+                    return ShardExit::LeaseLost;
+                }
                 let pause = self.poll_pause(last_records_at, &gatherer);
                 tokio::select! {
                     _ = shutdown.cancelled() => return ShardExit::Stopped,
@@ -267,6 +365,7 @@ impl ShardConsumer {
     async fn process_and_checkpoint(
         &self,
         batch: Vec<Arc<StreamRecord>>,
+        pacer: &mut CheckpointPacer,
         shutdown: &CancellationToken,
     ) -> Result<SequenceNumber, ShardExit> {
         let count = batch.len();
@@ -278,7 +377,11 @@ impl ShardConsumer {
             shutdown,
         )
         .await?;
-        if self.checkpoint(&Checkpoint::Sequence(last.clone())).await {
+        let Some(due) = pacer.processed(last.clone()) else {
+            return Ok(last);
+        };
+        if self.checkpoint(&Checkpoint::Sequence(due)).await {
+            pacer.written();
             tracing::debug!(
                 records = count,
                 processed = report.processed,
@@ -300,6 +403,13 @@ impl ShardConsumer {
             self.lease.checkpoint(checkpoint)
         })
         .await
+    }
+
+    /// Writes the pending checkpoint, if any; `false` when the lease is gone.
+    async fn flush(&self, pacer: &mut CheckpointPacer) -> bool {
+        pacer
+            .flush(|checkpoint| async move { self.checkpoint(&checkpoint).await })
+            .await
     }
 
     async fn finish_shard(&self) -> ShardExit {

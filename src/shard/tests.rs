@@ -193,13 +193,8 @@ impl Fixture {
     }
 
     fn consumer_with(&self, processor: Arc<dyn Processor>, batch_size: u32) -> ShardConsumer {
-        let dispatcher = Dispatcher::new(vec![processor]);
-        ShardConsumer::new(
-            &self.arn,
-            SHARD,
-            Arc::new(self.streams.clone()),
-            Arc::clone(&self.lease),
-            Arc::new(dispatcher),
+        self.consumer_settings(
+            processor,
             ShardSettings {
                 batch_size,
                 poll_interval: Duration::from_millis(200),
@@ -207,6 +202,21 @@ impl Fixture {
                 on_trimmed: crate::config::OnTrimmed::Skip,
                 ..ShardSettings::default()
             },
+        )
+    }
+
+    fn consumer_settings(
+        &self,
+        processor: Arc<dyn Processor>,
+        settings: ShardSettings,
+    ) -> ShardConsumer {
+        ShardConsumer::new(
+            &self.arn,
+            SHARD,
+            Arc::new(self.streams.clone()),
+            Arc::clone(&self.lease),
+            Arc::new(Dispatcher::new(vec![processor])),
+            settings,
         )
     }
 
@@ -675,13 +685,8 @@ async fn a_shard_whose_lease_was_stolen_is_not_reported_ended() {
 async fn a_batch_window_gathers_records_from_several_reads_into_one_batch() {
     let fixture = Fixture::new(Checkpoint::TrimHorizon).await;
     let recorder = recorder();
-    let dispatcher = Dispatcher::new(vec![recorder.clone()]);
-    let consumer = ShardConsumer::new(
-        &fixture.arn,
-        SHARD,
-        Arc::new(fixture.streams.clone()),
-        Arc::clone(&fixture.lease),
-        Arc::new(dispatcher),
+    let consumer = fixture.consumer_settings(
+        recorder.clone(),
         ShardSettings {
             batch_size: 100,
             poll_interval: Duration::from_millis(200),
@@ -858,4 +863,65 @@ async fn a_shard_quiet_for_idle_after_is_polled_slowly_until_records_arrive() {
     );
     shutdown.cancel();
     assert_eq!(task.await.unwrap(), ShardExit::Stopped);
+}
+
+/// A consumer whose checkpoint writes are paced by `interval`.
+fn paced(fixture: &Fixture, processor: Arc<Recorder>, interval: Duration) -> ShardConsumer {
+    fixture.consumer_settings(
+        processor,
+        ShardSettings {
+            batch_size: 10,
+            poll_interval: Duration::from_millis(200),
+            checkpoint_interval: interval,
+            ..ShardSettings::default()
+        },
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_checkpoint_interval_writes_a_busy_shard_once_per_interval_and_an_idle_one_at_once() {
+    for (interval, expected_writes) in [(Duration::ZERO, 20), (Duration::from_secs(1), 2)] {
+        let (fixture, seqs) = Fixture::with_records(200, |_| Checkpoint::TrimHorizon).await;
+        let processor = recorder();
+        let shutdown = CancellationToken::new();
+        let consumer = paced(&fixture, Arc::clone(&processor), interval);
+        let task = tokio::spawn(run_to_exit(consumer, shutdown.clone()));
+        fixture
+            .wait_for_checkpoint(&Checkpoint::Sequence(seqs[199].clone()))
+            .await;
+        shutdown.cancel();
+        assert_eq!(task.await.unwrap(), ShardExit::Stopped);
+        assert_eq!(processor.delivered(), seqs, "every record once, in order");
+        let writes = fixture.writes();
+        // Twenty batches read back to back in one instant: with the
+        // interval, the first is written at once and the rest when the
+        // shard has nothing more to read.
+        assert_eq!(writes.len(), expected_writes, "{interval:?}: {writes:?}");
+        assert_eq!(writes.last(), Some(&accepted(&seqs[199])));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stopping_consumer_writes_what_it_processed_since_the_last_checkpoint() {
+    let (fixture, seqs) = Fixture::with_records(100, |_| Checkpoint::TrimHorizon).await;
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let processor = recording(move |attempt, _| {
+        if attempt == 2 {
+            stop.cancel();
+        }
+        Ok(())
+    });
+    let consumer = paced(&fixture, Arc::clone(&processor), Duration::from_secs(60));
+    assert_eq!(run_to_exit(consumer, shutdown).await, ShardExit::Stopped);
+    // The first batch was written at once; the third, processed when the
+    // shutdown came, on the way out.
+    assert_eq!(
+        fixture.writes(),
+        vec![accepted(&seqs[9]), accepted(&seqs[29])]
+    );
+    assert_eq!(
+        fixture.stored().checkpoint,
+        Checkpoint::Sequence(seqs[29].clone())
+    );
 }
