@@ -552,3 +552,54 @@ async fn a_table_created_while_running_is_found_by_prefix_and_consumed() {
     let (status, _, _) = worker.terminate().await;
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_table_stays_registered_while_discovery_looks_elsewhere() {
+    let client = dynamodb().await;
+    let table = unique_name("configured");
+    create_table(&client, &table).await;
+    for i in 0..5 {
+        put(&client, &table, &format!("k{i}"), i).await;
+    }
+    let application = unique_name("cfgapp");
+    let prefix = unique_name("nothing-matches");
+    let env = worker_env(&[
+        ("DYNASTREAM_TABLES", &table),
+        ("DYNASTREAM_TABLE_PREFIX", &prefix),
+        ("DYNASTREAM_APPLICATION", &application),
+        ("DYNASTREAM_TABLE_DISCOVERY_INTERVAL_MS", "1000"),
+        ("DYNASTREAM_SNAPSHOT", "on"),
+        ("DYNASTREAM_SNAPSHOT_SEGMENTS", "2"),
+        ("DYNASTREAM_LEASE_DURATION_MS", "3000"),
+    ]);
+    let worker = Worker::start(&env);
+    let records = worker.wait_for_records(5, Duration::from_secs(60)).await;
+    assert!(records.iter().all(is_snapshot));
+    worker
+        .wait_for_log("following the table's stream", 1, Duration::from_secs(60))
+        .await;
+    // Several looks for tables later, the configured table is still there.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    put(&client, &table, "after", 9).await;
+    let records = worker.wait_for_records(6, Duration::from_secs(60)).await;
+    assert!(!is_snapshot(records.last().unwrap()));
+    let store = lease_store(&format!("{application}-leases")).await;
+    use dynastream::lease::LeaseStore;
+    let items = store.list_leases().await.unwrap().leases;
+    assert!(items
+        .iter()
+        .any(|l| l.registered_table() == Some(table.as_str())));
+    let (status, _, logs) = worker.terminate().await;
+    assert!(status.success());
+    assert!(
+        !logs
+            .iter()
+            .any(|l| l.contains("no longer exists or matches")),
+        "a configured table is never dropped by discovery"
+    );
+    assert_eq!(
+        records.iter().filter(|r| is_snapshot(r)).count(),
+        5,
+        "one snapshot"
+    );
+}

@@ -1368,18 +1368,10 @@ impl Coordinator {
             if self.discovery.streams.contains(&stream) || self.refused_streams.contains(&stream) {
                 continue;
             }
-            let table = item
-                .key
-                .strip_prefix(crate::lease::TABLE_KEY_PREFIX)
-                .unwrap_or(&item.key)
-                .to_owned();
+            let table = item.registered_table().unwrap_or(&item.key).to_owned();
             let on_trimmed = self.settings.shard.on_trimmed;
             let start =
                 crate::snapshot::stream_start(self.leases.values(), &item, now_millis, on_trimmed);
-            let outlived = item.snapshot.as_ref().is_some_and(|s| {
-                Duration::from_millis(now_millis.saturating_sub(s.started_at_millis))
-                    > crate::snapshot::STREAM_RETENTION
-            });
             match start {
                 StreamStart::Wait => {}
                 StreamStart::Refused => {
@@ -1387,7 +1379,7 @@ impl Coordinator {
                     self.refused_streams.insert(stream);
                 }
                 StreamStart::Follow(cutoff) => {
-                    if outlived {
+                    if crate::snapshot::outlived_retention(&item, now_millis) {
                         tracing::error!(%table, stream = %stream, "the table's snapshot took longer than the stream's 24-hour retention: changes made in its first hours may have been trimmed unread; following the stream anyway (DYNASTREAM_ON_TRIMMED=skip)");
                     }
                     tracing::info!(%table, stream = %stream, skip_created_before = ?cutoff, "following the table's stream");
@@ -1422,9 +1414,18 @@ impl Coordinator {
             }
         };
         let snapshot_segments = self.settings.snapshot_found_tables;
-        for table in &found.tables {
+        // Configured tables are registered (with a snapshot) or followed
+        // (without) whatever discovery finds, and never dropped by it.
+        let configured: HashSet<&str> = self
+            .settings
+            .tables
+            .iter()
+            .chain(self.snapshots.iter().flat_map(|s| s.configured_tables()))
+            .map(String::as_str)
+            .collect();
+        for table in &found {
             let key = crate::lease::SnapshotState::table_key(&table.name);
-            if self.leases.contains_key(&key) || self.settings.tables.contains(&table.name) {
+            if self.leases.contains_key(&key) || configured.contains(table.name.as_str()) {
                 continue;
             }
             if table.stream_arn.is_none() && !only {
@@ -1448,25 +1449,15 @@ impl Coordinator {
                 }
             }
         }
-        let gone: Vec<Lease> = self
+        let found: HashSet<&str> = found.iter().map(|t| t.name.as_str()).collect();
+        let gone: Vec<(String, Lease)> = self
             .leases
             .values()
-            .filter(|l| l.kind() == ItemKind::Table)
-            .filter(|l| {
-                let table = l
-                    .key
-                    .strip_prefix(crate::lease::TABLE_KEY_PREFIX)
-                    .unwrap_or(&l.key);
-                !found.names.contains(table) && !self.settings.tables.iter().any(|t| t == table)
-            })
-            .cloned()
+            .filter_map(|l| Some((l.registered_table()?, l)))
+            .filter(|(table, _)| !found.contains(table) && !configured.contains(table))
+            .map(|(table, l)| (table.to_owned(), l.clone()))
             .collect();
-        for item in gone {
-            let table = item
-                .key
-                .strip_prefix(crate::lease::TABLE_KEY_PREFIX)
-                .unwrap_or(&item.key)
-                .to_owned();
+        for (table, item) in gone {
             tracing::warn!(%table, "a found table no longer exists or matches: dropping it (its stream is read to its end while it can still be read)");
             let segments: Vec<Lease> = self
                 .leases

@@ -8,7 +8,7 @@
 //! exists or matches is dropped from the register; its stream is read to
 //! its end while it still can be.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -34,17 +34,6 @@ pub(super) struct TableDiscovery {
     next_due: Option<Instant>,
     /// Tables without a stream, reported once each.
     reported: HashSet<String>,
-    /// Table ARNs, read once each, for their tags.
-    arns: HashMap<String, String>,
-}
-
-/// What a look found.
-#[derive(Debug, Default)]
-pub(super) struct Found {
-    /// Matching tables, described.
-    pub tables: Vec<TableDescription>,
-    /// Every table name that exists and matches (described or not).
-    pub names: HashSet<String>,
 }
 
 impl TableDiscovery {
@@ -53,7 +42,6 @@ impl TableDiscovery {
             settings,
             next_due: None,
             reported: HashSet::new(),
-            arns: HashMap::new(),
         }
     }
 
@@ -67,18 +55,16 @@ impl TableDiscovery {
         self.reported.insert(table.to_owned())
     }
 
-    /// Lists the tables and describes those that match. `Err` only when
-    /// the listing itself failed; a table that vanishes between the listing
-    /// and its description is left out.
+    /// Lists the tables and describes those that match. A table that
+    /// vanishes between the listing and its description is left out.
     pub(super) async fn look(
         &mut self,
         api: &dyn TablesApi,
         now: Instant,
-    ) -> Result<Found, TablesError> {
+    ) -> Result<Vec<TableDescription>, TablesError> {
         self.next_due = Some(now + self.settings.interval);
-        let names = api.list_tables().await?;
-        let mut found = Found::default();
-        for name in names {
+        let mut found = Vec::new();
+        for name in api.list_tables().await? {
             if let Some(prefix) = &self.settings.prefix {
                 if !name.starts_with(prefix.as_str()) {
                     continue;
@@ -90,12 +76,7 @@ impl TableDiscovery {
                 Err(err) => return Err(err),
             };
             if let Some(tag) = &self.settings.tag {
-                let arn = self
-                    .arns
-                    .entry(name.clone())
-                    .or_insert_with(|| description.arn.clone())
-                    .clone();
-                let tags = match api.tags_of(&arn).await {
+                let tags = match api.tags_of(&description.arn).await {
                     Ok(tags) => tags,
                     Err(TablesError::NotFound(_)) => continue,
                     Err(err) => return Err(err),
@@ -104,8 +85,7 @@ impl TableDiscovery {
                     continue;
                 }
             }
-            found.names.insert(name);
-            found.tables.push(description);
+            found.push(description);
         }
         Ok(found)
     }

@@ -311,6 +311,11 @@ impl Lease {
         }
     }
 
+    /// The table a table item registers (`None` for other items).
+    pub fn registered_table(&self) -> Option<&str> {
+        self.key.strip_prefix(TABLE_KEY_PREFIX)
+    }
+
     /// Whether `worker` holds this lease, as of this copy.
     pub fn is_owned_by(&self, worker: &str) -> bool {
         self.owner.as_deref() == Some(worker)

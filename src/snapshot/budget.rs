@@ -70,11 +70,6 @@ impl ReadBudget {
         bucket.rate = rate.max(0.001);
     }
 
-    /// The current rate, in units per second.
-    pub fn rate(&self) -> f64 {
-        self.bucket().rate
-    }
-
     /// What the last page read under this budget cost (1 before any).
     pub fn last_page_cost(&self) -> f64 {
         self.bucket().last_cost

@@ -149,12 +149,19 @@ pub fn stream_start<'a>(
     if !is_complete(leases, table_item) {
         return StreamStart::Wait;
     }
-    let took = Duration::from_millis(now_millis.saturating_sub(state.started_at_millis));
-    if took > STREAM_RETENTION && on_trimmed == OnTrimmed::Stop {
+    if outlived_retention(table_item, now_millis) && on_trimmed == OnTrimmed::Stop {
         return StreamStart::Refused;
     }
     let start = (state.started_at_millis / 1000) as i64;
     StreamStart::Follow(Some(start - CLOCK_MARGIN.as_secs() as i64))
+}
+
+/// Whether the snapshot a table item records began longer ago than the
+/// stream's retention: the stream may no longer hold every change since.
+pub fn outlived_retention(table_item: &Lease, now_millis: u64) -> bool {
+    table_item.snapshot.as_ref().is_some_and(|state| {
+        Duration::from_millis(now_millis.saturating_sub(state.started_at_millis)) > STREAM_RETENTION
+    })
 }
 
 /// A table item, as the lease table holds it.
@@ -261,6 +268,12 @@ impl Snapshots {
             exits_tx,
             exits_rx,
         }
+    }
+
+    /// The configured tables (`DYNASTREAM_TABLES`) this worker snapshots:
+    /// registered at start-up, never dropped by discovery.
+    pub fn configured_tables(&self) -> &[String] {
+        &self.settings.tables
     }
 
     /// Whether the snapshot is all there is (`only`): no stream is followed.
