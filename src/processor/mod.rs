@@ -56,12 +56,25 @@ impl Batch {
 
     /// The batch as Lambda's event, serialized.
     pub fn to_lambda_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.lambda_event()).unwrap_or_else(|err| {
-            // Every field is a string, number or map with string keys, so
-            // serialization cannot fail; keep the service alive regardless.
-            tracing::error!(error = %err, "could not serialize a batch");
-            b"{\"Records\":[]}".to_vec()
-        })
+        let mut out = Vec::with_capacity(self.estimated_json_len());
+        self.write_lambda_json(&mut out);
+        out
+    }
+
+    /// Appends the batch as Lambda's event to `out`, for a processor that
+    /// reuses its buffer from batch to batch.
+    pub fn write_lambda_json(&self, out: &mut Vec<u8>) {
+        crate::record::write::lambda_event(&self.records, out);
+    }
+
+    /// About how many bytes the batch takes as JSON (see
+    /// [`StreamRecord::estimated_json_len`]).
+    pub fn estimated_json_len(&self) -> usize {
+        self.records
+            .iter()
+            .map(|record| record.estimated_json_len())
+            .sum::<usize>()
+            + 16
     }
 
     /// The sequence number of the batch's last record.

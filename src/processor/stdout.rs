@@ -16,6 +16,9 @@ use crate::record::RecordFormat;
 pub struct StdoutProcessor {
     out: Mutex<tokio::io::Stdout>,
     format: RecordFormat,
+    /// Buffers of earlier batches, kept so that a busy worker serializes
+    /// into memory it already has: one per batch in flight at most.
+    spare: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 impl StdoutProcessor {
@@ -24,6 +27,7 @@ impl StdoutProcessor {
         StdoutProcessor {
             out: Mutex::new(tokio::io::stdout()),
             format: RecordFormat::Lambda,
+            spare: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -47,19 +51,49 @@ impl Processor for StdoutProcessor {
     }
 
     async fn process(&self, batch: &Batch) -> Result<BatchOutcome, ProcessorError> {
-        let mut lines = Vec::with_capacity(batch.len() * 512);
+        let mut lines = self.take_buffer();
+        lines.reserve(batch.estimated_json_len());
         for record in &batch.records {
             self.format.write(record, &mut lines);
             lines.push(b'\n');
         }
+        let written = self.write_out(&lines).await;
+        self.return_buffer(lines);
+        written.map(|()| BatchOutcome::Success)
+    }
+}
+
+impl StdoutProcessor {
+    fn take_buffer(&self) -> Vec<u8> {
+        self.spare
+            .lock()
+            .map(|mut spare| spare.pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    fn return_buffer(&self, mut buffer: Vec<u8>) {
+        /// A buffer grown past this by an outsized batch is let go rather
+        /// than held for the life of the process.
+        const KEEP_AT_MOST: usize = 16 << 20;
+        if buffer.capacity() > KEEP_AT_MOST {
+            return;
+        }
+        buffer.clear();
+        if let Ok(mut spare) = self.spare.lock() {
+            spare.push(buffer);
+        }
+    }
+
+    async fn write_out(&self, lines: &[u8]) -> Result<(), ProcessorError> {
         // One lock per batch keeps concurrent shards' lines from interleaving.
         let mut out = self.out.lock().await;
-        out.write_all(&lines)
+        out.write_all(lines)
             .await
             .map_err(|e| ProcessorError::retryable(format!("write to stdout: {e}")))?;
         out.flush()
             .await
-            .map_err(|e| ProcessorError::retryable(format!("flush stdout: {e}")))?;
-        Ok(BatchOutcome::Success)
+            .map_err(|e| ProcessorError::retryable(format!("flush stdout: {e}")))
     }
 }
