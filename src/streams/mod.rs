@@ -14,6 +14,7 @@
 pub mod memory;
 pub mod rate_limit;
 pub mod sdk;
+pub mod wire;
 
 use async_trait::async_trait;
 

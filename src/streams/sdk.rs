@@ -1,8 +1,10 @@
 //! [`StreamsApi`] over the AWS SDK's DynamoDB Streams client.
 //!
 //! A thin translation: one SDK call per method, no retries (see
-//! [`crate::aws`]), and each record converted once, by moving its parts out of
-//! the SDK's types into [`StreamRecord`].
+//! [`crate::aws`]). GetRecords answers are parsed straight into
+//! [`StreamRecord`] ([`super::wire`]); an answer that model cannot read is
+//! left to the SDK, and its records are converted by moving their parts out
+//! of the SDK's types.
 
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ use aws_sdk_dynamodbstreams::types::{
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 
+use super::wire::RecordsCapture;
 use super::{
     IteratorPosition, RecordsPage, ShardInfo, StreamPage, StreamStatus, StreamSummary, StreamsApi,
     StreamsError, MAX_RECORDS_PER_READ,
@@ -28,12 +31,26 @@ use crate::record::{
 #[derive(Debug, Clone)]
 pub struct SdkStreams {
     client: ddbs::Client,
+    /// Whether GetRecords answers are parsed straight into the record model
+    /// ([`super::wire`]) rather than through the SDK's.
+    parse_records: bool,
 }
 
 impl SdkStreams {
     /// Wraps a client built from [`crate::aws::load_sdk_config`].
     pub fn new(client: ddbs::Client) -> Self {
-        SdkStreams { client }
+        SdkStreams {
+            client,
+            parse_records: true,
+        }
+    }
+
+    /// Leaves GetRecords answers to the SDK's parser and converts its model,
+    /// the way every answer was read before [`super::wire`]: for comparing
+    /// the two.
+    pub fn with_sdk_parsing(mut self) -> Self {
+        self.parse_records = false;
+        self
     }
 
     /// Builds the client from a shared SDK configuration.
@@ -190,21 +207,33 @@ impl StreamsApi for SdkStreams {
         iterator: &str,
         limit: u32,
     ) -> Result<RecordsPage, StreamsError> {
-        let answer = self
+        let capture = RecordsCapture::default();
+        let mut request = self
             .client
             .get_records()
             .shard_iterator(iterator)
             .limit(limit.clamp(1, MAX_RECORDS_PER_READ) as i32)
+            .customize();
+        if self.parse_records {
+            request = request.interceptor(capture.clone());
+        }
+        let answer = request
             .send()
             .await
             .map_err(|e| to_streams_error("GetRecords", e))?;
         let source: Arc<str> = Arc::from(stream_arn);
-        let records = answer
-            .records
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|record| convert_record(record, &source))
-            .collect();
+        let records = match capture.take() {
+            Some(records) => records
+                .into_iter()
+                .filter_map(|record| record.into_record(&source))
+                .collect(),
+            None => answer
+                .records
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|record| convert_record(record, &source))
+                .collect(),
+        };
         Ok(RecordsPage {
             records,
             next_iterator: answer.next_shard_iterator,
