@@ -282,7 +282,7 @@ pub struct Config {
     pub idle_after: Duration,
 
     /// Least time between two checkpoint writes of a shard, in ms (0..=300000; 0 writes after every batch). What was processed is written within the interval even when no more comes, and at once on shard end, stop and handover; a crash repeats at most this long's records.
-    #[arg(long = "checkpoint-interval-ms", env = "DYNASTREAM_CHECKPOINT_INTERVAL_MS", value_name = "MS", default_value = "0", value_parser = millis::<0, 300_000>)]
+    #[arg(long = "checkpoint-interval-ms", env = "DYNASTREAM_CHECKPOINT_INTERVAL_MS", value_name = "MS", default_value = "1000", value_parser = millis::<0, 300_000>)]
     pub checkpoint_interval: Duration,
 
     /// How long a lease lives without renewal, in ms (1000..=600000); renewed every third of it.

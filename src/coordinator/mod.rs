@@ -1006,25 +1006,31 @@ impl Coordinator {
         if let Some(snapshots) = &mut self.snapshots {
             snapshots.renew().await;
         }
-        let mut handles: Vec<(String, Arc<HeldLease>)> = self
+        // A shard lease checkpointed within the last half interval needs no
+        // renewal: the checkpoint moved its counter. Presence and leadership
+        // have no other writes.
+        let just_written = self.settings.renew_interval / 2;
+        let mut handles: Vec<(String, Arc<HeldLease>, Duration)> = self
             .held
             .iter()
-            .map(|(key, held)| (key.clone(), Arc::clone(&held.lease)))
+            .map(|(key, held)| (key.clone(), Arc::clone(&held.lease), just_written))
             .collect();
         handles.extend(
             self.presence
                 .iter()
-                .map(|p| ("presence".to_owned(), Arc::clone(p))),
+                .map(|p| ("presence".to_owned(), Arc::clone(p), Duration::ZERO)),
         );
         handles.extend(
             self.leader
                 .iter()
-                .map(|l| ("leader".to_owned(), Arc::clone(l))),
+                .map(|l| ("leader".to_owned(), Arc::clone(l), Duration::ZERO)),
         );
-        let renewals = handles.into_iter().map(|(key, lease)| async move {
-            let result = lease.renew().await;
-            (key, result)
-        });
+        let renewals = handles
+            .into_iter()
+            .map(|(key, lease, recently)| async move {
+                let result = lease.renew_unless_written_within(recently).await;
+                (key, result)
+            });
         for (key, result) in futures::future::join_all(renewals).await {
             match result {
                 Ok(()) => {}

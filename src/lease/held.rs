@@ -121,6 +121,18 @@ impl HeldLease {
             .map(drop)
     }
 
+    /// Renews unless a write of this worker (a checkpoint: it bumps the
+    /// counter too) started less than `recently` ago, so that a busy shard's
+    /// lease costs its checkpoint writes and nothing more. Callers pass half
+    /// their renewal interval, so the counter still moves at least every one
+    /// and a half intervals, well inside the validity window.
+    pub async fn renew_unless_written_within(&self, recently: Duration) -> Result<(), LeaseError> {
+        if !self.lost.is_cancelled() && self.since_last_write() < recently {
+            return Ok(());
+        }
+        self.renew().await
+    }
+
     /// Records progress. Refused (and the lease marked lost) if another
     /// worker has taken the lease since our last write.
     pub async fn checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), LeaseError> {
@@ -233,6 +245,34 @@ mod tests {
         let stored = store.get("shard-1").unwrap();
         assert_eq!(stored.counter, 4);
         assert_eq!(stored.checkpoint, seq);
+    }
+
+    /// A busy shard's checkpoints keep its lease alive, so its renewals
+    /// are skipped: the lease costs one write per checkpoint, not more.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_right_after_a_checkpoint_is_skipped_and_a_later_one_is_not() {
+        let store = MemoryLeaseStore::new();
+        let lease = held(&store).await;
+        let half_renewal = Duration::from_millis(1_500);
+        let counter = || store.get("shard-1").unwrap().counter;
+        let taken = counter();
+        lease
+            .checkpoint(&Checkpoint::Sequence(SequenceNumber::from("1")))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_millis(1_000)).await;
+        lease
+            .renew_unless_written_within(half_renewal)
+            .await
+            .unwrap();
+        assert_eq!(counter(), taken + 1, "only the checkpoint wrote");
+        tokio::time::advance(Duration::from_millis(600)).await;
+        lease
+            .renew_unless_written_within(half_renewal)
+            .await
+            .unwrap();
+        assert_eq!(counter(), taken + 2, "1.6 s after the checkpoint it renews");
+        assert!(lease.is_valid());
     }
 
     #[tokio::test(start_paused = true)]
