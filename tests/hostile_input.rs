@@ -291,8 +291,19 @@ async fn records_parsed_from_the_wire_equal_the_sdks() {
         }
     };
     let streams = dynamodb_streams().await;
+    let parsed_before = dynastream::streams::wire::answers_parsed();
     let from_the_wire = read_all(SdkStreams::new(streams.clone())).await;
+    let parsed_here = dynastream::streams::wire::answers_parsed() - parsed_before;
+    assert!(
+        parsed_here >= 3,
+        "three pages of two parsed from the wire, not {parsed_here}"
+    );
     let through_the_sdk = read_all(SdkStreams::new(streams).with_sdk_parsing()).await;
+    assert_eq!(
+        dynastream::streams::wire::answers_parsed() - parsed_before,
+        parsed_here,
+        "with_sdk_parsing leaves every page to the SDK"
+    );
     assert_eq!(from_the_wire.len(), 6, "every change read");
     let names: Vec<_> = from_the_wire
         .iter()

@@ -17,7 +17,7 @@ use aws_sdk_dynamodbstreams::types::{
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 
-use super::wire::RecordsCapture;
+use super::wire::{capture_records, RecordsCapture};
 use super::{
     IteratorPosition, RecordsPage, ShardInfo, StreamPage, StreamStatus, StreamSummary, StreamsApi,
     StreamsError, MAX_RECORDS_PER_READ,
@@ -39,8 +39,9 @@ pub struct SdkStreams {
 impl SdkStreams {
     /// Wraps a client built from [`crate::aws::load_sdk_config`].
     pub fn new(client: ddbs::Client) -> Self {
+        let config = client.config().to_builder().interceptor(RecordsCapture);
         SdkStreams {
-            client,
+            client: ddbs::Client::from_conf(config.build()),
             parse_records: true,
         }
     }
@@ -207,22 +208,20 @@ impl StreamsApi for SdkStreams {
         iterator: &str,
         limit: u32,
     ) -> Result<RecordsPage, StreamsError> {
-        let capture = RecordsCapture::default();
-        let mut request = self
+        let request = self
             .client
             .get_records()
             .shard_iterator(iterator)
             .limit(limit.clamp(1, MAX_RECORDS_PER_READ) as i32)
-            .customize();
-        if self.parse_records {
-            request = request.interceptor(capture.clone());
-        }
-        let answer = request
-            .send()
-            .await
-            .map_err(|e| to_streams_error("GetRecords", e))?;
+            .send();
+        let (answer, captured) = if self.parse_records {
+            capture_records(request).await
+        } else {
+            (request.await, None)
+        };
+        let answer = answer.map_err(|e| to_streams_error("GetRecords", e))?;
         let source: Arc<str> = Arc::from(stream_arn);
-        let records = match capture.take() {
+        let records = match captured {
             Some(records) => records
                 .into_iter()
                 .filter_map(|record| record.into_record(&source))

@@ -6,17 +6,21 @@
 //! two models built per record, where only the second is used. That parse
 //! was most of a draining worker's CPU.
 //!
-//! [`RecordsCapture`] is an SDK interceptor for one GetRecords call. When a
-//! successful answer arrives, it wraps the response body so that, as the
-//! SDK reads it, the bytes are parsed once with serde into [`StreamRecord`]s
-//! and kept for the caller, and the SDK's own deserializer is given only the
-//! answer's `NextShardIterator`. Signing, the HTTP client, retries, timeouts
-//! and every error answer stay the SDK's. Should the answer hold anything
-//! this model cannot read (a record field or attribute type added after this
-//! was written), the SDK is given the whole body, exactly as received, and
+//! [`RecordsCapture`] is an interceptor on the DynamoDB Streams client. Inside
+//! [`capture_records`], when a successful answer arrives, it wraps the
+//! response body so that, as the SDK reads it, the bytes are parsed once with
+//! serde into [`StreamRecord`]s and kept for the caller, and the SDK's own
+//! deserializer is given only the answer's `NextShardIterator`. The slot
+//! travels in a task-local rather than a per-call interceptor, so a call
+//! costs no extra configuration layer (that matters for the many empty reads
+//! of quiet shards). Signing, the HTTP client, retries, timeouts and every
+//! error answer stay the SDK's. Should the answer hold anything this model
+//! cannot read (a record field or attribute type added after this was
+//! written), the SDK is given the whole body, exactly as received, and
 //! parses it as before: nothing is lost, it only costs what it used to.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -35,21 +39,40 @@ use crate::record::{ChangeData, EventName, Item, SequenceNumber, StreamRecord, U
 /// The records of one GetRecords answer, parsed from its body.
 pub type CapturedRecords = Vec<WireRecord>;
 
-/// Captures the records of one GetRecords call (see the module docs).
-/// Cloned into the call's configuration; the caller keeps the other clone
-/// and takes the records after `send` returns.
-#[derive(Debug, Clone, Default)]
-pub struct RecordsCapture {
-    records: Arc<Mutex<Option<CapturedRecords>>>,
+/// Where an answer's records are left for the call that asked for them.
+type Slot = Arc<Mutex<Option<CapturedRecords>>>;
+
+tokio::task_local! {
+    static SLOT: Slot;
 }
 
-impl RecordsCapture {
-    /// The records the last attempt's answer held, if it was parsed here;
-    /// `None` when the SDK parsed it (use the SDK's output then).
-    pub fn take(&self) -> Option<CapturedRecords> {
-        self.records.lock().ok()?.take()
-    }
+/// Runs one GetRecords call (`call`) so that its answer's records are parsed
+/// here; they are returned beside the call's own result, `None` when the SDK
+/// parsed them (use the SDK's output then). The client must carry
+/// [`RecordsCapture`].
+pub async fn capture_records<F: std::future::Future>(
+    call: F,
+) -> (F::Output, Option<CapturedRecords>) {
+    let slot = Slot::default();
+    let output = SLOT.scope(Arc::clone(&slot), call).await;
+    let records = slot.lock().ok().and_then(|mut records| records.take());
+    (output, records)
 }
+
+/// GetRecords answers parsed here since the process started, for the tests
+/// and benchmarks that must know which parser read a page.
+static ANSWERS_PARSED: AtomicU64 = AtomicU64::new(0);
+
+/// How many GetRecords answers this process parsed into the record model
+/// itself (the rest went through the SDK's parser).
+pub fn answers_parsed() -> u64 {
+    ANSWERS_PARSED.load(Ordering::Relaxed)
+}
+
+/// The client interceptor that parses GetRecords answers for
+/// [`capture_records`] (see the module docs); outside it, a no-op.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecordsCapture;
 
 impl Intercept for RecordsCapture {
     fn name(&self) -> &'static str {
@@ -62,8 +85,11 @@ impl Intercept for RecordsCapture {
         _runtime_components: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
+        let Ok(slot) = SLOT.try_with(Arc::clone) else {
+            return Ok(());
+        };
         // A retried attempt starts afresh.
-        if let Ok(mut records) = self.records.lock() {
+        if let Ok(mut records) = slot.lock() {
             records.take();
         }
         let response = context.response_mut();
@@ -74,7 +100,7 @@ impl Intercept for RecordsCapture {
         *response.body_mut() = SdkBody::from_body_1_x(CapturingBody {
             inner: body,
             received: BytesMut::new(),
-            records: Arc::clone(&self.records),
+            records: slot,
             finished: false,
         });
         Ok(())
@@ -86,7 +112,7 @@ impl Intercept for RecordsCapture {
 struct CapturingBody {
     inner: SdkBody,
     received: BytesMut,
-    records: Arc<Mutex<Option<CapturedRecords>>>,
+    records: Slot,
     finished: bool,
 }
 
@@ -102,6 +128,7 @@ impl CapturingBody {
                     return received;
                 };
                 *records = Some(page.records);
+                ANSWERS_PARSED.fetch_add(1, Ordering::Relaxed);
                 Bytes::from(next.to_string())
             }
             Err(err) => {
@@ -253,15 +280,16 @@ mod tests {
     const PAGE: &str = r#"{"NextShardIterator":"next-1","Records":[{"awsRegion":"ddblocal","dynamodb":{"ApproximateCreationDateTime":1.7000000E9,"Keys":{"pk":{"S":"a"}},"NewImage":{"pk":{"S":"a"},"n":{"N":"1"},"b":{"B":"AAE="}},"SequenceNumber":"000000000000000000001","SizeBytes":20,"StreamViewType":"NEW_AND_OLD_IMAGES"},"eventID":"e1","eventName":"INSERT","eventSource":"aws:dynamodb","eventVersion":"1.1"},{"dynamodb":{"Keys":{"pk":{"S":"b"}},"SequenceNumber":"2","SizeBytes":5},"eventID":"e2","eventName":"REMOVE","userIdentity":{"PrincipalId":"dynamodb.amazonaws.com","Type":"Service"}}]}"#;
 
     async fn read_through(body: &'static str) -> (String, Option<CapturedRecords>) {
-        let capture = RecordsCapture::default();
+        let slot = Slot::default();
         let wrapped = CapturingBody {
             inner: SdkBody::from(body),
             received: BytesMut::new(),
-            records: Arc::clone(&capture.records),
+            records: Arc::clone(&slot),
             finished: false,
         };
         let seen = wrapped.collect().await.expect("a body").to_bytes();
-        (String::from_utf8(seen.to_vec()).unwrap(), capture.take())
+        let records = slot.lock().unwrap().take();
+        (String::from_utf8(seen.to_vec()).unwrap(), records)
     }
 
     #[tokio::test]
