@@ -428,13 +428,14 @@ impl Engine {
                 tracing::info!(addr = %bound, "metrics and health endpoints listening");
                 Some(tokio::spawn(telemetry::server::serve(
                     listener,
-                    handle,
+                    handle.clone(),
                     Arc::clone(&health),
                     server_stop.clone(),
                 )))
             }
             None => None,
         };
+        let upkeep = tokio::spawn(telemetry::metrics::upkeep(handle, server_stop.clone()));
         let buffer_records = self.buffer_records;
         let worker_id = self.settings.worker_id.clone();
         let lease_duration = self.settings.lease_duration;
@@ -481,6 +482,7 @@ impl Engine {
         }
         let outcome = coordinator.run(shutdown).await;
         server_stop.cancel();
+        let _ = upkeep.await;
         if let Some(server) = server {
             let _ = server.await;
         }

@@ -20,6 +20,7 @@ pub use super::handles::{
 use super::handles::{ApiMetrics, TargetMetrics};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
+use tokio_util::sync::CancellationToken;
 
 /// Records counted for the stream, by event name, once processed.
 pub const RECORDS: &str = "dynastream_records_total";
@@ -290,6 +291,27 @@ pub fn install(shard_labels: bool) -> PrometheusHandle {
     handle
 }
 
+/// How often histogram samples are folded into their buckets.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Folds the recorder's histogram samples into their buckets every
+/// [`UPKEEP_INTERVAL`] until `stop` fires.
+///
+/// The recorder keeps every sample of a histogram until something drains
+/// them, which otherwise only a scrape does: a worker nobody scrapes (no
+/// Prometheus yet, or `DYNASTREAM_METRICS_ADDR` unset) would hold each AWS
+/// call's duration forever, about half a gigabyte a day at 1,000 shards.
+pub async fn upkeep(handle: PrometheusHandle, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
 fn describe() {
     describe_counter!(RECORDS, "Records processed, by stream and event name.");
     describe_counter!(
@@ -503,6 +525,34 @@ pub fn snapshot_changes_skipped(stream_arn: &str, count: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The upkeep task folds samples without losing them, and its owner
+    /// can stop it at any time.
+    #[tokio::test(start_paused = true)]
+    async fn upkeep_keeps_every_sample_and_stops_when_told() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            for _ in 0..1_000 {
+                metrics::histogram!("dynastream_test_seconds").record(0.5);
+            }
+        });
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(upkeep(handle.clone(), stop.clone()));
+        tokio::time::sleep(UPKEEP_INTERVAL * 3).await;
+        assert!(
+            handle
+                .render()
+                .contains("dynastream_test_seconds_count 1000"),
+            "{}",
+            handle.render()
+        );
+        stop.cancel();
+        tokio::time::timeout(Duration::from_millis(1), task)
+            .await
+            .expect("upkeep returns once stopped")
+            .unwrap();
+    }
 
     #[test]
     fn the_stream_label_is_the_table_name() {
