@@ -124,8 +124,8 @@ pub async fn run() {
     let records = setting("DYNASTREAM_BENCH_CONSUMER_RECORDS", 96_000);
     let rounds = setting("DYNASTREAM_BENCH_CONSUMER_ROUNDS", 3);
     let modify = std::env::var("DYNASTREAM_BENCH_CONSUMER_EVENT").as_deref() == Ok("modify");
-    // 8 KB items get a quarter of the records, so that each run reads
-    // about as many bytes as a 1 KB run and the scenario stays short.
+    // 8 KB items get a quarter of the records, so that their runs take
+    // about as long as the others' and the scenario stays a few minutes.
     let records_of = |bytes: u64| if bytes >= 4096 { records / 4 } else { records };
     let setup = Setup {
         shards: u32::try_from(shards).expect("DYNASTREAM_BENCH_CONSUMER_SHARDS fits 32 bits"),
