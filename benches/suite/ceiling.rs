@@ -190,11 +190,38 @@ impl CeilingProcess {
         poll_interval: Duration,
     ) -> CeilingProcess {
         let mut command = tokio::process::Command::new(std::env::current_exe().expect("own path"));
+        command.arg("--ceiling");
+        CeilingProcess::spawn(command, env, stream_arns, expected, poll_interval)
+    }
+
+    /// Starts the same loop written with the AWS SDK for JavaScript v3
+    /// (`node/ceiling.mjs`, the SDK installed in `sdk_dir` by `scripts/bench`):
+    /// the plain Node loop a Lambda-less consumer would otherwise write.
+    pub fn start_node(
+        sdk_dir: &std::path::Path,
+        env: &[(String, String)],
+        stream_arns: &[String],
+        expected: Option<u64>,
+        poll_interval: Duration,
+    ) -> CeilingProcess {
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/suite/node/ceiling.mjs");
+        let mut command = tokio::process::Command::new("node");
+        command.arg(script).arg("--sdk").arg(sdk_dir);
+        CeilingProcess::spawn(command, env, stream_arns, expected, poll_interval)
+    }
+
+    fn spawn(
+        mut command: tokio::process::Command,
+        env: &[(String, String)],
+        stream_arns: &[String],
+        expected: Option<u64>,
+        poll_interval: Duration,
+    ) -> CeilingProcess {
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .arg("--ceiling")
             .arg("--poll-ms")
             .arg(poll_interval.as_millis().to_string())
             .stdin(std::process::Stdio::null())
@@ -205,7 +232,9 @@ impl CeilingProcess {
         }
         command.args(stream_arns);
         let started = tokio::time::Instant::now();
-        let mut child = command.spawn().expect("start the ceiling process");
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("start the ceiling process {command:?}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
         CeilingProcess {
             child,

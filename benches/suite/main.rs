@@ -10,12 +10,16 @@
 //! own fresh DynamoDB Local, because DynamoDB Local slows down as stream
 //! data piles up. `suite [NAME...]` runs the scenarios named (all by
 //! default) one after the other and prints the figures as a table.
+//! `suite --ceiling ...` is the raw loop as a process, and
+//! `suite --endpoint ...` the consumer-bound scenario's in-memory DynamoDB
+//! Streams endpoint (`endpoint.rs`).
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
 mod ceiling;
 mod dataset;
+mod endpoint;
 mod measure;
 mod report;
 mod scenarios;
@@ -64,6 +68,10 @@ fn main() {
                 expected,
                 Duration::from_millis(poll_ms),
             ));
+        }
+        Some("--endpoint") => {
+            let setup = endpoint::Setup::from_args(&args[1..]);
+            runtime().block_on(endpoint::run_process(setup));
         }
         Some("--scenario") => {
             let name = args.get(1).expect("--scenario NAME");

@@ -52,6 +52,29 @@ pub fn proc_stats(pid: u32) -> Option<ProcStats> {
     })
 }
 
+/// The process id of this scenario's DynamoDB Local, from the pid file
+/// `scripts/dynamodb-local` keeps beside its log.
+fn dynamodb_local_pid() -> Option<u32> {
+    let endpoint = &crate::support::dynamodb_local().endpoint;
+    let port = endpoint.rsplit(':').next()?;
+    let dir =
+        std::env::var("DYNASTREAM_RUN_DIR").unwrap_or_else(|_| "/tmp/dynastream-ddb-local".into());
+    std::fs::read_to_string(format!("{dir}/{port}/pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// DynamoDB Local's CPU seconds so far (0 when its pid is unknown): it
+/// shares the machine's two cores with the consumer measured, so the work a
+/// consumer asks of it slows the consumer too.
+pub fn dynamodb_local_cpu_seconds() -> f64 {
+    dynamodb_local_pid()
+        .and_then(proc_stats)
+        .map_or(0.0, |stats| stats.cpu_seconds)
+}
+
 /// The `q` quantile (0..=1) of `values`, by nearest rank; 0 when empty.
 pub fn quantile(values: &[f64], q: f64) -> f64 {
     if values.is_empty() {

@@ -21,6 +21,10 @@ pub struct Figure {
     pub ceiling: Option<f64>,
     /// What the ceiling column means when it is not the raw SDK loop.
     pub reference: Option<String>,
+    /// Another baseline in the ceiling column, named here, that the ratio
+    /// is still taken against (the plain Node SDK v3 loop).
+    #[serde(default)]
+    pub baseline: Option<String>,
     /// The issue's target, in words.
     pub target: Option<String>,
     /// Whether the target was met.
@@ -36,6 +40,7 @@ impl Figure {
             dynastream,
             ceiling: None,
             reference: None,
+            baseline: None,
             target: None,
             met: None,
         }
@@ -51,6 +56,14 @@ impl Figure {
     pub fn reference(mut self, value: f64, what: &str) -> Figure {
         self.ceiling = Some(value);
         self.reference = Some(what.to_owned());
+        self
+    }
+
+    /// Another baseline's value for the same quantity, and which baseline:
+    /// printed in the ceiling column with its name, the ratio taken against it.
+    pub fn baseline(mut self, value: f64, what: &str) -> Figure {
+        self.ceiling = Some(value);
+        self.baseline = Some(what.to_owned());
         self
     }
 
@@ -97,7 +110,7 @@ pub fn table(figures: &[Figure]) -> String {
          |---|---|---:|---:|---:|---|---|\n",
     );
     for f in figures {
-        let ceiling = match (&f.ceiling, &f.reference) {
+        let ceiling = match (&f.ceiling, f.reference.as_ref().or(f.baseline.as_ref())) {
             (Some(value), Some(what)) => format!("{} ({what})", number(*value)),
             (Some(value), None) => number(*value),
             (None, _) => "—".to_owned(),

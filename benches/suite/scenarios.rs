@@ -1,5 +1,6 @@
 //! The scenarios of the benchmark list, each run in its own process.
 
+mod consumer;
 mod drain;
 mod failover;
 mod idle;
@@ -7,12 +8,15 @@ mod latency;
 mod startup;
 
 /// Every scenario, in the order the suite runs them.
-pub const ALL: &[&str] = &["drain", "latency", "idle", "failover", "startup"];
+pub const ALL: &[&str] = &[
+    "drain", "consumer", "latency", "idle", "failover", "startup",
+];
 
 /// Runs one scenario, printing its figures on standard output.
 pub async fn run(name: &str) {
     match name {
         "drain" => drain::run().await,
+        "consumer" => consumer::run().await,
         "latency" => latency::run().await,
         "idle" => idle::run().await,
         "failover" => failover::run().await,
@@ -29,6 +33,14 @@ pub fn setting(name: &str, default: u64) -> u64 {
             .parse()
             .unwrap_or_else(|_| panic!("{name}={text:?} is not a whole number")),
         Err(_) => default,
+    }
+}
+
+/// How a figure's name says how many rounds its median is of.
+pub fn rounds_text(rounds: u64) -> String {
+    match rounds {
+        1 => "1 round".to_owned(),
+        n => format!("median of {n} rounds"),
     }
 }
 

@@ -261,6 +261,15 @@ impl Worker {
     /// Starts the built binary with exactly this environment (nothing inherited
     /// but PATH and HOME).
     pub fn start(env: &[(String, String)]) -> Worker {
+        Worker::start_with_stdout(env, None)
+    }
+
+    /// Starts the built binary as [`Worker::start`] does, its standard output
+    /// written to `stdout` when given (then [`Worker::records`] stays empty):
+    /// how a benchmark measures the `stdout` processor without this process
+    /// parsing every line.
+    pub fn start_with_stdout(env: &[(String, String)], stdout: Option<std::fs::File>) -> Worker {
+        let to_file = stdout.is_some();
         let mut command = Command::new(env!("CARGO_BIN_EXE_dynastream"));
         command
             .env_clear()
@@ -268,19 +277,20 @@ impl Worker {
             .env("HOME", std::env::temp_dir())
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout.map_or_else(Stdio::piped, Stdio::from))
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("start dynastream");
         let records = Arc::new(Mutex::new(Vec::new()));
         let arrivals = Arc::new(Mutex::new(Vec::new()));
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().expect("stdout piped");
         let stderr = child.stderr.take().expect("stderr piped");
         let out_records = Arc::clone(&records);
         let out_arrivals = Arc::clone(&arrivals);
         let out_logs = Arc::clone(&logs);
-        let readers = vec![
-            std::thread::spawn(move || {
+        let mut readers = Vec::new();
+        if !to_file {
+            let stdout = child.stdout.take().expect("stdout piped");
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                     let value: Value = serde_json::from_str(&line)
                         .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
@@ -290,16 +300,16 @@ impl Worker {
                         .push(tokio::time::Instant::now());
                     out_records.lock().unwrap().push(value);
                 }
-            }),
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if std::env::var_os("DYNASTREAM_TEST_LOGS").is_some() {
-                        eprintln!("[worker] {line}");
-                    }
-                    out_logs.lock().unwrap().push(line);
+            }));
+        }
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("DYNASTREAM_TEST_LOGS").is_some() {
+                    eprintln!("[worker] {line}");
                 }
-            }),
-        ];
+                out_logs.lock().unwrap().push(line);
+            }
+        }));
         Worker {
             child,
             records,

@@ -1,18 +1,32 @@
 //! Drain throughput: the Redpanda dataset shape (3 tables x 150,000 items of
 //! about 1 KB) loaded into DynamoDB Local, then drained from TRIM_HORIZON by
-//! dynastream (the `count` processor, batch size 1000, a checkpoint per
-//! batch) and by the raw SDK loop, one after the other, in alternating order
-//! over several rounds.
+//! dynastream (the `count` processor, batch size 1000, checkpoints at the
+//! default interval; then `stdout` in Lambda's format, written to a file),
+//! by the raw SDK loop, and once by the plain Node SDK v3 loop
+//! (`node/ceiling.mjs`), one after the other, in alternating order over
+//! several rounds. Also dynastream's lease-table writes per busy shard per
+//! second while it drains, at the default checkpoint interval and after
+//! every batch, and what they cost a month on demand.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{setting, worker_env};
+use super::{rounds_text, setting, worker_env};
 use crate::ceiling::CeilingProcess;
-use crate::measure::{http_get, median, metric_sum, proc_stats, ProcStats};
+use crate::measure::{
+    dynamodb_local_cpu_seconds, http_get, median, metric_sum, proc_stats, ProcStats,
+};
 use crate::report::Figure;
 use crate::support::{aws_env, create_table, dynamodb, Worker};
+use dynastream::telemetry::metrics::{API_CALLS, LEASES_HELD, RECORDS};
+
+/// DynamoDB's on-demand price of a write request unit in us-east-1 (Standard
+/// table class): $0.625 per million since the price cut of 1 November 2024.
+/// A lease item is well under 1 KB, so each write is one unit.
+const WRITE_REQUEST_UNIT_USD: f64 = 0.625e-6;
+/// Seconds in AWS's billing month of 730 hours.
+const SECONDS_PER_MONTH: f64 = 730.0 * 3600.0;
 
 /// One consumer's drain of the whole dataset.
 #[derive(Debug, Clone, Copy)]
@@ -23,27 +37,25 @@ struct Drain {
     /// two cores with the consumer, so work the consumer asks of it (the
     /// checkpoint writes) slows the drain too.
     server_cpu_seconds: f64,
+    /// dynastream's lease-table writes (UpdateItem calls, all outcomes) per
+    /// held lease per second, from its first record to its last; 0 for the
+    /// loops, which keep no lease table.
+    lease_writes_per_shard_second: f64,
 }
 
-/// The process id of this scenario's DynamoDB Local, from the pid file
-/// `scripts/dynamodb-local` keeps beside its log.
-fn dynamodb_local_pid() -> Option<u32> {
-    let endpoint = &crate::support::dynamodb_local().endpoint;
-    let port = endpoint.rsplit(':').next()?;
-    let dir =
-        std::env::var("DYNASTREAM_RUN_DIR").unwrap_or_else(|_| "/tmp/dynastream-ddb-local".into());
-    std::fs::read_to_string(format!("{dir}/{port}/pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+/// What dynastream does with the records in a drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Processor {
+    Count,
+    /// `stdout` in Lambda's format, written to a file.
+    Stdout,
 }
 
-/// DynamoDB Local's CPU seconds so far (0 when its pid is unknown).
-fn server_cpu() -> f64 {
-    dynamodb_local_pid()
-        .and_then(proc_stats)
-        .map_or(0.0, |stats| stats.cpu_seconds)
+/// One of the consumers of a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Consumer {
+    Raw,
+    Dynastream(Processor),
 }
 
 pub async fn run() {
@@ -77,23 +89,78 @@ pub async fn run() {
     );
 
     let mut ours = Vec::new();
+    let mut stdout = Vec::new();
     let mut raw = Vec::new();
     for round in 0..rounds {
         // Alternate who goes first, so neither always meets a warmer server.
-        if round % 2 == 0 {
-            raw.push(drain_with_ceiling(&arns, total).await);
-            ours.push(drain_with_dynastream(&names, total, round, DRAIN_DESCRIBE_STREAM_RPS).await);
-        } else {
-            ours.push(drain_with_dynastream(&names, total, round, DRAIN_DESCRIBE_STREAM_RPS).await);
-            raw.push(drain_with_ceiling(&arns, total).await);
+        let mut order = vec![
+            Consumer::Raw,
+            Consumer::Dynastream(Processor::Count),
+            Consumer::Dynastream(Processor::Stdout),
+        ];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for consumer in order {
+            match consumer {
+                Consumer::Raw => raw.push(drain_with_ceiling(&arns, total).await),
+                Consumer::Dynastream(processor) => {
+                    let drain = drain_with_dynastream(
+                        &names,
+                        total,
+                        &match processor {
+                            Processor::Count => round.to_string(),
+                            Processor::Stdout => format!("stdout-{round}"),
+                        },
+                        processor,
+                        &[("DYNASTREAM_DESCRIBE_STREAM_RPS", DRAIN_DESCRIBE_STREAM_RPS)],
+                    )
+                    .await;
+                    match processor {
+                        Processor::Count => ours.push(drain),
+                        Processor::Stdout => stdout.push(drain),
+                    }
+                }
+            }
         }
         eprintln!(
-            "drain round {round}: dynastream {}; raw loop {}",
-            ours[round as usize], raw[round as usize],
+            "drain round {round}: dynastream {}; with stdout {}; raw loop {}",
+            ours[round as usize], stdout[round as usize], raw[round as usize],
         );
     }
 
-    let default_budget = drain_with_dynastream(&names, total, rounds, "2").await;
+    let node_rounds = setting("DYNASTREAM_BENCH_NODE_ROUNDS", 1);
+    let node_sdk = node_sdk();
+    let mut node = Vec::new();
+    if let Some(sdk) = &node_sdk {
+        for round in 0..node_rounds {
+            let drain = drain_with_node(sdk, &arns, total).await;
+            eprintln!("drain with the plain Node SDK v3 loop, run {round}: {drain}");
+            node.push(drain);
+        }
+    }
+
+    let every_batch = drain_with_dynastream(
+        &names,
+        total,
+        "every-batch",
+        Processor::Count,
+        &[
+            ("DYNASTREAM_DESCRIBE_STREAM_RPS", DRAIN_DESCRIBE_STREAM_RPS),
+            ("DYNASTREAM_CHECKPOINT_INTERVAL_MS", "0"),
+        ],
+    )
+    .await;
+    eprintln!("drain with a checkpoint after every batch: dynastream {every_batch}");
+
+    let default_budget = drain_with_dynastream(
+        &names,
+        total,
+        "default-budget",
+        Processor::Count,
+        &[("DYNASTREAM_DESCRIBE_STREAM_RPS", "2")],
+    )
+    .await;
     eprintln!(
         "drain with the default DescribeStream budget (2/s): dynastream {:.2} s",
         default_budget.seconds
@@ -111,7 +178,8 @@ pub async fn run() {
         )
     };
     let (our_rate, raw_rate) = (total as f64 / seconds(&ours), total as f64 / seconds(&raw));
-    let scale = format!("{tables} tables x {items} items, median of {rounds} rounds");
+    let median_of = rounds_text(rounds);
+    let scale = format!("{tables} tables x {items} items, {median_of}");
     Figure::new("drain", &format!("records/s ({scale})"), our_rate)
         .ceiling(raw_rate)
         .target("ratio >= 0.9", our_rate >= 0.9 * raw_rate)
@@ -130,10 +198,8 @@ pub async fn run() {
     )
     .ceiling(bytes as f64 / 1e6 / seconds(&raw))
     .emit();
-    let (our_cpu, raw_cpu) = (
-        cpu(&ours) / total as f64 * 100_000.0,
-        cpu(&raw) / total as f64 * 100_000.0,
-    );
+    let per_100k = |cpu_seconds: f64| cpu_seconds / total as f64 * 100_000.0;
+    let (our_cpu, raw_cpu) = (per_100k(cpu(&ours)), per_100k(cpu(&raw)));
     Figure::new("drain", "CPU s per 100k records (user+sys)", our_cpu)
         .ceiling(raw_cpu)
         .target("ratio <= 1.3", our_cpu <= 1.3 * raw_cpu)
@@ -157,20 +223,143 @@ pub async fn run() {
     Figure::new("drain", "peak RSS, MB", peak(&ours))
         .ceiling(peak(&raw))
         .emit();
+
+    let stdout_rate = total as f64 / seconds(&stdout);
+    let stdout_cpu = per_100k(cpu(&stdout));
+    Figure::new(
+        "drain",
+        &format!("records/s, stdout (lambda format) to a file ({median_of})"),
+        stdout_rate,
+    )
+    .ceiling(raw_rate)
+    .emit();
+    Figure::new(
+        "drain",
+        "CPU s per 100k records (user+sys), stdout (lambda format) to a file",
+        stdout_cpu,
+    )
+    .ceiling(raw_cpu)
+    .target("ratio <= 1.0", stdout_cpu <= raw_cpu)
+    .emit();
+    if !node.is_empty() {
+        let node_runs = rounds_text(node_rounds);
+        let node_cpu = per_100k(cpu(&node));
+        Figure::new(
+            "drain",
+            &format!(
+                "CPU s per 100k records, stdout (lambda format) to a file, against the \
+                 plain Node SDK v3 loop ({node_runs})"
+            ),
+            stdout_cpu,
+        )
+        .baseline(node_cpu, "plain Node SDK v3 loop")
+        .target("ratio <= 0.15", stdout_cpu <= 0.15 * node_cpu)
+        .emit();
+        Figure::new(
+            "drain",
+            &format!(
+                "records/s, stdout (lambda format) to a file, against the plain Node SDK v3 \
+                 loop ({node_runs})"
+            ),
+            stdout_rate,
+        )
+        .baseline(total as f64 / seconds(&node), "plain Node SDK v3 loop")
+        .emit();
+    }
+
+    let writes = median(
+        &ours
+            .iter()
+            .map(|r| r.lease_writes_per_shard_second)
+            .collect::<Vec<_>>(),
+    );
+    let no_lease_table = "the raw loop keeps no lease table";
+    Figure::new(
+        "drain",
+        &format!(
+            "lease-table writes (UpdateItem) per busy shard per second, count, default \
+             DYNASTREAM_CHECKPOINT_INTERVAL_MS ({median_of})"
+        ),
+        writes,
+    )
+    .reference(0.0, no_lease_table)
+    .target("<= 1", writes <= 1.0)
+    .emit();
+    Figure::new(
+        "drain",
+        "lease-table writes (UpdateItem) per busy shard per second, count, \
+         DYNASTREAM_CHECKPOINT_INTERVAL_MS=0: a write after every batch (1 run)",
+        every_batch.lease_writes_per_shard_second,
+    )
+    .reference(0.0, no_lease_table)
+    .emit();
+    let monthly =
+        |writes_per_second: f64| writes_per_second * SECONDS_PER_MONTH * WRITE_REQUEST_UNIT_USD;
+    Figure::new(
+        "drain",
+        "USD a month per busy shard for those writes at the default interval (on demand, \
+         $0.625 per million write request units, us-east-1)",
+        monthly(writes),
+    )
+    .reference(
+        monthly(every_batch.lease_writes_per_shard_second),
+        "a write after every batch",
+    )
+    .emit();
+}
+
+/// The directory `scripts/bench` installed the Node SDK v3 client into
+/// (`DYNASTREAM_NODE_SDK`), or `None`, said on standard error, when there is
+/// none: the Node rows are then left out.
+fn node_sdk() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("DYNASTREAM_NODE_SDK").map(std::path::PathBuf::from);
+    match dir {
+        Some(dir)
+            if dir
+                .join("node_modules/@aws-sdk/client-dynamodb-streams")
+                .is_dir() =>
+        {
+            Some(dir)
+        }
+        _ => {
+            eprintln!(
+                "drain: no Node SDK v3 client (DYNASTREAM_NODE_SDK, installed by scripts/bench): \
+                 the Node loop's rows are left out"
+            );
+            None
+        }
+    }
 }
 
 async fn drain_with_ceiling(arns: &[String], total: u64) -> Drain {
-    let server_before = server_cpu();
-    let mut ceiling =
-        CeilingProcess::start(&aws_env(), arns, Some(total), Duration::from_millis(250));
-    let elapsed = ceiling.wait_until_done().await;
-    let stats = proc_stats(ceiling.pid()).expect("the ceiling is running");
-    let server_cpu_seconds = server_cpu() - server_before;
-    ceiling.stop().await;
+    let server_before = dynamodb_local_cpu_seconds();
+    let ceiling = CeilingProcess::start(&aws_env(), arns, Some(total), Duration::from_millis(250));
+    drain_with_loop(ceiling, server_before).await
+}
+
+async fn drain_with_node(sdk: &std::path::Path, arns: &[String], total: u64) -> Drain {
+    let server_before = dynamodb_local_cpu_seconds();
+    let node = CeilingProcess::start_node(
+        sdk,
+        &aws_env(),
+        arns,
+        Some(total),
+        Duration::from_millis(250),
+    );
+    drain_with_loop(node, server_before).await
+}
+
+/// Waits for a loop started just now to read every record.
+async fn drain_with_loop(mut process: CeilingProcess, server_before: f64) -> Drain {
+    let elapsed = process.wait_until_done().await;
+    let stats = proc_stats(process.pid()).expect("the loop is running");
+    let server_cpu_seconds = dynamodb_local_cpu_seconds() - server_before;
+    process.stop().await;
     Drain {
         seconds: elapsed.as_secs_f64(),
         stats,
         server_cpu_seconds,
+        lease_writes_per_shard_second: 0.0,
     }
 }
 
@@ -180,29 +369,54 @@ async fn drain_with_ceiling(arns: &[String], total: u64) -> Drain {
 /// few seconds would mostly measure; that run is reported separately.
 const DRAIN_DESCRIBE_STREAM_RPS: &str = "10";
 
+/// dynastream's drain of every record, under application `bench-drain-<run>`
+/// with `settings` added.
 async fn drain_with_dynastream(
     tables: &[String],
     total: u64,
-    round: u64,
-    describe_stream_rps: &str,
+    run: &str,
+    processor: Processor,
+    settings: &[(&str, &str)],
 ) -> Drain {
-    let server_before = server_cpu();
-    let started = Instant::now();
-    let worker = Worker::start(&worker_env(&[
-        ("DYNASTREAM_TABLES", &tables.join(",")),
-        ("DYNASTREAM_APPLICATION", &format!("bench-drain-{round}")),
-        ("DYNASTREAM_PROCESSOR", "count"),
+    let server_before = dynamodb_local_cpu_seconds();
+    let application = format!("bench-drain-{run}");
+    let tables = tables.join(",");
+    let mut pairs = vec![
+        ("DYNASTREAM_TABLES", tables.as_str()),
+        ("DYNASTREAM_APPLICATION", application.as_str()),
         ("DYNASTREAM_BATCH_SIZE", "1000"),
         ("DYNASTREAM_STARTING_POSITION", "TRIM_HORIZON"),
-        ("DYNASTREAM_DESCRIBE_STREAM_RPS", describe_stream_rps),
-    ]));
+    ];
+    pairs.extend_from_slice(match processor {
+        Processor::Count => &[("DYNASTREAM_PROCESSOR", "count")],
+        Processor::Stdout => &[
+            ("DYNASTREAM_PROCESSOR", "stdout"),
+            ("DYNASTREAM_FORMAT", "lambda"),
+        ],
+    });
+    pairs.extend_from_slice(settings);
+    // The stdout file lives as long as the run; the directory goes with it.
+    let scratch = tempfile::tempdir().expect("a temporary directory");
+    let stdout = (processor == Processor::Stdout).then(|| {
+        std::fs::File::create(scratch.path().join("stdout.jsonl")).expect("create the stdout file")
+    });
+    let started = Instant::now();
+    let worker = Worker::start_with_stdout(&worker_env(&pairs), stdout);
     let metrics = format!("{}/metrics", worker.endpoints().await);
-    let profiler =
-        (setting("DYNASTREAM_BENCH_PROFILE", 0) == 1).then(|| profile(worker.pid(), round));
-    loop {
+    let profiler = (setting("DYNASTREAM_BENCH_PROFILE", 0) == 1 && processor == Processor::Count)
+        .then(|| profile(worker.pid(), run));
+    let updates = |page: &str| metric_sum(page, API_CALLS, &["api=\"UpdateItem\""]);
+    // The lease-table writes are counted while the shards are busy: from the
+    // first record to the last.
+    let mut busy_from: Option<(Instant, f64)> = None;
+    let page = loop {
         if let Some(page) = http_get(&metrics).await {
-            if metric_sum(&page, dynastream::telemetry::metrics::RECORDS, &[]) >= total as f64 {
-                break;
+            let records = metric_sum(&page, RECORDS, &[]);
+            if busy_from.is_none() && records > 0.0 {
+                busy_from = Some((Instant::now(), updates(&page)));
+            }
+            if records >= total as f64 {
+                break page;
             }
         }
         assert!(
@@ -210,10 +424,14 @@ async fn drain_with_dynastream(
             "dynastream did not drain {total} records in 30 minutes"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
     let elapsed = started.elapsed();
     let stats = proc_stats(worker.pid()).expect("the worker is running");
-    let server_cpu_seconds = server_cpu() - server_before;
+    let server_cpu_seconds = dynamodb_local_cpu_seconds() - server_before;
+    let (busy_since, updates_before) = busy_from.expect("records were counted");
+    let leases = metric_sum(&page, LEASES_HELD, &[]).max(1.0);
+    let lease_writes_per_shard_second =
+        (updates(&page) - updates_before) / leases / busy_since.elapsed().as_secs_f64();
     if let Some(mut profiler) = profiler {
         let _ = std::process::Command::new("kill")
             .args(["-INT", &profiler.id().to_string()])
@@ -230,15 +448,16 @@ async fn drain_with_dynastream(
         seconds: elapsed.as_secs_f64(),
         stats,
         server_cpu_seconds,
+        lease_writes_per_shard_second,
     }
 }
 
-/// `perf record` on the worker, written to `target/bench/drain-<round>.perf.data`
+/// `perf record` on the worker, written to `target/bench/drain-<run>.perf.data`
 /// (read it with `perf report -i ...`).
-fn profile(pid: u32, round: u64) -> std::process::Child {
+fn profile(pid: u32, run: &str) -> std::process::Child {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir).expect("create target/bench");
-    let output = dir.join(format!("drain-{round}.perf.data"));
+    let output = dir.join(format!("drain-{run}.perf.data"));
     eprintln!(
         "drain: profiling dynastream (pid {pid}) into {}",
         output.display()
@@ -265,11 +484,13 @@ impl std::fmt::Display for Drain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:.2} s, {:.2} CPU s, peak RSS {:.1} MB, DynamoDB Local {:.2} CPU s",
+            "{:.2} s, {:.2} CPU s, peak RSS {:.1} MB, DynamoDB Local {:.2} CPU s, \
+             {:.2} lease writes per shard a second",
             self.seconds,
             self.stats.cpu_seconds,
             self.stats.peak_rss_bytes as f64 / 1e6,
-            self.server_cpu_seconds
+            self.server_cpu_seconds,
+            self.lease_writes_per_shard_second
         )
     }
 }
