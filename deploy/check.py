@@ -53,6 +53,7 @@ METRICS = {
     "dynastream_processor_duration_seconds": ("histogram", {"processor"}),
     "dynastream_api_calls_total": ("counter", {"api", "outcome"}),
     "dynastream_api_call_duration_seconds": ("histogram", {"api"}),
+    "dynastream_lease_writes_total": ("counter", {"item", "write"}),
     "dynastream_leases_held": ("gauge", {"stream"}),
     "dynastream_lease_events_total": ("counter", {"event"}),
     "dynastream_workers": ("gauge", set()),

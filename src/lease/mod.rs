@@ -175,6 +175,19 @@ pub enum ItemKind {
     Segment,
 }
 
+impl ItemKind {
+    /// The kind's name in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            ItemKind::Shard => "shard",
+            ItemKind::Worker => "worker",
+            ItemKind::Leader => "leader",
+            ItemKind::Table => "table",
+            ItemKind::Segment => "segment",
+        }
+    }
+}
+
 /// One lease item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {

@@ -106,6 +106,7 @@ fn emitted() -> BTreeMap<String, BTreeSet<String>> {
         pipeline_shard.halted();
         processor_duration("stdout", Duration::from_millis(2));
         ApiMetrics::new("GetRecords").call(CallOutcome::Ok, Duration::from_millis(5));
+        super::metrics::lease_write("shard", "checkpoint");
         TargetMetrics::new("sqs");
         TargetRequest {
             target: "sqs",

@@ -54,6 +54,14 @@ fn record<T, E>(
     metrics::api_call(api, outcome(result), took);
 }
 
+/// Counts a lease-table write that was made (refused writes cost a write
+/// unit too, and are counted as well).
+fn counted_write<T>(lease: &Lease, write: &'static str, result: &Result<T, LeaseError>) {
+    if !matches!(result, Err(LeaseError::Transient { .. })) {
+        metrics::lease_write(lease.kind().label(), write);
+    }
+}
+
 /// [`StreamsApi`] with every call counted and timed.
 #[derive(Debug)]
 pub struct MeteredStreams<S>(pub S);
@@ -141,6 +149,7 @@ impl<S: LeaseStore> LeaseStore for MeteredLeases<S> {
         let started = Instant::now();
         let result = self.0.take_lease(lease, new_owner).await;
         record("UpdateItem", started, &result, lease_outcome);
+        counted_write(lease, "take", &result);
         result
     }
 
@@ -148,6 +157,7 @@ impl<S: LeaseStore> LeaseStore for MeteredLeases<S> {
         let started = Instant::now();
         let result = self.0.renew_lease(lease).await;
         record("UpdateItem", started, &result, lease_outcome);
+        counted_write(lease, "renew", &result);
         result
     }
 
@@ -159,6 +169,7 @@ impl<S: LeaseStore> LeaseStore for MeteredLeases<S> {
         let started = Instant::now();
         let result = self.0.update_checkpoint(lease, checkpoint).await;
         record("UpdateItem", started, &result, lease_outcome);
+        counted_write(lease, "checkpoint", &result);
         result
     }
 
@@ -174,6 +185,7 @@ impl<S: LeaseStore> LeaseStore for MeteredLeases<S> {
             .update_pipeline_checkpoints(lease, checkpoint, pipelines)
             .await;
         record("UpdateItem", started, &result, lease_outcome);
+        counted_write(lease, "checkpoint", &result);
         result
     }
 
@@ -192,6 +204,7 @@ impl<S: LeaseStore> LeaseStore for MeteredLeases<S> {
         let started = Instant::now();
         let result = self.0.release_lease(lease).await;
         record("UpdateItem", started, &result, lease_outcome);
+        counted_write(lease, "release", &result);
         result
     }
 
@@ -199,6 +212,7 @@ impl<S: LeaseStore> LeaseStore for MeteredLeases<S> {
         let started = Instant::now();
         let result = self.0.request_handoff(lease, requester).await;
         record("UpdateItem", started, &result, lease_outcome);
+        counted_write(lease, "handoff", &result);
         result
     }
 
@@ -206,6 +220,7 @@ impl<S: LeaseStore> LeaseStore for MeteredLeases<S> {
         let started = Instant::now();
         let result = self.0.hand_off_lease(lease).await;
         record("UpdateItem", started, &result, lease_outcome);
+        counted_write(lease, "handoff", &result);
         result
     }
 
@@ -217,6 +232,7 @@ impl<S: LeaseStore> LeaseStore for MeteredLeases<S> {
         let started = Instant::now();
         let result = self.0.update_snapshot(lease, progress).await;
         record("UpdateItem", started, &result, lease_outcome);
+        counted_write(lease, "snapshot", &result);
         result
     }
 

@@ -38,6 +38,9 @@ pub const BATCHES: &str = "dynastream_batches_total";
 pub const PROCESSOR_DURATION: &str = "dynastream_processor_duration_seconds";
 /// AWS calls by API and outcome.
 pub const API_CALLS: &str = "dynastream_api_calls_total";
+/// Lease-table writes by the item written and what the write did: what a
+/// lease table costs, and which part of it the shards' checkpoints are.
+pub const LEASE_WRITES: &str = "dynastream_lease_writes_total";
 /// Time an AWS call took.
 pub const API_CALL_DURATION: &str = "dynastream_api_call_duration_seconds";
 /// Shard leases this worker holds.
@@ -93,6 +96,7 @@ pub const ALL: &[&str] = &[
     PROCESSOR_DURATION,
     API_CALLS,
     API_CALL_DURATION,
+    LEASE_WRITES,
     LEASES_HELD,
     LEASE_EVENTS,
     WORKERS,
@@ -333,6 +337,10 @@ fn describe() {
         API_CALLS,
         "AWS calls by API and outcome (ok, throttled, conflict, error)."
     );
+    describe_counter!(
+        LEASE_WRITES,
+        "Lease-table writes by item (shard, worker, leader, table, segment) and write (take, renew, checkpoint, release, handoff, snapshot)."
+    );
     describe_histogram!(API_CALL_DURATION, "Seconds an AWS call took.");
     describe_gauge!(LEASES_HELD, "Shard leases this worker holds.");
     describe_counter!(
@@ -396,6 +404,12 @@ pub(super) fn shard_labels() -> bool {
 /// that will stay.
 pub(super) fn installed() -> bool {
     SHARD_LABELS.get().is_some()
+}
+
+/// Counts one lease-table write: `item` is the item's kind (`shard`,
+/// `worker`, `leader`, `table`, `segment`), `write` what it did.
+pub fn lease_write(item: &'static str, write: &'static str) {
+    counter!(LEASE_WRITES, "item" => item, "write" => write).increment(1);
 }
 
 /// Counts an AWS call.

@@ -26,7 +26,7 @@ use crate::endpoint::{stream_arn, table_name, EndpointProcess, Setup, StreamSetu
 use crate::measure::{dynamodb_local_cpu_seconds, http_get, median, metric_sum, proc_stats};
 use crate::report::Figure;
 use crate::support::{aws_env, Worker};
-use dynastream::telemetry::metrics::{API_CALLS, LEASES_HELD, RECORDS};
+use dynastream::telemetry::metrics::{LEASES_HELD, LEASE_WRITES, RECORDS};
 
 /// The item sizes served, in bytes, and how the figures name them.
 const ITEM_SIZES: [(u64, &str); 3] = [(200, "200 B"), (1024, "1 KB"), (8192, "8 KB")];
@@ -109,7 +109,7 @@ struct Run {
     cpu_seconds: f64,
     /// The consumer's CPU before it (start-up), for the log.
     startup_cpu_seconds: f64,
-    /// Lease-table writes (UpdateItem calls, all outcomes) per held lease
+    /// Lease-table writes (`dynastream_lease_writes_total{item="shard"}`: checkpoints, renewals, takes) per held lease
     /// per second in that window; 0 for the raw loop.
     lease_writes_per_shard_second: f64,
     /// The endpoint's CPU in the window, for the log: it shares the two
@@ -222,7 +222,7 @@ pub async fn run() {
             Figure::new(
                 "consumer",
                 &format!(
-                    "lease-table writes (UpdateItem) per busy shard per second, {size} items, \
+                    "writes of a busy shard's lease per second (checkpoints and renewals), {size} items, \
                      count, default DYNASTREAM_CHECKPOINT_INTERVAL_MS"
                 ),
                 writes,
@@ -372,7 +372,7 @@ async fn run_one(
     let (started, startup_cpu) = first_read(endpoint, calls_before, worker.pid()).await;
     let servers = Servers::now(endpoint);
     let metrics = format!("{}/metrics", worker.endpoints().await);
-    let updates = |page: &str| metric_sum(page, API_CALLS, &["api=\"UpdateItem\""]);
+    let updates = |page: &str| metric_sum(page, LEASE_WRITES, &["item=\"shard\""]);
     let updates_before = updates(&http_get(&metrics).await.unwrap_or_default());
     let page = loop {
         if let Some(page) = http_get(&metrics).await {

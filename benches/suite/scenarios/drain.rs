@@ -19,7 +19,7 @@ use crate::measure::{
 };
 use crate::report::Figure;
 use crate::support::{aws_env, create_table, dynamodb, Worker};
-use dynastream::telemetry::metrics::{API_CALLS, LEASES_HELD, RECORDS};
+use dynastream::telemetry::metrics::{LEASES_HELD, LEASE_WRITES, RECORDS};
 
 /// DynamoDB's on-demand price of a write request unit in us-east-1 (Standard
 /// table class): $0.625 per million since the price cut of 1 November 2024.
@@ -37,7 +37,7 @@ struct Drain {
     /// two cores with the consumer, so work the consumer asks of it (the
     /// checkpoint writes) slows the drain too.
     server_cpu_seconds: f64,
-    /// dynastream's lease-table writes (UpdateItem calls, all outcomes) per
+    /// dynastream's lease-table writes (`dynastream_lease_writes_total{item="shard"}`: checkpoints, renewals, takes) per
     /// held lease per second, from its first record to its last; 0 for the
     /// loops, which keep no lease table.
     lease_writes_per_shard_second: f64,
@@ -277,7 +277,7 @@ pub async fn run() {
     Figure::new(
         "drain",
         &format!(
-            "lease-table writes (UpdateItem) per busy shard per second, count, default \
+            "writes of a busy shard's lease per second (checkpoints and renewals), count, default \
              DYNASTREAM_CHECKPOINT_INTERVAL_MS ({median_of})"
         ),
         writes,
@@ -287,7 +287,7 @@ pub async fn run() {
     .emit();
     Figure::new(
         "drain",
-        "lease-table writes (UpdateItem) per busy shard per second, count, \
+        "writes of a busy shard's lease per second (checkpoints and renewals), count, \
          DYNASTREAM_CHECKPOINT_INTERVAL_MS=0: a write after every batch (1 run)",
         every_batch.lease_writes_per_shard_second,
     )
@@ -405,7 +405,7 @@ async fn drain_with_dynastream(
     let metrics = format!("{}/metrics", worker.endpoints().await);
     let profiler = (setting("DYNASTREAM_BENCH_PROFILE", 0) == 1 && processor == Processor::Count)
         .then(|| profile(worker.pid(), run));
-    let updates = |page: &str| metric_sum(page, API_CALLS, &["api=\"UpdateItem\""]);
+    let updates = |page: &str| metric_sum(page, LEASE_WRITES, &["item=\"shard\""]);
     // The lease-table writes are counted while the shards are busy: from the
     // first record to the last.
     let mut busy_from: Option<(Instant, f64)> = None;
