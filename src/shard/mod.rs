@@ -110,9 +110,10 @@ pub enum ShardExit {
 }
 
 /// When a shard's progress is written to its lease: after every batch, or
-/// at most once per interval, the records processed since the last write
-/// waiting as the pending checkpoint (written by [`CheckpointPacer::flush`]'s
-/// caller when the shard goes idle or the consumer stops).
+/// at most once per interval (counted from the lease's take, itself a write),
+/// the records processed since the last write waiting as the pending
+/// checkpoint (written by [`CheckpointPacer::flush`]'s caller once due while
+/// the shard is quiet, and when the consumer stops).
 #[derive(Debug)]
 pub(crate) struct CheckpointPacer {
     interval: Duration,
@@ -121,10 +122,12 @@ pub(crate) struct CheckpointPacer {
 }
 
 impl CheckpointPacer {
+    /// A pacer for a lease just taken: taking it was a write, so the first
+    /// checkpoint is due an interval from now.
     pub(crate) fn new(interval: Duration) -> Self {
         CheckpointPacer {
             interval,
-            last_write: None,
+            last_write: Some(Instant::now()),
             pending: None,
         }
     }
@@ -290,16 +293,24 @@ impl ShardConsumer {
                 return self.finish_shard().await;
             }
             if was_empty {
-                // An idle shard writes what it processed at once: its
-                // checkpoint would otherwise wait for the next record.
-                if !self.flush(pacer).await {
-                    return ShardExit::LeaseLost;
+                let resume_at = Instant::now() + self.poll_pause(last_records_at, &gatherer);
+                // A shard that went quiet writes what it processed once the
+                // interval allows, during its pause: its checkpoint would
+                // otherwise wait for the next record.
+                if let Some(due) = pacer.pending_due_at().filter(|due| *due < resume_at) {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return ShardExit::Stopped,
+                        _ = self.lease.lost().cancelled() => return ShardExit::LeaseLost,
+                        _ = tokio::time::sleep_until(due) => {}
+                    }
+                    if !self.flush(pacer).await {
+                        return ShardExit::LeaseLost;
+                    }
                 }
-                let pause = self.poll_pause(last_records_at, &gatherer);
                 tokio::select! {
                     _ = shutdown.cancelled() => return ShardExit::Stopped,
                     _ = self.lease.lost().cancelled() => return ShardExit::LeaseLost,
-                    _ = tokio::time::sleep(pause) => {}
+                    _ = tokio::time::sleep_until(resume_at) => {}
                 }
             }
         }
