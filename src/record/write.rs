@@ -277,7 +277,19 @@ pub fn string(text: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     let bytes = text.as_bytes();
     let mut clean_from = 0;
-    for (at, &byte) in bytes.iter().enumerate() {
+    let mut at = 0;
+    while at < bytes.len() {
+        // Eight bytes at a time while none of them needs escaping: most
+        // text (an item's long strings above all) has nothing to escape.
+        if let Some(word) = bytes.get(at..at + 8) {
+            let word = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
+            if !needs_escape(word) {
+                at += 8;
+                continue;
+            }
+        }
+        let byte = bytes[at];
+        at += 1;
         let escape: &[u8] = match byte {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -289,7 +301,7 @@ pub fn string(text: &str, out: &mut Vec<u8>) {
             0x00..=0x1f => b"",
             _ => continue,
         };
-        out.extend_from_slice(&bytes[clean_from..at]);
+        out.extend_from_slice(&bytes[clean_from..at - 1]);
         if escape.is_empty() {
             const HEX: &[u8; 16] = b"0123456789abcdef";
             out.extend_from_slice(b"\\u00");
@@ -298,10 +310,25 @@ pub fn string(text: &str, out: &mut Vec<u8>) {
         } else {
             out.extend_from_slice(escape);
         }
-        clean_from = at + 1;
+        clean_from = at;
     }
     out.extend_from_slice(&bytes[clean_from..]);
     out.push(b'"');
+}
+
+/// Whether any of the eight bytes in `word` is a control character, a quote
+/// or a backslash (the classic "has zero byte" bit trick, applied to the
+/// word and to the word xor-ed with each character looked for).
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS != 0;
+    // A byte below 0x20 (bytes of 0x80 and above have their high bit set
+    // in `!word`'s complement and are excluded by `& !word`).
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS != 0;
+    control
+        || has_zero(word ^ (ONES * u64::from(b'"')))
+        || has_zero(word ^ (ONES * u64::from(b'\\')))
 }
 
 #[cfg(test)]
@@ -329,6 +356,21 @@ mod tests {
             String::from_utf8(out).unwrap(),
             serde_json::to_string(&Document::of(&record)).unwrap()
         );
+    }
+
+    proptest! {
+        /// The word-at-a-time scan never skips a byte that needs escaping.
+        #[test]
+        fn any_text_is_escaped_as_serde_json_does(
+            text in proptest::collection::vec(
+                prop_oneof![Just('"'), Just('\\'), Just('\u{1f}'), Just('\u{7f}'), Just('é'), any::<char>(), Just('a')],
+                0..40,
+            ).prop_map(|chars| chars.into_iter().collect::<String>()),
+        ) {
+            let mut out = Vec::new();
+            string(&text, &mut out);
+            prop_assert_eq!(out, serde_json::to_vec(&text).unwrap());
+        }
     }
 
     #[test]
