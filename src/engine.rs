@@ -27,6 +27,7 @@ use crate::processor::stdout::StdoutProcessor;
 use crate::processor::Processor;
 use crate::shard::ShardSettings;
 use crate::snapshot::{SnapshotSettings, Snapshots};
+use crate::streams::concurrency::ConcurrencyLimit;
 use crate::streams::rate_limit::DescribeRateLimit;
 use crate::streams::sdk::SdkStreams;
 use crate::streams::IteratorPosition;
@@ -245,7 +246,10 @@ impl Engine {
         // The rate limit wraps the meter, so waiting for a slot is not
         // counted as the call's duration.
         let streams: Arc<dyn StreamsApi> = Arc::new(DescribeRateLimit::new(
-            MeteredStreams(SdkStreams::from_conf(&sdk)),
+            ConcurrencyLimit::new(
+                MeteredStreams(SdkStreams::from_conf(&sdk)),
+                config.streams_concurrency.get(),
+            ),
             config.describe_stream_rps,
         ));
         let leases: Arc<dyn LeaseStore> = Arc::new(MeteredLeases(DynamoLeaseStore::new(

@@ -309,6 +309,10 @@ pub struct Config {
     #[arg(long, env = "DYNASTREAM_DESCRIBE_STREAM_RPS", default_value_t = 2.0, value_parser = calls_per_second)]
     pub describe_stream_rps: f64,
 
+    /// Most DynamoDB Streams calls this worker has in flight at once, and so most connections it keeps to the service (1..=10000).
+    #[arg(long, env = "DYNASTREAM_STREAMS_CONCURRENCY", default_value = "64", value_parser = count::<NonZeroUsize, 1, 10_000>)]
+    pub streams_concurrency: NonZeroUsize,
+
     /// Address of the /metrics, /healthz, /readyz and /status endpoints (host:port; port 0 picks a free one).
     #[arg(long, env = "DYNASTREAM_METRICS_ADDR", default_value = "0.0.0.0:9464", value_parser = socket_address)]
     pub metrics_addr: std::net::SocketAddr,

@@ -10,6 +10,7 @@
 //! `testing` feature (which the integration tests and benches turn on), so it
 //! never ships in a release build.
 
+pub mod concurrency;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod rate_limit;
