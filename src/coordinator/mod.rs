@@ -589,7 +589,16 @@ impl Coordinator {
         let blocker = reads::scan_blocker(&self.settings.worker_id, &self.leases, |presence| {
             !view.is_expired(presence)
         });
-        self.reads.scanned(&self.leases, blocker, now);
+        // Whether this worker may read them is decided when taking: the
+        // streams' listings may not have arrived yet.
+        let free = self
+            .leases
+            .values()
+            .filter(|l| l.kind() == ItemKind::Shard && l.owner.is_none())
+            .filter(|l| l.needs_reading(&self.pipeline_starts))
+            .map(|l| l.key.clone())
+            .collect();
+        self.reads.scanned(free, blocker, now);
         true
     }
 
@@ -622,7 +631,7 @@ impl Coordinator {
         for lease in leases {
             self.leases.insert(lease.key.clone(), lease);
         }
-        self.reads.free.clear();
+        self.reads.free.clone_from(&self.reads.scanned_free);
         for lease in free.leases {
             if lease.kind() != ItemKind::Shard {
                 continue;
@@ -1045,6 +1054,7 @@ impl Coordinator {
         }
         if self.leases.get(key).is_some_and(|l| self.ours(l)) && self.take(key, false).await {
             self.reads.free.remove(key);
+            self.reads.scanned_free.remove(key);
             self.forget_dead_lease(key);
         }
     }

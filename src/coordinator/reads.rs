@@ -77,6 +77,11 @@ pub(super) struct Reads {
     /// free: the table's other shard leases are known from the last scan
     /// and may have been taken since.
     pub free: HashSet<String>,
+    /// The free shard leases the last whole scan showed (what this worker
+    /// reads, so also leases a pipeline added since still has to read, and
+    /// leases freed by another application, which the index does not list):
+    /// free until found taken.
+    pub scanned_free: HashSet<String>,
     /// Workers judged dead, by id.
     pub dead: BTreeMap<String, Dead>,
     /// Presence items the last Query did not return (deleted when their
@@ -87,8 +92,9 @@ pub(super) struct Reads {
     /// No steal is asked for before this instant: the victim's announced
     /// lease count must have caught up with the last handoff first.
     pub steal_quiet_until: Option<Instant>,
-    /// Whether the reason to scan was reported (reported once per change).
-    reported: Option<String>,
+    /// The reason to scan last reported (`Some(None)`: reading through the
+    /// indexes was): each change is logged once.
+    reported: Option<Option<String>>,
 }
 
 impl Reads {
@@ -101,6 +107,7 @@ impl Reads {
             indexes_ready: false,
             indexes_checked: None,
             free: HashSet::new(),
+            scanned_free: HashSet::new(),
             dead: BTreeMap::new(),
             vanished: HashSet::new(),
             steal_quiet_until: None,
@@ -130,23 +137,15 @@ impl Reads {
         self.indexes_checked = Some(now);
     }
 
-    /// After a whole scan at `now`: reads through the indexes from now on
-    /// if they are usable and `blocker` (what [`scan_blocker`] found) is
-    /// `None`. Logs each change of mode once.
-    pub(super) fn scanned(
-        &mut self,
-        leases: &HashMap<String, Lease>,
-        blocker: Option<String>,
-        now: Instant,
-    ) {
+    /// After a whole scan at `now` that showed these `free` leases: reads
+    /// through the indexes from now on if they are usable and `blocker`
+    /// (what [`scan_blocker`] found) is `None`. Logs each change of mode once.
+    pub(super) fn scanned(&mut self, free: HashSet<String>, blocker: Option<String>, now: Instant) {
         self.last_scan = Some(now);
         self.dead.clear();
         self.vanished.clear();
-        self.free = leases
-            .values()
-            .filter(|l| l.kind() == ItemKind::Shard && l.owner.is_none() && !l.is_finished())
-            .map(|l| l.key.clone())
-            .collect();
+        self.free.clone_from(&free);
+        self.scanned_free = free;
         let blocker = match blocker {
             None if !self.indexes_ready => {
                 Some("the lease table's indexes are not ACTIVE yet".to_owned())
@@ -163,7 +162,7 @@ impl Reads {
             Some(_) => ReadMode::Scan,
             None => ReadMode::Indexed,
         };
-        if self.reported != blocker {
+        if self.reported.as_ref() != Some(&blocker) {
             match &blocker {
                 Some(why) => {
                     tracing::info!(reason = %why, "scanning the whole lease table at every look")
@@ -173,7 +172,7 @@ impl Reads {
                     self.scan_interval
                 ),
             }
-            self.reported = blocker;
+            self.reported = Some(blocker);
         }
         self.mode = mode;
     }
@@ -267,17 +266,13 @@ mod tests {
         assert!(reads.scan_due(t0));
         assert!(reads.index_check_due(t0));
         reads.indexes_checked(false, t0);
-        reads.scanned(&HashMap::new(), None, t0);
+        reads.scanned(HashSet::new(), None, t0);
         assert_eq!(reads.mode, ReadMode::Scan);
         assert!(!reads.index_check_due(t0 + Duration::from_secs(59)));
         assert!(reads.index_check_due(t0 + INDEX_CHECK_INTERVAL));
         reads.indexes_checked(true, t0 + INDEX_CHECK_INTERVAL);
         let t1 = t0 + INDEX_CHECK_INTERVAL;
-        reads.scanned(
-            &table([shard("s1", None), shard("s2", Some("a"))]),
-            None,
-            t1,
-        );
+        reads.scanned(HashSet::from(["s1".to_owned()]), None, t1);
         assert_eq!(reads.mode, ReadMode::Indexed);
         assert_eq!(reads.free, HashSet::from(["s1".to_owned()]));
         assert!(!reads.scan_due(t1 + interval - Duration::from_millis(1)));
