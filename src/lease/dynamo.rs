@@ -197,7 +197,8 @@ impl DynamoLeaseStore {
             .client
             .update_table()
             .table_name(&self.table)
-            .set_attribute_definitions(Some(attribute_definitions()?))
+            // Only the new index's keys: DynamoDB refuses definitions no key uses.
+            .set_attribute_definitions(Some(attribute_definitions(&[LEASE_KEY, hash])?))
             .global_secondary_index_updates(
                 GlobalSecondaryIndexUpdate::builder().create(create).build(),
             )
@@ -411,13 +412,13 @@ fn key_element(name: &str, key_type: KeyType) -> Result<KeySchemaElement, LeaseE
         .map_err(|e| rejected("CreateTable", e))
 }
 
-/// The attributes the table and its indexes are keyed on.
-fn attribute_definitions() -> Result<Vec<AttributeDefinition>, LeaseError> {
-    [LEASE_KEY, LEASE_OWNER, INDEX_ENTRY]
-        .into_iter()
+/// String attribute definitions of these key attributes.
+fn attribute_definitions(names: &[&str]) -> Result<Vec<AttributeDefinition>, LeaseError> {
+    names
+        .iter()
         .map(|name| {
             AttributeDefinition::builder()
-                .attribute_name(name)
+                .attribute_name(*name)
                 .attribute_type(ScalarAttributeType::S)
                 .build()
                 .map_err(|e| rejected("CreateTable", e))
@@ -708,7 +709,11 @@ impl LeaseStore for DynamoLeaseStore {
             .client
             .create_table()
             .table_name(&self.table)
-            .set_attribute_definitions(Some(attribute_definitions()?))
+            .set_attribute_definitions(Some(attribute_definitions(&[
+                LEASE_KEY,
+                LEASE_OWNER,
+                INDEX_ENTRY,
+            ])?))
             .key_schema(key_element(LEASE_KEY, KeyType::Hash)?)
             .global_secondary_indexes(global_index(OWNER_INDEX, LEASE_OWNER)?)
             .global_secondary_indexes(global_index(ENTRY_INDEX, INDEX_ENTRY)?)
