@@ -524,8 +524,14 @@ impl Coordinator {
         self.read_through_indexes().await
     }
 
-    /// Notes a failed read of the lease table; always `false`.
+    /// Notes a failed read of the lease table; always `false`. Anything
+    /// but a transient failure (the table gone, an index missing: a table
+    /// recreated by hand) sends the next look back to a whole scan, which
+    /// looks for the indexes again.
     fn read_failed(&mut self, err: LeaseError) -> bool {
+        if !err.is_retryable() {
+            self.reads.indexes_lost();
+        }
         match err {
             LeaseError::TableNotFound { table } => {
                 if !self.lease_table_missing {
@@ -748,12 +754,12 @@ impl Coordinator {
     /// being read (by whichever worker): a child starts, and each pipeline
     /// waiting in it goes on, once they are done.
     async fn refresh_parents(&mut self) {
-        let listed: HashSet<&str> = self
-            .discovery
-            .listings
-            .values()
-            .flat_map(|shards| shards.iter().map(|s| s.shard_id.as_str()))
-            .collect();
+        let listed = |shard: &str| {
+            self.discovery
+                .listings
+                .values()
+                .any(|shards| shards.iter().any(|s| s.shard_id == shard))
+        };
         let mut keys = BTreeSet::new();
         for (key, held) in &self.held {
             let Some(lease) = self.leases.get(key) else {
@@ -770,7 +776,7 @@ impl Coordinator {
                     }
                     Some(_) => {}
                     // Listed and not known: its lease may be new.
-                    None if listed.contains(parent.as_str()) => {
+                    None if listed(parent) => {
                         keys.insert(parent.clone());
                     }
                     None => {}

@@ -131,6 +131,18 @@ impl Reads {
                 .is_none_or(|at| now.duration_since(at) >= INDEX_CHECK_INTERVAL)
     }
 
+    /// The indexes could not be read (the table was deleted or recreated
+    /// without them): scan from the next look on, and look for them again.
+    pub(super) fn indexes_lost(&mut self) {
+        self.indexes_ready = false;
+        self.indexes_checked = None;
+        if self.mode == ReadMode::Indexed {
+            self.set_blocker(Some(
+                "the lease table's indexes could not be read".to_owned(),
+            ));
+        }
+    }
+
     /// Records the store's answer about its indexes.
     pub(super) fn indexes_checked(&mut self, ready: bool, now: Instant) {
         self.indexes_ready = ready;

@@ -37,8 +37,6 @@ use aws_sdk_dynamodb::types::{
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_runtime_api::client::waiters::error::WaiterError;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use super::{
     Checkpoint, IndexEntry, ItemKind, Lease, LeaseError, LeaseScan, LeaseStore, SnapshotState,
@@ -92,8 +90,6 @@ fn now_millis() -> AttributeValue {
 pub struct DynamoLeaseStore {
     client: ddb::Client,
     table: String,
-    /// Set once both indexes were seen ACTIVE: they are not looked at again.
-    indexes_ready: Arc<AtomicBool>,
 }
 
 impl DynamoLeaseStore {
@@ -102,7 +98,6 @@ impl DynamoLeaseStore {
         DynamoLeaseStore {
             client,
             table: table.into(),
-            indexes_ready: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -844,9 +839,6 @@ impl LeaseStore for DynamoLeaseStore {
     }
 
     async fn indexes_ready(&self) -> Result<bool, LeaseError> {
-        if self.indexes_ready.load(Ordering::Relaxed) {
-            return Ok(true);
-        }
         let described = self
             .client
             .describe_table()
@@ -865,8 +857,7 @@ impl LeaseStore for DynamoLeaseStore {
             })
         };
         if active(OWNER_INDEX) && active(ENTRY_INDEX) {
-            tracing::info!(table = %self.table, "the lease table's indexes are ACTIVE");
-            self.indexes_ready.store(true, Ordering::Relaxed);
+            tracing::debug!(table = %self.table, "the lease table's indexes are ACTIVE");
             return Ok(true);
         }
         self.create_missing_index(&table).await?;
