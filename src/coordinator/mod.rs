@@ -605,6 +605,10 @@ impl Coordinator {
             .map(|l| l.key.clone())
             .collect();
         self.reads.scanned(free, blocker, now);
+        if self.reads.mode == ReadMode::Indexed {
+            // A worker that fell silent is judged at this look too.
+            self.find_dead().await;
+        }
         true
     }
 
@@ -1368,6 +1372,17 @@ impl Coordinator {
                 tracing::warn!(shard = %table.shard_id, error = %err, "could not hand a lease over; it will be taken when it expires")
             }
         }
+        self.remember(&held.lease);
+    }
+
+    /// Keeps what this worker last wrote of a lease it lets go of: through
+    /// the indexes nothing shows it again before the next whole scan (a
+    /// released lease read to its end is in neither), and decisions such as
+    /// whether its stream is drained read it.
+    fn remember(&mut self, lease: &HeldLease) {
+        if let Some(last) = lease.try_snapshot() {
+            self.leases.insert(last.key.clone(), last);
+        }
     }
 
     /// Asks the owner of a lease to hand it over at its next batch boundary,
@@ -1630,6 +1645,7 @@ impl Coordinator {
                 if let Err(err) = held.lease.release().await {
                     tracing::warn!(shard = %shard_id, error = %err, "could not release an ended shard's lease");
                 }
+                self.remember(&held.lease);
                 self.discovery.request(SyncRequest::ChildrenOf {
                     stream_arn: held.stream_arn.clone(),
                     shard_id: shard_id.clone(),
@@ -1665,6 +1681,7 @@ impl Coordinator {
                 if let Err(err) = held.lease.release().await {
                     tracing::warn!(shard = %shard_id, error = %err, "could not release a failed shard's lease");
                 }
+                self.remember(&held.lease);
             }
         }
     }
