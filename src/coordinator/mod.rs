@@ -569,7 +569,13 @@ impl Coordinator {
     /// Reads the whole lease table and updates what we know of other
     /// workers; then decides how to read it until the next scan.
     async fn scan_table(&mut self, now: Instant) -> bool {
-        let scan = match self.store.list_leases().await {
+        // Judging leases one by one needs every counter as written; the
+        // periodic scan between reads through the indexes does not.
+        let scanned = match self.reads.mode {
+            ReadMode::Scan => self.store.list_leases().await,
+            ReadMode::Indexed => self.store.list_leases_eventually().await,
+        };
+        let scan = match scanned {
             Ok(scan) => scan,
             Err(err) => return self.read_failed(err),
         };

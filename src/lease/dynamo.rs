@@ -101,6 +101,33 @@ impl DynamoLeaseStore {
         }
     }
 
+    /// Every page of a Scan of the whole table.
+    async fn scan(&self, consistent: bool) -> Result<LeaseScan, LeaseError> {
+        let mut scan = LeaseScan::default();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let answer = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(consistent)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| self.error("Scan", "", e))?;
+            for item in answer.items.unwrap_or_default() {
+                match lease_from_item(&item) {
+                    Ok(lease) => scan.leases.push(lease),
+                    Err(err) => scan.malformed.push(err),
+                }
+            }
+            match answer.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(scan),
+            }
+        }
+    }
+
     /// Every page of a Query on one of the indexes.
     async fn query_index(
         &self,
@@ -761,29 +788,11 @@ impl LeaseStore for DynamoLeaseStore {
     }
 
     async fn list_leases(&self) -> Result<LeaseScan, LeaseError> {
-        let mut scan = LeaseScan::default();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let answer = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| self.error("Scan", "", e))?;
-            for item in answer.items.unwrap_or_default() {
-                match lease_from_item(&item) {
-                    Ok(lease) => scan.leases.push(lease),
-                    Err(err) => scan.malformed.push(err),
-                }
-            }
-            match answer.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok(scan),
-            }
-        }
+        self.scan(true).await
+    }
+
+    async fn list_leases_eventually(&self) -> Result<LeaseScan, LeaseError> {
+        self.scan(false).await
     }
 
     async fn create_lease_if_absent(&self, lease: &Lease) -> Result<bool, LeaseError> {

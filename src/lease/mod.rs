@@ -544,6 +544,14 @@ pub trait LeaseStore: Send + Sync + std::fmt::Debug + 'static {
     // defaults derive each answer from a whole scan, so that a wrapper which
     // forwards only the calls above stays correct.
 
+    /// Reads every lease, eventually consistent (half the read units of
+    /// [`LeaseStore::list_leases`]): the periodic whole scan of a worker
+    /// that reads the table through its indexes, where an item a moment
+    /// old decides nothing (every write stays conditional).
+    async fn list_leases_eventually(&self) -> Result<LeaseScan, LeaseError> {
+        self.list_leases().await
+    }
+
     /// Whether the reads below are served by the lease table's indexes
     /// (creating them if they are missing); `false` while they are built.
     async fn indexes_ready(&self) -> Result<bool, LeaseError> {

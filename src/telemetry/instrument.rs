@@ -227,6 +227,13 @@ impl<S: LeaseStore> LeaseStore for MeteredLeases<S> {
         result
     }
 
+    async fn list_leases_eventually(&self) -> Result<LeaseScan, LeaseError> {
+        let started = Instant::now();
+        let result = self.0.list_leases_eventually().await;
+        record("Scan", started, &result, lease_outcome);
+        result
+    }
+
     async fn renew_presence(&self, lease: &Lease, held_leases: u64) -> Result<Lease, LeaseError> {
         let started = Instant::now();
         let result = self.0.renew_presence(lease, held_leases).await;
