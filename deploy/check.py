@@ -97,6 +97,7 @@ REQUIRED_ALERTS = {
 # the IAM actions they need.
 SDK_OPERATIONS = {
     "create_table": "dynamodb:CreateTable",
+    "update_table": "dynamodb:UpdateTable",
     "describe_table": "dynamodb:DescribeTable",
     "scan": "dynamodb:Scan",
     "query": "dynamodb:Query",

@@ -317,6 +317,7 @@ impl Engine {
             describe_stream_rps: config.describe_stream_rps,
             shutdown_grace: config.shutdown_grace,
             max_leases: config.max_leases_per_worker.map(NonZeroUsize::get),
+            table_scan_interval: config.lease_scan_interval,
             shard: shard_settings(config, &config.processing),
         };
         let pipelines = processing_of(config)

@@ -85,7 +85,11 @@ fn every_numeric_setting_states_its_range() {
             "from 10000 to 86400000",
         ),
         ("DYNASTREAM_STREAMS_CONCURRENCY", "0", "from 1 to 10000"),
-        ("DYNASTREAM_CHECKPOINT_INTERVAL_MS", "300001", "from 0 to 300000"),
+        (
+            "DYNASTREAM_CHECKPOINT_INTERVAL_MS",
+            "300001",
+            "from 0 to 300000",
+        ),
     ] {
         assert_config_error(
             &[("DYNASTREAM_TABLES", "orders"), (variable, bad)],

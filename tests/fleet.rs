@@ -176,8 +176,17 @@ async fn a_fleet_spreads_leases_and_survives_sigkill_and_sigterm() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (status, survivor_records, _) = survivor.terminate().await;
+    let (status, survivor_records, survivor_logs) = survivor.terminate().await;
     assert!(status.success());
+    // The fleet read the lease table through its indexes, and judged the
+    // killed worker by its presence item (no lease-by-lease expiry).
+    let logged = |needle: &str| survivor_logs.iter().any(|line| line.contains(needle));
+    assert!(
+        logged("reading the lease table through its indexes")
+            && logged("presence item has not changed for a lease duration"),
+        "{}",
+        survivor_logs.join("\n")
+    );
 
     let outputs: [(&str, &Vec<Value>); 3] = [
         ("worker-killed", &killed_records),

@@ -130,6 +130,9 @@ async fn a_malformed_lease_item_is_named_and_the_rest_keeps_working() {
     let worker = Worker::start(&worker_env(&[
         ("DYNASTREAM_TABLES", &table),
         ("DYNASTREAM_APPLICATION", &application),
+        // An item that is not a lease is in neither index: only a whole
+        // scan shows it, every DYNASTREAM_LEASE_SCAN_INTERVAL_MS.
+        ("DYNASTREAM_LEASE_SCAN_INTERVAL_MS", "2000"),
     ]));
     worker.wait_for_log("shard consumer started", 1, WAIT).await;
     client

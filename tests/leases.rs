@@ -444,3 +444,162 @@ async fn status_prints_the_lease_table_as_text_and_json() {
     assert_eq!(report["workers"][0]["leader"], true);
     worker.terminate().await;
 }
+
+/// The indexes of a lease table, by name: (key attributes, projection).
+async fn indexes_of(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> HashMap<String, (Vec<String>, String, String)> {
+    let described = client
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap();
+    described
+        .table
+        .unwrap()
+        .global_secondary_indexes()
+        .iter()
+        .map(|index| {
+            let keys = index
+                .key_schema()
+                .iter()
+                .map(|k| format!("{}:{}", k.attribute_name(), k.key_type().as_str()))
+                .collect();
+            let projection = index
+                .projection()
+                .and_then(|p| p.projection_type())
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default();
+            let status = index
+                .index_status()
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default();
+            (
+                index.index_name().unwrap_or_default().to_owned(),
+                (keys, projection, status),
+            )
+        })
+        .collect()
+}
+
+/// Asks the store until it says its indexes are ACTIVE (adding each).
+async fn wait_for_indexes(store: &DynamoLeaseStore) {
+    eventually(WAIT, "the lease table's indexes are ACTIVE", || async {
+        match store.indexes_ready().await {
+            Ok(true) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kcl_lease_table_gets_the_kcls_owner_index_and_ours_and_the_cheap_reads_answer() {
+    let client = dynamodb().await;
+    let lease_table = unique_name("kcl-indexed");
+    create_kcl_lease_table(&client, &lease_table).await;
+    put_kcl_item(
+        &client,
+        &lease_table,
+        "shardId-kcl-owned",
+        "TRIM_HORIZON",
+        Some("kcl-worker-1"),
+    )
+    .await;
+    put_kcl_item(
+        &client,
+        &lease_table,
+        "shardId-kcl-free",
+        "TRIM_HORIZON",
+        None,
+    )
+    .await;
+    let store = lease_store(&lease_table).await;
+    store.ensure_table().await.unwrap();
+    wait_for_indexes(&store).await;
+    let indexes = indexes_of(&client, &lease_table).await;
+    assert_eq!(
+        indexes["LeaseOwnerToLeaseKeyIndex"],
+        (
+            vec!["leaseOwner:HASH".to_owned(), "leaseKey:RANGE".to_owned()],
+            "KEYS_ONLY".to_owned(),
+            "ACTIVE".to_owned()
+        ),
+        "exactly as the KCL 3.x creates it"
+    );
+    assert_eq!(
+        indexes["DynastreamIndex"],
+        (
+            vec![
+                "dynastreamIndex:HASH".to_owned(),
+                "leaseKey:RANGE".to_owned()
+            ],
+            "ALL".to_owned(),
+            "ACTIVE".to_owned()
+        )
+    );
+    // The KCL's items are in the owner index (backfilled), not in ours:
+    // an unowned KCL lease is found by the periodic whole scan.
+    assert_eq!(
+        store.list_owned("kcl-worker-1").await.unwrap(),
+        ["shardId-kcl-owned"]
+    );
+    assert!(store.list_free().await.unwrap().leases.is_empty());
+
+    let lease = Lease::new("arn:stream", "shardId-1", None, Checkpoint::TrimHorizon);
+    assert!(store.create_lease_if_absent(&lease).await.unwrap());
+    let free_keys = |scan: dynastream::lease::LeaseScan| -> Vec<String> {
+        scan.leases.into_iter().map(|l| l.key).collect()
+    };
+    assert_eq!(free_keys(store.list_free().await.unwrap()), ["shardId-1"]);
+    let taken = store.take_lease(&lease, "worker-a").await.unwrap();
+    assert!(
+        store.list_free().await.unwrap().leases.is_empty(),
+        "owned: out of the free list"
+    );
+    assert_eq!(store.list_owned("worker-a").await.unwrap(), ["shardId-1"]);
+    let renewed = store.renew_lease(&taken).await.unwrap();
+    let released = store.release_lease(&renewed).await.unwrap();
+    assert_eq!(
+        free_keys(store.list_free().await.unwrap()),
+        ["shardId-1"],
+        "released: free again"
+    );
+    // A lease read to its end is not free to take, even released.
+    let taken = store.take_lease(&released, "worker-a").await.unwrap();
+    let ended = store
+        .update_checkpoint(&taken, &Checkpoint::ShardEnd)
+        .await
+        .unwrap();
+    store.release_lease(&ended).await.unwrap();
+    assert!(store.list_free().await.unwrap().leases.is_empty());
+
+    let presence = Lease::worker_presence("worker-a");
+    assert!(store.create_lease_if_absent(&presence).await.unwrap());
+    let presence = store.take_lease(&presence, "worker-a").await.unwrap();
+    let presence = store.renew_presence(&presence, 7).await.unwrap();
+    assert_eq!(presence.held_leases, Some(7));
+    let meta = store.list_meta().await.unwrap().leases;
+    assert_eq!(meta.len(), 1);
+    assert_eq!(meta[0].key, presence.key);
+    assert_eq!(meta[0].held_leases, Some(7));
+    assert_eq!(meta[0].counter, presence.counter);
+    let read = store.get_lease(&presence.key, true).await.unwrap().unwrap();
+    assert_eq!(read, presence);
+    assert_eq!(store.get_lease("shardId-none", false).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_lease_table_has_both_indexes_from_the_start() {
+    let client = dynamodb().await;
+    let lease_table = unique_name("new-indexed");
+    let store = lease_store(&lease_table).await;
+    store.ensure_table().await.unwrap();
+    wait_for_indexes(&store).await;
+    let indexes = indexes_of(&client, &lease_table).await;
+    assert_eq!(indexes.len(), 2, "{indexes:?}");
+    assert!(indexes.contains_key("LeaseOwnerToLeaseKeyIndex"));
+    assert!(indexes.contains_key("DynastreamIndex"));
+}

@@ -289,6 +289,10 @@ pub struct Config {
     #[arg(long = "lease-duration-ms", env = "DYNASTREAM_LEASE_DURATION_MS", value_name = "MS", default_value = "10000", value_parser = millis::<1_000, 600_000>)]
     pub lease_duration: Duration,
 
+    /// How often each worker scans the whole lease table while it reads it through its indexes, in ms (1000..=86400000).
+    #[arg(long = "lease-scan-interval-ms", env = "DYNASTREAM_LEASE_SCAN_INTERVAL_MS", value_name = "MS", default_value = "300000", value_parser = millis::<1_000, 86_400_000>)]
+    pub lease_scan_interval: Duration,
+
     /// How often the full shard list is read again to find new shards, in ms (1000..=3600000).
     #[arg(long = "shard-sync-interval-ms", env = "DYNASTREAM_SHARD_SYNC_INTERVAL_MS", value_name = "MS", default_value = "60000", value_parser = millis::<1_000, 3_600_000>)]
     pub shard_sync_interval: Duration,

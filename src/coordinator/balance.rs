@@ -55,6 +55,65 @@ fn spread<'a>(me: &str, keys: impl Iterator<Item = &'a str>) -> Vec<String> {
     keyed.into_iter().map(|(_, key)| key.to_owned()).collect()
 }
 
+/// How many leases a worker should take and from whom it should steal, from
+/// counts alone: what every live worker holds (`held`, `me` included or
+/// not) and how many leases nobody holds (`free`: unowned or expired).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Share {
+    /// How many free leases to take.
+    pub take: usize,
+    /// The most loaded worker and how many of its leases to steal.
+    pub steal_from: Option<(String, usize)>,
+}
+
+/// Decides how many leases `me` should take and steal. The rules of the
+/// module's header, on counts: the coordinator applies them to the leases
+/// of a whole scan ([`plan`]), or to the counts the workers' presence items
+/// announce when it reads the table through its indexes.
+pub fn share(
+    me: &str,
+    held: &BTreeMap<String, usize>,
+    free: usize,
+    max_leases: Option<usize>,
+) -> Share {
+    let workers = held.len() + usize::from(!held.contains_key(me));
+    let total = held.values().sum::<usize>() + free;
+    let target = fair_share(total, workers, max_leases);
+    let mine = held.get(me).copied().unwrap_or(0);
+    let need = target.saturating_sub(mine);
+    let take = need.min(free);
+    let need = need - take;
+    let mut share = Share {
+        take,
+        steal_from: None,
+    };
+    if need == 0 {
+        return share;
+    }
+    let mine_after_taking = mine + take;
+    let victim = held
+        .iter()
+        .filter(|(owner, _)| owner.as_str() != me)
+        .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)));
+    if let Some((victim, &count)) = victim {
+        if count >= mine_after_taking + 2 {
+            let steal = need.min((count - mine_after_taking) / 2);
+            share.steal_from = Some((victim.clone(), steal));
+        }
+    }
+    share
+}
+
+/// Leases to steal from `victim`: `count` of `keys` (its leases, except
+/// those stolen lately), in this worker's order.
+pub fn steal_candidates<'a>(
+    me: &str,
+    keys: impl Iterator<Item = &'a str>,
+    count: usize,
+) -> Vec<String> {
+    spread(me, keys).into_iter().take(count).collect()
+}
+
 /// Decides what `me` should take and steal.
 ///
 /// `live_workers` are the workers seen alive in the lease table (their
@@ -67,50 +126,34 @@ pub fn plan(
     live_workers: &BTreeSet<String>,
     max_leases: Option<usize>,
 ) -> Plan {
-    let mut workers: BTreeSet<&str> = live_workers.iter().map(String::as_str).collect();
-    workers.insert(me);
-    let mut held: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut held: BTreeMap<String, usize> = live_workers.iter().map(|w| (w.clone(), 0)).collect();
+    held.entry(me.to_owned()).or_default();
     for lease in leases {
         if let (Some(owner), false) = (lease.owner.as_deref(), lease.expired) {
-            workers.insert(owner);
-            *held.entry(owner).or_default() += 1;
+            *held.entry(owner.to_owned()).or_default() += 1;
         }
     }
-    let target = fair_share(leases.len(), workers.len(), max_leases);
-    let mine = held.get(me).copied().unwrap_or(0);
-    let mut need = target.saturating_sub(mine);
-    let mut plan = Plan::default();
-    if need == 0 {
-        return plan;
-    }
-    let free = leases
+    let free: Vec<&str> = leases
         .iter()
         .filter(|lease| lease.owner.is_none() || lease.expired)
-        .filter(|lease| lease.owner.as_deref() != Some(me) || lease.expired);
-    plan.take = spread(me, free.map(|lease| lease.key.as_str()))
-        .into_iter()
-        .take(need)
+        .filter(|lease| lease.owner.as_deref() != Some(me) || lease.expired)
+        .map(|lease| lease.key.as_str())
         .collect();
-    need -= plan.take.len();
-    if need == 0 {
-        return plan;
-    }
-    let mine_after_taking = mine + plan.take.len();
-    let victim = held
-        .iter()
-        .filter(|(owner, _)| **owner != me)
-        .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)));
-    if let Some((victim, &count)) = victim {
-        if count >= mine_after_taking + 2 {
-            let steal = need.min((count - mine_after_taking) / 2);
-            let candidates = leases.iter().filter(|lease| {
-                lease.owner.as_deref() == Some(*victim) && !lease.expired && !lease.recently_stolen
-            });
-            plan.steal = spread(me, candidates.map(|lease| lease.key.as_str()))
-                .into_iter()
-                .take(steal)
-                .collect();
-        }
+    let share = share(me, &held, free.len(), max_leases);
+    let mut plan = Plan {
+        take: spread(me, free.into_iter())
+            .into_iter()
+            .take(share.take)
+            .collect(),
+        steal: Vec::new(),
+    };
+    if let Some((victim, count)) = share.steal_from {
+        let candidates = leases.iter().filter(|lease| {
+            lease.owner.as_deref() == Some(victim.as_str())
+                && !lease.expired
+                && !lease.recently_stolen
+        });
+        plan.steal = steal_candidates(me, candidates.map(|lease| lease.key.as_str()), count);
     }
     plan
 }

@@ -63,6 +63,25 @@ impl Observations {
         self.seen.retain(|key, _| leases.contains_key(key));
     }
 
+    /// Records single items read at `now`, as [`Observations::observe`]
+    /// does, without forgetting the others.
+    pub(super) fn note<'a>(&mut self, leases: impl IntoIterator<Item = &'a Lease>, now: Instant) {
+        let mut seen = std::mem::take(&mut self.seen);
+        let read: HashMap<String, Lease> = leases
+            .into_iter()
+            .map(|l| (l.key.clone(), l.clone()))
+            .collect();
+        let mut just_these = Observations {
+            seen: read
+                .keys()
+                .filter_map(|key| seen.remove_entry(key))
+                .collect(),
+        };
+        just_these.observe(&read, now);
+        seen.extend(just_these.seen);
+        self.seen = seen;
+    }
+
     /// Records that this worker stole `key` at `now`.
     pub(super) fn mark_stolen(&mut self, key: &str, now: Instant) {
         if let Some(seen) = self.seen.get_mut(key) {
@@ -117,6 +136,9 @@ pub(super) struct LeaseView<'a> {
     pub(super) observed: &'a Observations,
     pub(super) lease_duration: Duration,
     pub(super) now: Instant,
+    /// Whether shard leases are judged by their owner's presence item (the
+    /// table is read through its indexes) rather than one by one.
+    pub(super) by_presence: bool,
 }
 
 /// What to do towards this worker's fair share.
@@ -218,8 +240,20 @@ impl LeaseView<'_> {
         }
     }
 
-    /// Whether the lease's owner is gone.
+    /// Whether the lease's owner is gone: its counter has not moved for a
+    /// lease duration or, when judged by presence, its owner's presence
+    /// item's has not (a shard lease whose owner has none is not judged so).
     pub(super) fn is_expired(&self, lease: &Lease) -> bool {
+        if self.by_presence && lease.kind() == ItemKind::Shard {
+            return lease.owner.as_deref().is_some_and(|owner| {
+                self.leases
+                    .get(&format!("{}{owner}", crate::lease::WORKER_KEY_PREFIX))
+                    .is_some_and(|presence| {
+                        self.observed
+                            .is_expired(presence, self.lease_duration, self.now)
+                    })
+            });
+        }
         self.observed
             .is_expired(lease, self.lease_duration, self.now)
     }
@@ -314,6 +348,7 @@ mod tests {
             observed,
             lease_duration: DURATION,
             now,
+            by_presence: false,
         }
     }
 

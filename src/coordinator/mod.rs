@@ -4,9 +4,10 @@
 //! streams, announces the worker in the lease table, and then, on three
 //! clocks:
 //!
-//! - every half renewal interval it reads the lease table, judges expiry on
-//!   its own monotonic clock, takes or steals leases towards its fair share
-//!   ([`balance`]) and starts a shard task ([`Pipelines::shard_task`]) for each held lease whose
+//! - every half renewal interval it looks at the lease table (through its
+//!   indexes, scanning it whole only every few minutes: [`reads`]), judges
+//!   expiry on its own monotonic clock, takes or steals leases towards its
+//!   fair share ([`balance`]) and starts a shard task ([`Pipelines::shard_task`]) for each held lease whose
 //!   parents are done ([`graph`]);
 //! - every renewal interval (a third of the lease duration) it renews what it
 //!   holds: its shard leases, its presence item and, if it has it, the
@@ -25,6 +26,7 @@ mod collect;
 mod discovery;
 pub mod graph;
 mod lease_view;
+pub mod reads;
 mod state;
 mod sync_set;
 mod syncer;
@@ -33,12 +35,14 @@ pub mod table_discovery;
 use collect::{CollectView, Collector};
 use discovery::{Discovery, DiscoverySettings, SyncRequest};
 use lease_view::{Ask, HeldVerdict, LeaseView, Observations};
+use reads::{Dead, ReadMode, Reads};
 use state::{Handoff, ShardState};
 use sync_set::SyncSet;
 use syncer::{Listing, ShardSyncer};
 use table_discovery::{TableDiscovery, TableDiscoverySettings};
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use futures::StreamExt;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,8 +56,8 @@ use tracing::Instrument;
 use crate::backoff::Backoff;
 use crate::config::StartingPosition;
 use crate::error::Error;
-use crate::lease::held::HeldLease;
-use crate::lease::{Checkpoint, ItemKind, Lease, LeaseError, LeaseStore, PipelineStart};
+use crate::lease::held::{Heartbeat, HeldLease};
+use crate::lease::{Checkpoint, ItemKind, Lease, LeaseError, LeaseScan, LeaseStore, PipelineStart};
 use crate::pipeline::{Parents, Pipelines};
 use crate::retry::{retry, Attempt, RetryError, Retryable};
 use crate::shard::{ShardExit, ShardSettings};
@@ -67,6 +71,10 @@ use crate::telemetry::events::{
 use crate::telemetry::metrics;
 use crate::telemetry::server::Health;
 
+/// Most lease writes a worker has in flight at once (renewals, releases).
+/// Each holds a connection to DynamoDB, and the SDK's pool keeps every
+/// connection it opened: renewing 1,000 leases all at once kept 1,000 open.
+const LEASE_WRITES_IN_FLIGHT: usize = 32;
 /// Where the coordinator's streams come from and how it keeps leases.
 #[derive(Debug, Clone)]
 pub struct CoordinatorSettings {
@@ -100,6 +108,9 @@ pub struct CoordinatorSettings {
     pub table_discovery: Option<TableDiscoverySettings>,
     /// Whether found tables are snapshotted before their stream is followed.
     pub snapshot_found_tables: Option<u32>,
+    /// How often the whole lease table is scanned while it is read through
+    /// its indexes ([`reads::DEFAULT_TABLE_SCAN_INTERVAL`]).
+    pub table_scan_interval: Duration,
 }
 
 impl CoordinatorSettings {
@@ -119,6 +130,9 @@ struct Held {
     stop: CancellationToken,
 }
 
+/// How the presence item is named among the held items being renewed.
+const PRESENCE: &str = "presence";
+
 /// Runs one worker's share of the application.
 pub struct Coordinator {
     settings: CoordinatorSettings,
@@ -135,6 +149,10 @@ pub struct Coordinator {
     reported_malformed: HashSet<String>,
     held: HashMap<String, Held>,
     presence: Option<Arc<HeldLease>>,
+    /// Beaten by the presence item's writes; the shard leases are tied to it.
+    heartbeat: Arc<Heartbeat>,
+    /// How the lease table is read.
+    reads: Reads,
     leader: Option<Arc<HeldLease>>,
     handoff_requests: HashMap<String, Instant>,
     /// Set while the lease table cannot be found (deleted under us).
@@ -175,6 +193,7 @@ impl Coordinator {
         pipelines: impl Into<Pipelines>,
     ) -> Self {
         let pipelines: Pipelines = pipelines.into();
+        let reads = Reads::new(settings.table_scan_interval);
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
         let pending = Arc::new(SyncSet::default());
         let (results_tx, sync_results) = mpsc::unbounded_channel();
@@ -201,6 +220,8 @@ impl Coordinator {
             reported_malformed: HashSet::new(),
             held: HashMap::new(),
             presence: None,
+            heartbeat: Heartbeat::new(),
+            reads,
             leader: None,
             handoff_requests: HashMap::new(),
             lease_table_missing: false,
@@ -461,11 +482,9 @@ impl Coordinator {
             tracing::warn!(error = %err, "could not announce this worker; will retry");
             return;
         }
-        let current = match self.store.list_leases().await {
-            Ok(scan) => scan.leases.into_iter().find(|l| l.key == presence.key),
-            Err(_) => None,
+        let Ok(Some(current)) = self.store.get_lease(&presence.key, true).await else {
+            return;
         };
-        let Some(current) = current else { return };
         let started = Instant::now();
         match self
             .store
@@ -476,22 +495,50 @@ impl Coordinator {
                 let Some(taken) = self.announce_pipelines(taken).await else {
                     return;
                 };
-                self.presence = Some(Arc::new(HeldLease::new(
-                    Arc::clone(&self.store),
-                    taken,
-                    self.settings.lease_duration,
-                    started,
-                )));
+                // The count, at once: a presence item without one (left by
+                // an older version) would make every worker scan.
+                let held = self.held.len() as u64;
+                let taken = match self.store.renew_presence(&taken, held).await {
+                    Ok(renewed) => renewed,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "could not announce this worker; will retry");
+                        return;
+                    }
+                };
+                self.presence = Some(Arc::new(
+                    HeldLease::new(
+                        Arc::clone(&self.store),
+                        taken,
+                        self.settings.lease_duration,
+                        started,
+                    )
+                    .beating(Arc::clone(&self.heartbeat)),
+                ));
             }
             Err(err) => tracing::warn!(error = %err, "could not announce this worker; will retry"),
         }
     }
 
-    /// Reads the lease table and updates what we know of other workers.
+    /// Looks at the lease table: a whole Scan when one is due, else through
+    /// its indexes ([`reads`]). `false` when it could not be read.
     async fn refresh_leases(&mut self) -> bool {
-        let scan = match self.store.list_leases().await {
-            Ok(scan) => scan,
-            Err(LeaseError::TableNotFound { table }) => {
+        let now = Instant::now();
+        if self.reads.scan_due(now) {
+            return self.scan_table(now).await;
+        }
+        self.read_through_indexes().await
+    }
+
+    /// Notes a failed read of the lease table; always `false`. Anything
+    /// but a transient failure (the table gone, an index missing: a table
+    /// recreated by hand) sends the next look back to a whole scan, which
+    /// looks for the indexes again.
+    fn read_failed(&mut self, err: LeaseError) -> bool {
+        if !err.is_retryable() {
+            self.reads.indexes_lost();
+        }
+        match err {
+            LeaseError::TableNotFound { table } => {
                 if !self.lease_table_missing {
                     // Recreating it would restart every shard from the
                     // starting position: lost or repeated records. An
@@ -504,23 +551,40 @@ impl Coordinator {
                 }
                 self.lease_table_missing = true;
                 self.health.set_ready(false);
-                return false;
             }
-            Err(err) => {
-                tracing::warn!(error = %err, "could not read the lease table; will retry");
-                return false;
-            }
-        };
+            err => tracing::warn!(error = %err, "could not read the lease table; will retry"),
+        }
+        false
+    }
+
+    /// Notes a successful read, reporting each unreadable item once.
+    fn read_succeeded(&mut self, malformed: Vec<LeaseError>) {
         if self.lease_table_missing {
             tracing::info!("the lease table is back");
             self.lease_table_missing = false;
         }
-        for malformed in scan.malformed {
+        for malformed in malformed {
             let text = malformed.to_string();
             if self.reported_malformed.insert(text.clone()) {
                 tracing::error!(error = %text, "skipping a lease-table item that is not a lease");
             }
         }
+    }
+
+    /// Reads the whole lease table and updates what we know of other
+    /// workers; then decides how to read it until the next scan.
+    async fn scan_table(&mut self, now: Instant) -> bool {
+        // Judging leases one by one needs every counter as written; the
+        // periodic scan between reads through the indexes does not.
+        let scanned = match self.reads.mode {
+            ReadMode::Scan => self.store.list_leases().await,
+            ReadMode::Indexed => self.store.list_leases_eventually().await,
+        };
+        let scan = match scanned {
+            Ok(scan) => scan,
+            Err(err) => return self.read_failed(err),
+        };
+        self.read_succeeded(scan.malformed);
         self.leases = scan
             .leases
             .into_iter()
@@ -528,7 +592,223 @@ impl Coordinator {
             .collect();
         self.observed.observe(&self.leases, Instant::now());
         self.index_shard_leases();
+        if self.reads.index_check_due(now) {
+            let ready = match self.store.indexes_ready().await {
+                Ok(ready) => ready,
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not look at the lease table's indexes (or add them); scanning the table instead");
+                    false
+                }
+            };
+            self.reads.indexes_checked(ready, now);
+        }
+        let view = self.view();
+        let blocker = reads::scan_blocker(&self.settings.worker_id, &self.leases, |presence| {
+            !view.is_expired(presence)
+        });
+        // Whether this worker may read them is decided when taking: the
+        // streams' listings may not have arrived yet.
+        let free = self
+            .leases
+            .values()
+            .filter(|l| l.kind() == ItemKind::Shard && l.owner.is_none())
+            .filter(|l| l.needs_reading(&self.pipeline_starts))
+            .map(|l| l.key.clone())
+            .collect();
+        self.reads.scanned(free, blocker, now);
+        if self.reads.mode == ReadMode::Indexed {
+            // A worker that fell silent is judged at this look too.
+            self.find_dead().await;
+        }
         true
+    }
+
+    /// Reads the small items and the free leases through the table's own
+    /// index, and what it must of the rest: what dead workers owned, the
+    /// parents of the shards held here.
+    async fn read_through_indexes(&mut self) -> bool {
+        let meta = match self.store.list_meta().await {
+            Ok(meta) => meta,
+            Err(err) => return self.read_failed(err),
+        };
+        let free = match self.store.list_free().await {
+            Ok(free) => free,
+            Err(err) => return self.read_failed(err),
+        };
+        let LeaseScan {
+            leases,
+            mut malformed,
+        } = meta;
+        malformed.extend(free.malformed);
+        self.read_succeeded(malformed);
+        let now = Instant::now();
+        let returned: HashSet<&str> = leases.iter().map(|l| l.key.as_str()).collect();
+        self.reads.vanished = self
+            .leases
+            .values()
+            .filter(|l| l.kind() == ItemKind::Worker && !returned.contains(l.key.as_str()))
+            .map(|l| l.key.clone())
+            .collect();
+        for lease in leases {
+            self.leases.insert(lease.key.clone(), lease);
+        }
+        self.reads.free.clone_from(&self.reads.scanned_free);
+        for lease in free.leases {
+            if lease.kind() != ItemKind::Shard {
+                continue;
+            }
+            // An owned one was taken by another application, which left
+            // its index entry: still news about it.
+            if lease.owner.is_none() {
+                self.reads.free.insert(lease.key.clone());
+            }
+            self.leases.insert(lease.key.clone(), lease);
+        }
+        // Ours, as our own last writes left them (a renewal returns the
+        // item: a handoff request shows there).
+        for held in self.held.values() {
+            if let Some(lease) = held.lease.try_snapshot() {
+                self.leases.insert(lease.key.clone(), lease);
+            }
+        }
+        let small: HashMap<String, Lease> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.kind() != ItemKind::Shard)
+            .map(|(key, l)| (key.clone(), l.clone()))
+            .collect();
+        self.observed.observe(&small, now);
+        let view = self.view();
+        let blocker = reads::scan_blocker(&self.settings.worker_id, &small, |presence| {
+            !view.is_expired(presence)
+        });
+        if blocker.is_some() {
+            self.reads.set_blocker(blocker);
+        }
+        self.find_dead().await;
+        self.refresh_parents().await;
+        let shards: Vec<String> = self.reads.free.iter().cloned().collect();
+        for key in shards {
+            self.index_lease(&key);
+        }
+        true
+    }
+
+    /// Judges workers dead by their presence items (unchanged for a lease
+    /// duration, confirmed by a strongly consistent read) and lists the
+    /// leases they still own, once per silence.
+    async fn find_dead(&mut self) {
+        let now = Instant::now();
+        let me = self.settings.worker_id.as_str();
+        let silent: Vec<Lease> = self
+            .leases
+            .values()
+            .filter(|l| l.kind() == ItemKind::Worker && l.presence_of() != Some(me))
+            .filter(|l| {
+                self.observed
+                    .is_expired(l, self.settings.lease_duration, now)
+            })
+            .cloned()
+            .collect();
+        let silent_workers: HashSet<&str> = silent.iter().filter_map(Lease::presence_of).collect();
+        self.reads
+            .dead
+            .retain(|worker, _| silent_workers.contains(worker.as_str()));
+        for presence in &silent {
+            let Some(worker) = presence.presence_of() else {
+                continue;
+            };
+            if self
+                .reads
+                .dead
+                .get(worker)
+                .is_some_and(|dead| dead.counter == presence.counter)
+            {
+                continue;
+            }
+            match self.store.get_lease(&presence.key, true).await {
+                Ok(Some(current))
+                    if current.counter != presence.counter || current.owner != presence.owner =>
+                {
+                    // The index lagged: it is alive.
+                    self.observed.note([&current], now);
+                    self.reads.vanished.remove(&current.key);
+                    self.leases.insert(current.key.clone(), current);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::debug!(%worker, error = %err, "could not confirm a silent worker's presence");
+                    continue;
+                }
+            }
+            let keys: Vec<String> = match self.store.list_owned(worker).await {
+                Ok(keys) => keys
+                    .into_iter()
+                    .filter(|key| ItemKind::of_key(key) == ItemKind::Shard)
+                    .collect(),
+                Err(err) => {
+                    tracing::debug!(%worker, error = %err, "could not list a dead worker's leases");
+                    continue;
+                }
+            };
+            if !keys.is_empty() {
+                tracing::info!(%worker, leases = keys.len(), "a worker's presence item has not changed for a lease duration: its leases are free to take");
+            }
+            self.reads.dead.insert(
+                worker.to_owned(),
+                Dead {
+                    counter: presence.counter,
+                    keys,
+                },
+            );
+        }
+    }
+
+    /// Reads again the parents of the shards held here while they are still
+    /// being read (by whichever worker): a child starts, and each pipeline
+    /// waiting in it goes on, once they are done.
+    async fn refresh_parents(&mut self) {
+        let listed = |shard: &str| {
+            self.discovery
+                .listings
+                .values()
+                .any(|shards| shards.iter().any(|s| s.shard_id == shard))
+        };
+        let mut keys = BTreeSet::new();
+        for (key, held) in &self.held {
+            let Some(lease) = self.leases.get(key) else {
+                continue;
+            };
+            for parent in &lease.parent_shard_ids {
+                let known = self
+                    .shard_keys
+                    .get(&(held.stream_arn.clone(), parent.clone()))
+                    .and_then(|key| self.leases.get(key));
+                match known {
+                    Some(parent) if parent.needs_reading(&self.pipeline_starts) => {
+                        keys.insert(parent.key.clone());
+                    }
+                    Some(_) => {}
+                    // Listed and not known: its lease may be new.
+                    None if listed(parent) => {
+                        keys.insert(parent.clone());
+                    }
+                    None => {}
+                }
+            }
+        }
+        for key in keys {
+            match self.store.get_lease(&key, false).await {
+                Ok(Some(parent)) => self.learn(parent),
+                Ok(None) => {
+                    self.leases.remove(&key);
+                }
+                Err(err) => {
+                    tracing::debug!(lease = %key, error = %err, "could not read a parent's lease")
+                }
+            }
+        }
     }
 
     /// Maps (stream, shard id) to lease keys, inferring the stream of leases
@@ -544,6 +824,20 @@ impl Coordinator {
             }
         }
         self.shard_keys = index;
+    }
+
+    /// Adds one shard lease to the (stream, shard id) index.
+    fn index_lease(&mut self, key: &str) {
+        let Some(lease) = self.leases.get(key) else {
+            return;
+        };
+        if lease.kind() != ItemKind::Shard {
+            return;
+        }
+        if let Some(stream) = self.stream_of(lease) {
+            let shard = lease.shard_id.clone();
+            self.shard_keys.insert((stream, shard), key.to_owned());
+        }
     }
 
     /// The stream a shard lease belongs to, if it is one of ours.
@@ -565,7 +859,30 @@ impl Coordinator {
             observed: &self.observed,
             lease_duration: self.settings.lease_duration,
             now: Instant::now(),
+            by_presence: self.reads.mode == ReadMode::Indexed,
         }
+    }
+
+    /// Whether a shard lease is there to take: nobody owns it or its owner
+    /// is gone (through the indexes: the free-lease Query listed it, or its
+    /// owner was judged dead).
+    fn is_free(&self, lease: &Lease) -> bool {
+        match self.reads.mode {
+            ReadMode::Scan => lease.owner.is_none() || self.is_expired(lease),
+            ReadMode::Indexed => {
+                self.reads.free.contains(&lease.key)
+                    || lease
+                        .owner
+                        .as_deref()
+                        .is_some_and(|owner| self.reads.dead.contains_key(owner))
+            }
+        }
+    }
+
+    /// Whether a shard lease is this worker's to read (a followed stream's,
+    /// not read to its end by every pipeline).
+    fn ours(&self, lease: &Lease) -> bool {
+        self.stream_of(lease).is_some() && self.to_read(lease)
     }
 
     fn is_expired(&self, lease: &Lease) -> bool {
@@ -649,19 +966,243 @@ impl Coordinator {
         }
         self.run_snapshots().await;
         self.adopt_tables();
-        let decisions = self.view().decide(
-            |key| self.held.contains_key(key),
-            |lease| self.stream_of(lease).is_some() && self.to_read(lease),
-            self.settings.max_leases,
-        );
-        for key in decisions.take {
-            self.take(&key, false).await;
-        }
-        for key in decisions.ask_for {
-            self.ask_for(&key).await;
+        if self.reads.mode == ReadMode::Indexed {
+            self.balance_by_counts().await;
+        } else {
+            let decisions = self.view().decide(
+                |key| self.held.contains_key(key),
+                |lease| self.ours(lease),
+                self.settings.max_leases,
+            );
+            for key in decisions.take {
+                self.take(&key, false).await;
+            }
+            for key in decisions.ask_for {
+                self.ask_for(&key).await;
+            }
         }
         self.start_ready_shards();
         self.publish();
+    }
+
+    /// Balancing while the table is read through its indexes: the lease
+    /// counts the live workers announce, the free leases and the dead
+    /// workers' leases stand in for the whole table ([`balance::share`]).
+    async fn balance_by_counts(&mut self) {
+        let me = self.settings.worker_id.clone();
+        self.follow_handoffs().await;
+        // Owned here but not held (a restart under the same id): first.
+        let mine: Vec<String> = self
+            .leases
+            .values()
+            .filter(|l| l.kind() == ItemKind::Shard && l.is_owned_by(&me))
+            .filter(|l| !self.held.contains_key(&l.key) && self.ours(l))
+            .map(|l| l.key.clone())
+            .collect();
+        for key in mine {
+            self.take(&key, false).await;
+        }
+        let view = self.view();
+        let mut held: BTreeMap<String, usize> = self
+            .leases
+            .values()
+            .filter(|l| l.kind() == ItemKind::Worker && !self.reads.vanished.contains(&l.key))
+            .filter(|presence| !view.is_expired(presence))
+            .filter_map(|presence| {
+                let worker = presence.presence_of()?;
+                Some((
+                    worker.to_owned(),
+                    presence.held_leases.unwrap_or(0) as usize,
+                ))
+            })
+            .collect();
+        held.insert(me.clone(), self.held.len());
+        let takeable = |key: &String| {
+            !self.held.contains_key(key) && self.leases.get(key).is_none_or(|l| self.ours(l))
+        };
+        let mut free: Vec<String> = self
+            .reads
+            .free
+            .iter()
+            .filter(|key| self.leases.contains_key(*key))
+            .filter(|key| takeable(key))
+            .cloned()
+            .collect();
+        for dead in self.reads.dead.values() {
+            free.extend(dead.keys.iter().filter(|key| takeable(key)).cloned());
+        }
+        free.sort();
+        free.dedup();
+        let share = balance::share(&me, &held, free.len(), self.settings.max_leases);
+        for key in balance::steal_candidates(&me, free.iter().map(String::as_str), share.take) {
+            self.take_free(&key).await;
+        }
+        if let Some((victim, count)) = share.steal_from {
+            self.steal_from(&victim, count).await;
+        }
+    }
+
+    /// Takes a lease the free-lease Query listed, or one a dead worker
+    /// left, which is read first (strongly consistent) to write on its
+    /// current counter.
+    async fn take_free(&mut self, key: &str) {
+        let dead_owner = self
+            .reads
+            .dead
+            .iter()
+            .find(|(_, dead)| dead.keys.iter().any(|k| k == key))
+            .map(|(worker, _)| worker.clone());
+        if !self.reads.free.contains(key) {
+            match self.store.get_lease(key, true).await {
+                Ok(Some(lease))
+                    if lease.owner.is_none() || lease.owner.as_deref() == dead_owner.as_deref() =>
+                {
+                    self.learn(lease);
+                }
+                Ok(found) => {
+                    // Taken by another worker (or gone) since.
+                    if let Some(lease) = found {
+                        self.learn(lease);
+                    }
+                    self.forget_dead_lease(key);
+                    return;
+                }
+                Err(err) => {
+                    tracing::debug!(lease = %key, error = %err, "could not read a free lease");
+                    return;
+                }
+            }
+        }
+        if self.leases.get(key).is_some_and(|l| self.ours(l)) && self.take(key, false).await {
+            self.reads.free.remove(key);
+            self.reads.scanned_free.remove(key);
+            self.forget_dead_lease(key);
+        }
+    }
+
+    /// Keeps a lease just read. One owned by a worker without a presence
+    /// item announcing its count cannot be judged through the indexes: the
+    /// next look scans the whole table.
+    fn learn(&mut self, lease: Lease) {
+        if self.reads.mode == ReadMode::Indexed && lease.kind() == ItemKind::Shard {
+            let me = self.settings.worker_id.as_str();
+            if let Some(owner) = lease.owner.as_deref().filter(|owner| *owner != me) {
+                let presence = format!("{}{owner}", crate::lease::WORKER_KEY_PREFIX);
+                if self
+                    .leases
+                    .get(&presence)
+                    .is_none_or(|p| p.held_leases.is_none())
+                {
+                    self.reads.set_blocker(Some(format!(
+                        "lease {} is owned by {owner}, which announces no lease count",
+                        lease.key
+                    )));
+                }
+            }
+        }
+        let key = lease.key.clone();
+        self.leases.insert(key.clone(), lease);
+        self.index_lease(&key);
+    }
+
+    /// Reads a lease this worker lost, to learn who has it now.
+    async fn look_at(&mut self, key: &str) {
+        if self.reads.mode != ReadMode::Indexed {
+            return;
+        }
+        match self.store.get_lease(key, true).await {
+            Ok(Some(lease)) => self.learn(lease),
+            Ok(None) => {
+                self.leases.remove(key);
+            }
+            Err(err) => tracing::debug!(lease = %key, error = %err, "could not read a lost lease"),
+        }
+    }
+
+    fn forget_dead_lease(&mut self, key: &str) {
+        for dead in self.reads.dead.values_mut() {
+            dead.keys.retain(|k| k != key);
+        }
+    }
+
+    /// Asks `victim` for `count` of its leases (listed by the owner index,
+    /// each read before asking), unless a request is pending or the
+    /// victim's announced count may not yet show the last handoff.
+    async fn steal_from(&mut self, victim: &str, count: usize) {
+        let now = Instant::now();
+        if !self.handoff_requests.is_empty()
+            || self
+                .reads
+                .steal_quiet_until
+                .is_some_and(|until| now < until)
+        {
+            return;
+        }
+        let keys = match self.store.list_owned(victim).await {
+            Ok(keys) => keys,
+            Err(err) => {
+                tracing::debug!(%victim, error = %err, "could not list an overloaded worker's leases");
+                return;
+            }
+        };
+        let me = self.settings.worker_id.clone();
+        let shards = keys
+            .iter()
+            .filter(|key| ItemKind::of_key(key) == ItemKind::Shard)
+            .map(String::as_str);
+        for key in balance::steal_candidates(&me, shards, count) {
+            match self.store.get_lease(&key, true).await {
+                Ok(Some(lease)) if lease.is_owned_by(victim) && self.ours(&lease) => {
+                    self.learn(lease);
+                    self.ask_for(&key).await;
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::debug!(lease = %key, error = %err, "could not read a lease to ask for")
+                }
+            }
+        }
+    }
+
+    /// Follows this worker's pending handoff requests (through the indexes,
+    /// no scan shows them): takes what was handed over, waits, asks again or
+    /// takes outright as [`LeaseView::ask`] says, and forgets requests
+    /// overtaken by events.
+    async fn follow_handoffs(&mut self) {
+        let me = self.settings.worker_id.clone();
+        let keys: Vec<String> = self.handoff_requests.keys().cloned().collect();
+        for key in keys {
+            match self.store.get_lease(&key, true).await {
+                Ok(Some(lease)) => {
+                    let handed = lease.is_owned_by(&me);
+                    let waiting = lease.pending_owner.as_deref() == Some(me.as_str());
+                    self.learn(lease);
+                    if handed {
+                        if !self.held.contains_key(&key) {
+                            self.take(&key, false).await;
+                        }
+                        self.handoff_requests.remove(&key);
+                        // The victim's count shows the handoff at its next
+                        // renewal: ask for nothing more before that.
+                        self.reads.steal_quiet_until = Some(
+                            Instant::now()
+                                + self.settings.renew_interval
+                                + self.settings.scan_interval(),
+                        );
+                    } else if waiting {
+                        self.ask_for(&key).await;
+                    } else {
+                        self.handoff_requests.remove(&key);
+                    }
+                }
+                Ok(None) => {
+                    self.handoff_requests.remove(&key);
+                }
+                Err(err) => {
+                    tracing::debug!(lease = %key, error = %err, "could not read a requested lease")
+                }
+            }
+        }
     }
 
     /// Publishes what this worker holds and sees: gauges, `/status`, and the
@@ -687,12 +1228,28 @@ impl Coordinator {
             view.leases_held.insert(label.clone(), 0);
             view.unowned.insert(label, 0);
         }
-        for lease in self.leases.values().filter(|l| l.kind() == ItemKind::Shard) {
+        // Through the indexes, only the free, the dead's and the held leases
+        // are known well enough to count (and walking the whole table at
+        // every look would cost CPU the reads no longer do).
+        let candidates: Box<dyn Iterator<Item = &Lease>> = match self.reads.mode {
+            ReadMode::Scan => Box::new(self.leases.values()),
+            ReadMode::Indexed => {
+                let keys: BTreeSet<&String> = self
+                    .reads
+                    .free
+                    .iter()
+                    .chain(self.reads.dead.values().flat_map(|dead| dead.keys.iter()))
+                    .chain(self.held.keys())
+                    .collect();
+                Box::new(keys.into_iter().filter_map(|key| self.leases.get(key)))
+            }
+        };
+        for lease in candidates.filter(|l| l.kind() == ItemKind::Shard) {
             let Some(stream) = self.stream_of(lease) else {
                 continue;
             };
             let label = metrics::stream_label(&stream);
-            let free = lease.owner.is_none() || self.is_expired(lease);
+            let free = self.is_free(lease);
             let to_read = self.to_read(lease);
             if free && to_read {
                 *view.unowned.entry(label.clone()).or_default() += 1;
@@ -826,6 +1383,17 @@ impl Coordinator {
                 tracing::warn!(shard = %table.shard_id, error = %err, "could not hand a lease over; it will be taken when it expires")
             }
         }
+        self.remember(&held.lease);
+    }
+
+    /// Keeps what this worker last wrote of a lease it lets go of: through
+    /// the indexes nothing shows it again before the next whole scan (a
+    /// released lease read to its end is in neither), and decisions such as
+    /// whether its stream is drained read it.
+    fn remember(&mut self, lease: &HeldLease) {
+        if let Some(last) = lease.try_snapshot() {
+            self.leases.insert(last.key.clone(), last);
+        }
     }
 
     /// Asks the owner of a lease to hand it over at its next batch boundary,
@@ -865,15 +1433,17 @@ impl Coordinator {
         }
     }
 
-    async fn take(&mut self, key: &str, steal: bool) {
+    /// Takes a lease towards this worker's share; `true` once it is settled
+    /// (taken here, or found taken by another worker).
+    async fn take(&mut self, key: &str, steal: bool) -> bool {
         let Some(lease) = self.leases.get(key).cloned() else {
-            return;
+            return false;
         };
         if self.held.contains_key(key) {
-            return;
+            return true;
         }
         let Some(stream_arn) = self.stream_of(&lease) else {
-            return;
+            return false;
         };
         let started = Instant::now();
         match self
@@ -898,12 +1468,14 @@ impl Coordinator {
                     .emit();
                 }
                 self.leases.insert(taken.key.clone(), taken.clone());
+                self.index_lease(key);
                 let held = HeldLease::new(
                     Arc::clone(&self.store),
                     taken,
                     self.settings.lease_duration,
                     started,
-                );
+                )
+                .tied_to(Arc::clone(&self.heartbeat));
                 self.held.insert(
                     key.to_owned(),
                     Held {
@@ -913,12 +1485,15 @@ impl Coordinator {
                         stop: self.stop_consumers.child_token(),
                     },
                 );
+                true
             }
             Err(LeaseError::Conflict { .. }) => {
                 tracing::debug!(shard = %lease.shard_id, "another worker took the lease first");
+                true
             }
             Err(err) => {
-                tracing::warn!(shard = %lease.shard_id, error = %err, "could not take a lease")
+                tracing::warn!(shard = %lease.shard_id, error = %err, "could not take a lease");
+                false
             }
         }
     }
@@ -1018,20 +1593,30 @@ impl Coordinator {
         handles.extend(
             self.presence
                 .iter()
-                .map(|p| ("presence".to_owned(), Arc::clone(p), Duration::ZERO)),
+                .map(|p| (PRESENCE.to_owned(), Arc::clone(p), Duration::ZERO)),
         );
         handles.extend(
             self.leader
                 .iter()
                 .map(|l| ("leader".to_owned(), Arc::clone(l), Duration::ZERO)),
         );
+        let held_leases = self.held.len() as u64;
         let renewals = handles
             .into_iter()
             .map(|(key, lease, recently)| async move {
-                let result = lease.renew_unless_written_within(recently).await;
+                let result = if key == PRESENCE {
+                    lease.renew_presence(held_leases).await
+                } else {
+                    lease.renew_unless_written_within(recently).await
+                };
                 (key, result)
             });
-        for (key, result) in futures::future::join_all(renewals).await {
+        let mut lost = Vec::new();
+        let results: Vec<(String, Result<(), LeaseError>)> = futures::stream::iter(renewals)
+            .buffer_unordered(LEASE_WRITES_IN_FLIGHT)
+            .collect()
+            .await;
+        for (key, result) in results {
             match result {
                 Ok(()) => {}
                 Err(LeaseError::Conflict { .. }) => {
@@ -1040,6 +1625,9 @@ impl Coordinator {
                         by: LostBy::Renewal,
                     }
                     .emit();
+                    if self.held.contains_key(&key) {
+                        lost.push(key.clone());
+                    }
                     if self
                         .held
                         .get(&key)
@@ -1054,6 +1642,9 @@ impl Coordinator {
                 }
                 .emit(),
             }
+        }
+        for key in lost {
+            self.look_at(&key).await;
         }
     }
 
@@ -1075,6 +1666,7 @@ impl Coordinator {
                 if let Err(err) = held.lease.release().await {
                     tracing::warn!(shard = %shard_id, error = %err, "could not release an ended shard's lease");
                 }
+                self.remember(&held.lease);
                 self.discovery.request(SyncRequest::ChildrenOf {
                     stream_arn: held.stream_arn.clone(),
                     shard_id: shard_id.clone(),
@@ -1082,6 +1674,7 @@ impl Coordinator {
             }
             ShardExit::LeaseLost => {
                 tracing::warn!(shard = %shard_id, "stopped reading a shard whose lease was lost");
+                self.look_at(&key).await;
                 for processor in self.pipelines.processors() {
                     processor.lease_lost(&held.stream_arn, &shard_id);
                 }
@@ -1109,6 +1702,7 @@ impl Coordinator {
                 if let Err(err) = held.lease.release().await {
                     tracing::warn!(shard = %shard_id, error = %err, "could not release a failed shard's lease");
                 }
+                self.remember(&held.lease);
             }
         }
     }
@@ -1171,18 +1765,13 @@ impl Coordinator {
             (key, result)
         });
         let mut released = 0usize;
-        let mut results = futures::future::join_all(releases).await;
+        let mut results: Vec<(String, Result<(), LeaseError>)> = futures::stream::iter(releases)
+            .buffer_unordered(LEASE_WRITES_IN_FLIGHT)
+            .collect()
+            .await;
         // Leases handed to this worker since its last look at the table are
         // its own too: release them as well, or they would wait to expire.
-        if self.refresh_leases().await {
-            let me = self.settings.worker_id.clone();
-            let unheld: Vec<Lease> = self
-                .leases
-                .values()
-                .filter(|lease| lease.kind() == ItemKind::Shard && lease.is_owned_by(&me))
-                .filter(|lease| !self.held.contains_key(&lease.key))
-                .cloned()
-                .collect();
+        if let Some(unheld) = self.owned_but_not_held().await {
             for lease in unheld {
                 let result = self.store.release_lease(&lease).await.map(drop);
                 results.push((lease.key.clone(), result));
@@ -1206,6 +1795,39 @@ impl Coordinator {
             }
         }
         tracing::info!(released, "leases released; worker stopped");
+    }
+
+    /// The shard leases the table says this worker owns but it does not
+    /// hold (handed over since its last look); `None` when the table could
+    /// not be read.
+    async fn owned_but_not_held(&mut self) -> Option<Vec<Lease>> {
+        let me = self.settings.worker_id.clone();
+        if self.reads.mode == ReadMode::Scan {
+            if !self.refresh_leases().await {
+                return None;
+            }
+            return Some(
+                self.leases
+                    .values()
+                    .filter(|lease| lease.kind() == ItemKind::Shard && lease.is_owned_by(&me))
+                    .filter(|lease| !self.held.contains_key(&lease.key))
+                    .cloned()
+                    .collect(),
+            );
+        }
+        let keys = self.store.list_owned(&me).await.ok()?;
+        let mut unheld = Vec::new();
+        for key in keys {
+            if ItemKind::of_key(&key) != ItemKind::Shard || self.held.contains_key(&key) {
+                continue;
+            }
+            if let Ok(Some(lease)) = self.store.get_lease(&key, true).await {
+                if lease.is_owned_by(&me) {
+                    unheld.push(lease);
+                }
+            }
+        }
+        Some(unheld)
     }
 
     /// Acts on a listing: creates missing leases and, for the leader after a
@@ -1321,7 +1943,19 @@ impl Coordinator {
                     self.leases.insert(lease.key.clone(), lease);
                     changed = true;
                 }
-                Ok(false) => changed = true,
+                Ok(false) => {
+                    // Created by another worker since this one last scanned.
+                    if self.reads.mode == ReadMode::Indexed {
+                        if let Ok(Some(existing)) = self.store.get_lease(&lease.key, false).await {
+                            self.shard_keys.insert(
+                                (stream_arn.to_owned(), shard.shard_id.clone()),
+                                existing.key.clone(),
+                            );
+                            self.learn(existing);
+                        }
+                    }
+                    changed = true
+                }
                 Err(err) => {
                     tracing::warn!(shard = %shard.shard_id, error = %err, "could not create a lease; will retry");
                 }

@@ -51,6 +51,7 @@ fn settings(starting_position: StartingPosition) -> CoordinatorSettings {
         max_leases: None,
         table_discovery: None,
         snapshot_found_tables: None,
+        table_scan_interval: super::reads::DEFAULT_TABLE_SCAN_INTERVAL,
         shard: ShardSettings {
             batch_size: 2,
             poll_interval: Duration::from_millis(200),
@@ -987,4 +988,217 @@ async fn listing_many_idle_streams_stays_well_below_the_describe_stream_budget()
         .expect("the coordinator stops")
         .expect("no panic")
         .expect("no error");
+}
+
+/// Other workers of a fleet, played by a task: each renews its presence item
+/// (announcing `held` leases) every renewal interval and never touches its
+/// shard leases, until `stop` fires (as under SIGKILL).
+fn play_workers(
+    store: &MemoryLeaseStore,
+    workers: Vec<String>,
+    held: u64,
+    every: Duration,
+    stop: CancellationToken,
+) -> (JoinHandle<()>, Arc<Mutex<Option<Instant>>>) {
+    let last = Arc::new(Mutex::new(None));
+    let store = store.clone();
+    let last_renewal = Arc::clone(&last);
+    let task = tokio::spawn(async move {
+        loop {
+            for worker in &workers {
+                let key = Lease::worker_presence(worker).key;
+                let presence = store.get(&key).expect("the worker announced itself");
+                store.renew_presence(&presence, held).await.unwrap();
+            }
+            if let Some(leader) = store.get(crate::lease::SHARD_SYNC_LEADER_KEY) {
+                if leader.owner.as_deref() == workers.first().map(String::as_str) {
+                    store.renew_lease(&leader).await.unwrap();
+                }
+            }
+            *lock(&last_renewal) = Some(Instant::now());
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    });
+    (task, last)
+}
+
+/// A table of `leases` shard leases spread evenly over `workers` workers,
+/// this one (`ME`) among them, each announced in its presence item, the
+/// shard-sync leadership with the first other worker.
+fn fleet_table(
+    streams: &MemoryStreams,
+    store: &MemoryLeaseStore,
+    leases: usize,
+    workers: usize,
+) -> Vec<String> {
+    let shards: Vec<String> = (0..leases).map(|i| format!("shardId-{i:05}")).collect();
+    let ids: Vec<&str> = shards.iter().map(String::as_str).collect();
+    let arn = streams.create_stream_with_shards(TABLE, &ids);
+    let others: Vec<String> = (1..workers).map(|w| format!("worker-{w:02}")).collect();
+    let owners: Vec<&str> = std::iter::once(ME)
+        .chain(others.iter().map(String::as_str))
+        .collect();
+    for (i, shard) in shards.iter().enumerate() {
+        store.put(Lease {
+            owner: Some(owners[i % workers].to_owned()),
+            counter: 1,
+            ..Lease::new(&arn, shard, None, Checkpoint::TrimHorizon)
+        });
+    }
+    for worker in &others {
+        store.put(Lease {
+            owner: Some(worker.clone()),
+            held_leases: Some((leases / workers) as u64),
+            counter: 1,
+            ..Lease::worker_presence(worker)
+        });
+    }
+    store.put(Lease {
+        owner: Some(others[0].clone()),
+        counter: 1,
+        ..Lease::shard_sync_leader()
+    });
+    others
+}
+
+/// Read units a second one worker's looks at the lease table cost, in a
+/// fleet of 50 that holds `leases` leases: after its start (a scan, taking
+/// its leases back), over three whole-scan intervals.
+async fn read_units_per_second(leases: usize) -> (f64, crate::lease::memory::ReadUnits, f64) {
+    const WORKERS: usize = 50;
+    let streams = MemoryStreams::new();
+    let store = MemoryLeaseStore::new();
+    let others = fleet_table(&streams, &store, leases, WORKERS);
+    let settings = CoordinatorSettings {
+        lease_duration: Duration::from_secs(10),
+        renew_interval: Duration::from_secs(10) / 3,
+        shard_sync_interval: Duration::from_secs(60),
+        stream_refresh_interval: Duration::from_secs(600),
+        shard: ShardSettings {
+            idle_poll_interval: Duration::from_secs(300),
+            idle_after: Duration::ZERO,
+            ..settings(StartingPosition::TrimHorizon).shard
+        },
+        ..settings(StartingPosition::TrimHorizon)
+    };
+    let scan_every = settings.renew_interval / 2;
+    let window = settings.table_scan_interval * 3;
+    let stop_others = CancellationToken::new();
+    let (others_task, _) = play_workers(
+        &store,
+        others,
+        (leases / WORKERS) as u64,
+        settings.renew_interval,
+        stop_others.clone(),
+    );
+    let recorder = Recorder::new(&store);
+    let running = Running::start(settings, &streams, Arc::new(store.clone()), &recorder);
+    let mine = leases / WORKERS;
+    wait_until("this worker holds its leases again", || {
+        store
+            .all()
+            .iter()
+            .filter(|l| l.kind() == crate::lease::ItemKind::Shard)
+            .filter(|l| l.is_owned_by(ME) && l.counter > 1)
+            .count()
+            == mine
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    store.reset_read_units();
+    tokio::time::sleep(window).await;
+    let reads = store.read_units();
+    let owned_elsewhere = store
+        .all()
+        .iter()
+        .filter(|l| l.kind() == crate::lease::ItemKind::Shard && !l.is_owned_by(ME))
+        .filter(|l| l.counter > 1)
+        .count();
+    assert_eq!(owned_elsewhere, 0, "no other worker's lease was taken");
+    let scanned_every_look = store.scan_cost() / scan_every.as_secs_f64();
+    stop_others.cancel();
+    others_task.await.unwrap();
+    running.stop().await;
+    (
+        reads.total() / window.as_secs_f64(),
+        reads,
+        scanned_every_look,
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_workers_reads_of_the_lease_table_stay_within_ten_units_a_second_at_10000_leases() {
+    for leases in [1_000, 10_000] {
+        let (per_second, reads, scanned) = read_units_per_second(leases).await;
+        eprintln!(
+            "lease-table reads, {leases} leases, 50 workers: {per_second:.2} read units per worker per second \
+             (Scan {:.1}, Query {:.1} in {} calls, GetItem {:.1} over the window); scanning the whole table at \
+             every look would cost {scanned:.1}",
+            reads.of("Scan"),
+            reads.of("Query"),
+            reads.calls.get("Query").copied().unwrap_or(0),
+            reads.of("GetItem"),
+        );
+        let bound = if leases == 10_000 { 10.0 } else { 2.0 };
+        assert!(
+            per_second <= bound,
+            "{per_second:.2} read units a second at {leases} leases (at most {bound})"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_workers_leases_are_taken_within_a_lease_duration_and_a_renewal_judged_by_its_presence(
+) {
+    let streams = MemoryStreams::new();
+    let store = MemoryLeaseStore::new();
+    let others = fleet_table(&streams, &store, 6, 2);
+    let victim = others[0].clone();
+    let settings = CoordinatorSettings {
+        lease_duration: Duration::from_secs(10),
+        renew_interval: Duration::from_secs(10) / 3,
+        ..settings(StartingPosition::TrimHorizon)
+    };
+    let bound = settings.lease_duration + settings.renew_interval;
+    let stop = CancellationToken::new();
+    let (others_task, last_renewal) =
+        play_workers(&store, others, 3, settings.renew_interval, stop.clone());
+    let recorder = Recorder::new(&store);
+    let running = Running::start(settings, &streams, Arc::new(store.clone()), &recorder);
+    let theirs: Vec<String> = store
+        .all()
+        .into_iter()
+        .filter(|l| l.is_owned_by(&victim) && l.kind() == crate::lease::ItemKind::Shard)
+        .map(|l| l.key)
+        .collect();
+    assert_eq!(theirs.len(), 3);
+    // Their shard leases never move, yet a renewed presence keeps them theirs.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    for key in &theirs {
+        assert_eq!(
+            owner_of(&store, key).as_deref(),
+            Some(victim.as_str()),
+            "{key}"
+        );
+    }
+    stop.cancel();
+    others_task.await.unwrap();
+    let killed = lock(&last_renewal).expect("renewed");
+    wait_until("the silent worker's leases are taken", || {
+        theirs
+            .iter()
+            .all(|key| owner_of(&store, key).as_deref() == Some(ME))
+    })
+    .await;
+    let took = killed.elapsed();
+    eprintln!("takeover judged by presence: {took:?} after the last heartbeat (bound {bound:?})");
+    assert!(took <= bound, "took {took:?}, more than {bound:?}");
+    assert!(
+        took >= Duration::from_secs(10),
+        "taken after {took:?}, before a lease duration"
+    );
+    running.stop().await;
 }

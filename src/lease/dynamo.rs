@@ -4,6 +4,22 @@
 //! expects, so a worker never overwrites a lease that moved on without it.
 //! Lease-table traffic is small (a renewal per lease every few seconds), so
 //! the table is created PAY_PER_REQUEST.
+//!
+//! Two global secondary indexes make the frequent reads cheap (a whole Scan
+//! costs a read unit per 4 KB of the whole table):
+//!
+//! - `LeaseOwnerToLeaseKeyIndex` (`leaseOwner` → `leaseKey`, keys only),
+//!   exactly as the KCL 3.x creates it, so either can use the other's table:
+//!   the keys of one worker's leases. Keys only, so a renewal or checkpoint
+//!   (which does not change the owner) costs no index write.
+//! - `DynastreamIndex` (`dynastreamIndex` → `leaseKey`, whole items): a
+//!   sparse index of the small items (`meta`: presence, leadership, tables,
+//!   segments) and of the shard leases nobody owns that still need reading
+//!   (`free`). Other applications ignore the attribute and the index.
+//!
+//! Both are created with a new table and added to an existing one (a KCL
+//! table, or one of an older version) by [`LeaseStore::indexes_ready`];
+//! until they are ACTIVE the coordinator scans as before.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -13,14 +29,18 @@ use aws_sdk_dynamodb as ddb;
 use aws_sdk_dynamodb::client::Waiters;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
-    ScalarAttributeType,
+    AttributeDefinition, AttributeValue, BillingMode, CreateGlobalSecondaryIndexAction,
+    GlobalSecondaryIndex, GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType,
+    Projection, ProjectionType, ProvisionedThroughput, ReturnValue, ScalarAttributeType,
+    TableDescription,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_runtime_api::client::waiters::error::WaiterError;
 
-use super::{Checkpoint, Lease, LeaseError, LeaseScan, LeaseStore, SnapshotState};
+use super::{
+    Checkpoint, IndexEntry, ItemKind, Lease, LeaseError, LeaseScan, LeaseStore, SnapshotState,
+};
 use crate::aws::{classify, FailureKind};
 
 /// How long start-up waits for a new lease table to become ACTIVE before it
@@ -48,6 +68,14 @@ const SNAPSHOT_SEGMENT: &str = "snapshotSegment";
 const SNAPSHOT_RESUME_KEY: &str = "snapshotResumeKey";
 const SNAPSHOT_ITEMS: &str = "snapshotItems";
 const SNAPSHOT_COMPLETE: &str = "snapshotComplete";
+/// On presence items: the shard leases the worker holds.
+const LEASE_COUNT: &str = "leaseCount";
+/// The key of `DynastreamIndex`: `meta` or `free` (see [`IndexEntry`]).
+const INDEX_ENTRY: &str = "dynastreamIndex";
+/// The KCL 3.x's index of leases by owner; same name, keys and projection.
+pub const OWNER_INDEX: &str = "LeaseOwnerToLeaseKeyIndex";
+/// Dynastream's sparse index of small items and free leases.
+pub const ENTRY_INDEX: &str = "DynastreamIndex";
 
 fn now_millis() -> AttributeValue {
     let millis = std::time::SystemTime::now()
@@ -70,6 +98,149 @@ impl DynamoLeaseStore {
         DynamoLeaseStore {
             client,
             table: table.into(),
+        }
+    }
+
+    /// Every page of a Scan of the whole table.
+    async fn scan(&self, consistent: bool) -> Result<LeaseScan, LeaseError> {
+        let mut scan = LeaseScan::default();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let answer = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(consistent)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| self.error("Scan", "", e))?;
+            for item in answer.items.unwrap_or_default() {
+                match lease_from_item(&item) {
+                    Ok(lease) => scan.leases.push(lease),
+                    Err(err) => scan.malformed.push(err),
+                }
+            }
+            match answer.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(scan),
+            }
+        }
+    }
+
+    /// Every page of a Query on one of the indexes.
+    async fn query_index(
+        &self,
+        index: &str,
+        attribute: &str,
+        value: &str,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, LeaseError> {
+        let mut items = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let answer = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(index)
+                .key_condition_expression("#k = :v")
+                .expression_attribute_names("#k", attribute)
+                .expression_attribute_values(":v", AttributeValue::S(value.to_owned()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| self.error("Query", "", e))?;
+            items.extend(answer.items.unwrap_or_default());
+            match answer.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    /// The leases of one partition of `DynastreamIndex`.
+    async fn list_entry(&self, entry: IndexEntry) -> Result<LeaseScan, LeaseError> {
+        let mut scan = LeaseScan::default();
+        for item in self
+            .query_index(ENTRY_INDEX, INDEX_ENTRY, entry.as_stored())
+            .await?
+        {
+            match lease_from_item(&item) {
+                Ok(lease) => scan.leases.push(lease),
+                Err(err) => scan.malformed.push(err),
+            }
+        }
+        Ok(scan)
+    }
+
+    /// Starts building the first missing index, unless one is being built
+    /// (DynamoDB adds one index per UpdateTable). On a provisioned table (a
+    /// KCL table may be one) the index gets the table's capacity, as the KCL
+    /// gives its own.
+    async fn create_missing_index(&self, table: &TableDescription) -> Result<(), LeaseError> {
+        let indexes = table.global_secondary_indexes();
+        if indexes
+            .iter()
+            .any(|i| i.index_status() != Some(&IndexStatus::Active))
+        {
+            return Ok(());
+        }
+        let present = |name: &str| indexes.iter().any(|i| i.index_name() == Some(name));
+        let (name, hash) = if !present(OWNER_INDEX) {
+            (OWNER_INDEX, LEASE_OWNER)
+        } else if !present(ENTRY_INDEX) {
+            (ENTRY_INDEX, INDEX_ENTRY)
+        } else {
+            return Ok(());
+        };
+        let provisioned = table
+            .billing_mode_summary()
+            .and_then(|b| b.billing_mode())
+            .is_none_or(|mode| *mode == BillingMode::Provisioned);
+        let throughput = match table.provisioned_throughput() {
+            Some(t) if provisioned => Some(
+                ProvisionedThroughput::builder()
+                    .read_capacity_units(t.read_capacity_units().unwrap_or(1).max(1))
+                    .write_capacity_units(t.write_capacity_units().unwrap_or(1).max(1))
+                    .build()
+                    .map_err(|e| rejected("UpdateTable", e))?,
+            ),
+            _ => None,
+        };
+        let index = global_index(name, hash)?;
+        let create = CreateGlobalSecondaryIndexAction::builder()
+            .index_name(name)
+            .set_key_schema(Some(index.key_schema))
+            .set_projection(index.projection)
+            .set_provisioned_throughput(throughput)
+            .build()
+            .map_err(|e| rejected("UpdateTable", e))?;
+        let answer = self
+            .client
+            .update_table()
+            .table_name(&self.table)
+            // Only the new index's keys: DynamoDB refuses definitions no key uses.
+            .set_attribute_definitions(Some(attribute_definitions(&[LEASE_KEY, hash])?))
+            .global_secondary_index_updates(
+                GlobalSecondaryIndexUpdate::builder().create(create).build(),
+            )
+            .send()
+            .await;
+        match answer {
+            Ok(_) => {
+                tracing::info!(table = %self.table, index = name, "adding an index to the lease table; the table is scanned until it is ACTIVE");
+                Ok(())
+            }
+            // Another worker asked first, or the table is busy: look again later.
+            Err(err)
+                if matches!(
+                    err.code(),
+                    Some("ResourceInUseException" | "LimitExceededException")
+                ) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(self.error("UpdateTable", "", err)),
         }
     }
 
@@ -155,15 +326,37 @@ impl DynamoLeaseStore {
         }
     }
 
-    /// A conditional update on the lease's counter and owner, returning the new item.
+    /// A conditional update on the lease's counter and owner, returning the
+    /// new item. `owned_after` says whether the item has an owner once
+    /// written, which decides its entry in `DynastreamIndex`.
     async fn conditional_update(
         &self,
         operation: &'static str,
         lease: &Lease,
         update: String,
+        values: HashMap<String, AttributeValue>,
+        names: HashMap<String, String>,
+    ) -> Result<Lease, LeaseError> {
+        let owned_after = lease.owner.is_some();
+        self.conditional_update_as(operation, lease, owned_after, update, values, names)
+            .await
+    }
+
+    async fn conditional_update_as(
+        &self,
+        operation: &'static str,
+        lease: &Lease,
+        owned_after: bool,
+        update: String,
         mut values: HashMap<String, AttributeValue>,
         mut names: HashMap<String, String>,
     ) -> Result<Lease, LeaseError> {
+        let update = with_index_entry(
+            &update,
+            entry_after(lease, owned_after),
+            &mut values,
+            &mut names,
+        );
         let mut condition = "#counter = :expected_counter".to_owned();
         values.insert(":expected_counter".into(), number(lease.counter));
         values.insert(":updated_at".into(), now_millis());
@@ -193,6 +386,83 @@ impl DynamoLeaseStore {
         let item = answer.attributes.unwrap_or_default();
         lease_from_item(&item)
     }
+}
+
+/// The entry an item has in `DynastreamIndex` once written with (or
+/// without) an owner.
+fn entry_after(lease: &Lease, owned_after: bool) -> Option<IndexEntry> {
+    match lease.kind() {
+        ItemKind::Shard if owned_after || lease.is_finished() => None,
+        ItemKind::Shard => Some(IndexEntry::Free),
+        _ => Some(IndexEntry::Meta),
+    }
+}
+
+/// Sets or removes the item's `DynastreamIndex` key in an update.
+fn with_index_entry(
+    update: &str,
+    entry: Option<IndexEntry>,
+    values: &mut HashMap<String, AttributeValue>,
+    names: &mut HashMap<String, String>,
+) -> String {
+    names.insert("#index".into(), INDEX_ENTRY.into());
+    match entry {
+        Some(entry) => {
+            values.insert(":index".into(), AttributeValue::S(entry.as_stored().into()));
+            match update.find(" REMOVE ") {
+                Some(at) => format!("{}, #index = :index{}", &update[..at], &update[at..]),
+                None => format!("{update}, #index = :index"),
+            }
+        }
+        None if update.contains(" REMOVE ") => format!("{update}, #index"),
+        None => format!("{update} REMOVE #index"),
+    }
+}
+
+fn rejected(operation: &'static str, err: impl std::fmt::Display) -> LeaseError {
+    LeaseError::Rejected {
+        operation,
+        message: err.to_string(),
+    }
+}
+
+fn key_element(name: &str, key_type: KeyType) -> Result<KeySchemaElement, LeaseError> {
+    KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(key_type)
+        .build()
+        .map_err(|e| rejected("CreateTable", e))
+}
+
+/// String attribute definitions of these key attributes.
+fn attribute_definitions(names: &[&str]) -> Result<Vec<AttributeDefinition>, LeaseError> {
+    names
+        .iter()
+        .map(|name| {
+            AttributeDefinition::builder()
+                .attribute_name(*name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(|e| rejected("CreateTable", e))
+        })
+        .collect()
+}
+
+/// One of the two indexes, keyed on `hash` then `leaseKey`: the owner
+/// index projects keys only (as the KCL's), ours whole items.
+fn global_index(name: &str, hash: &str) -> Result<GlobalSecondaryIndex, LeaseError> {
+    let projection = if name == OWNER_INDEX {
+        ProjectionType::KeysOnly
+    } else {
+        ProjectionType::All
+    };
+    GlobalSecondaryIndex::builder()
+        .index_name(name)
+        .key_schema(key_element(hash, KeyType::Hash)?)
+        .key_schema(key_element(LEASE_KEY, KeyType::Range)?)
+        .projection(Projection::builder().projection_type(projection).build())
+        .build()
+        .map_err(|e| rejected("CreateTable", e))
 }
 
 /// Adds `#updated_at = :updated_at` to the SET clause of an update.
@@ -304,7 +574,12 @@ pub fn lease_from_item(item: &HashMap<String, AttributeValue>) -> Result<Lease, 
             })
         }
     };
+    let held_leases = match item.get(LEASE_COUNT) {
+        None => None,
+        Some(_) => Some(read_number(LEASE_COUNT)?),
+    };
     Ok(Lease {
+        held_leases,
         snapshot,
         pipeline_checkpoints,
         shard_id: read_string(SHARD_ID)?.unwrap_or_else(|| key.clone()),
@@ -322,6 +597,38 @@ pub fn lease_from_item(item: &HashMap<String, AttributeValue>) -> Result<Lease, 
         parent_shard_ids,
         key,
     })
+}
+
+/// An item's size as DynamoDB bills it: each attribute's name plus its
+/// value (strings by their UTF-8 bytes, numbers about one byte per two
+/// digits plus one, sets and maps by their members plus a few bytes).
+pub fn item_size(item: &HashMap<String, AttributeValue>) -> usize {
+    fn value_size(value: &AttributeValue) -> usize {
+        match value {
+            AttributeValue::S(s) => s.len(),
+            AttributeValue::N(n) => n.trim_start_matches('-').len().div_ceil(2) + 1,
+            AttributeValue::Ss(set) => set.iter().map(String::len).sum(),
+            AttributeValue::M(map) => {
+                3 + map
+                    .iter()
+                    .map(|(name, value)| name.len() + value_size(value) + 1)
+                    .sum::<usize>()
+            }
+            AttributeValue::L(list) => 3 + list.iter().map(|v| value_size(v) + 1).sum::<usize>(),
+            _ => 1,
+        }
+    }
+    item.iter()
+        .map(|(name, value)| name.len() + value_size(value))
+        .sum()
+}
+
+/// The size of an item as `LeaseOwnerToLeaseKeyIndex` holds it (keys only).
+pub fn owner_index_size(lease: &Lease) -> usize {
+    LEASE_KEY.len()
+        + lease.key.len()
+        + LEASE_OWNER.len()
+        + lease.owner.as_deref().map_or(0, str::len)
 }
 
 /// Writes a lease as an item.
@@ -364,6 +671,15 @@ pub fn lease_to_item(lease: &Lease) -> HashMap<String, AttributeValue> {
         item.insert(
             PIPELINE_CHECKPOINTS.into(),
             pipeline_checkpoints_value(&lease.pipeline_checkpoints),
+        );
+    }
+    if let Some(count) = lease.held_leases {
+        item.insert(LEASE_COUNT.into(), number(count));
+    }
+    if let Some(entry) = lease.index_entry() {
+        item.insert(
+            INDEX_ENTRY.into(),
+            AttributeValue::S(entry.as_stored().into()),
         );
     }
     if let Some(snapshot) = &lease.snapshot {
@@ -415,26 +731,14 @@ impl LeaseStore for DynamoLeaseStore {
             .client
             .create_table()
             .table_name(&self.table)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(LEASE_KEY)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .map_err(|e| LeaseError::Rejected {
-                        operation: "CreateTable",
-                        message: e.to_string(),
-                    })?,
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name(LEASE_KEY)
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .map_err(|e| LeaseError::Rejected {
-                        operation: "CreateTable",
-                        message: e.to_string(),
-                    })?,
-            )
+            .set_attribute_definitions(Some(attribute_definitions(&[
+                LEASE_KEY,
+                LEASE_OWNER,
+                INDEX_ENTRY,
+            ])?))
+            .key_schema(key_element(LEASE_KEY, KeyType::Hash)?)
+            .global_secondary_indexes(global_index(OWNER_INDEX, LEASE_OWNER)?)
+            .global_secondary_indexes(global_index(ENTRY_INDEX, INDEX_ENTRY)?)
             .billing_mode(BillingMode::PayPerRequest)
             .send()
             .await;
@@ -452,7 +756,14 @@ impl LeaseStore for DynamoLeaseStore {
             .wait(TABLE_ACTIVE_WAIT)
             .await;
         match waited {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                // An existing table may lack the indexes: start building them
+                // now rather than at the coordinator's first look.
+                if let Err(err) = self.indexes_ready().await {
+                    tracing::warn!(table = %self.table, error = %err, "could not add the lease table's indexes; the table is scanned instead");
+                }
+                Ok(())
+            }
             Err(WaiterError::OperationFailed(failed)) => {
                 Err(self.error("DescribeTable", "", failed.into_error()))
             }
@@ -477,29 +788,11 @@ impl LeaseStore for DynamoLeaseStore {
     }
 
     async fn list_leases(&self) -> Result<LeaseScan, LeaseError> {
-        let mut scan = LeaseScan::default();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let answer = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| self.error("Scan", "", e))?;
-            for item in answer.items.unwrap_or_default() {
-                match lease_from_item(&item) {
-                    Ok(lease) => scan.leases.push(lease),
-                    Err(err) => scan.malformed.push(err),
-                }
-            }
-            match answer.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok(scan),
-            }
-        }
+        self.scan(true).await
+    }
+
+    async fn list_leases_eventually(&self) -> Result<LeaseScan, LeaseError> {
+        self.scan(false).await
     }
 
     async fn create_lease_if_absent(&self, lease: &Lease) -> Result<bool, LeaseError> {
@@ -534,8 +827,82 @@ impl LeaseStore for DynamoLeaseStore {
         let update = "SET #counter = #counter + :one, #owner = :new_owner, \
                       #switches = if_not_exists(#switches, :zero) + :switch REMOVE #pending"
             .to_owned();
-        self.conditional_update("TakeLease", lease, update, values, names)
+        self.conditional_update_as("TakeLease", lease, true, update, values, names)
             .await
+    }
+
+    async fn renew_presence(&self, lease: &Lease, held_leases: u64) -> Result<Lease, LeaseError> {
+        let values = HashMap::from([
+            (":one".to_owned(), number(1)),
+            (":count".to_owned(), number(held_leases)),
+        ]);
+        let names = HashMap::from([("#count".to_owned(), LEASE_COUNT.to_owned())]);
+        self.conditional_update(
+            "RenewPresence",
+            lease,
+            "SET #counter = #counter + :one, #count = :count".into(),
+            values,
+            names,
+        )
+        .await
+    }
+
+    async fn indexes_ready(&self) -> Result<bool, LeaseError> {
+        let described = self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map_err(|e| self.error("DescribeTable", "", e))?;
+        let Some(table) = described.table else {
+            return Ok(false);
+        };
+        let active = |name: &str| {
+            table.global_secondary_indexes().iter().any(|i| {
+                i.index_name() == Some(name)
+                    && i.index_status() == Some(&IndexStatus::Active)
+                    && i.backfilling() != Some(true)
+            })
+        };
+        if active(OWNER_INDEX) && active(ENTRY_INDEX) {
+            tracing::debug!(table = %self.table, "the lease table's indexes are ACTIVE");
+            return Ok(true);
+        }
+        self.create_missing_index(&table).await?;
+        Ok(false)
+    }
+
+    async fn list_meta(&self) -> Result<LeaseScan, LeaseError> {
+        self.list_entry(IndexEntry::Meta).await
+    }
+
+    async fn list_free(&self) -> Result<LeaseScan, LeaseError> {
+        self.list_entry(IndexEntry::Free).await
+    }
+
+    async fn list_owned(&self, owner: &str) -> Result<Vec<String>, LeaseError> {
+        let items = self.query_index(OWNER_INDEX, LEASE_OWNER, owner).await?;
+        Ok(items
+            .into_iter()
+            .filter_map(|item| match item.get(LEASE_KEY) {
+                Some(AttributeValue::S(key)) => Some(key.clone()),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn get_lease(&self, key: &str, consistent: bool) -> Result<Option<Lease>, LeaseError> {
+        let answer = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(LEASE_KEY, AttributeValue::S(key.to_owned()))
+            .consistent_read(consistent)
+            .send()
+            .await
+            .map_err(|e| self.error("GetItem", key, e))?;
+        answer.item.map(|item| lease_from_item(&item)).transpose()
     }
 
     async fn renew_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
@@ -630,9 +997,10 @@ impl LeaseStore for DynamoLeaseStore {
     async fn release_lease(&self, lease: &Lease) -> Result<Lease, LeaseError> {
         let mut values = HashMap::new();
         values.insert(":one".into(), number(1));
-        self.conditional_update(
+        self.conditional_update_as(
             "ReleaseLease",
             lease,
+            false,
             "SET #counter = #counter + :one REMOVE #owner".into(),
             values,
             HashMap::new(),
@@ -668,9 +1036,10 @@ impl LeaseStore for DynamoLeaseStore {
         let mut names = HashMap::new();
         names.insert("#pending".into(), PENDING_OWNER.into());
         names.insert("#switches".into(), OWNER_SWITCHES.into());
-        self.conditional_update(
+        self.conditional_update_as(
             "HandOffLease",
             lease,
+            true,
             "SET #counter = #counter + :one, #owner = :next, \
              #switches = if_not_exists(#switches, :zero) + :one REMOVE #pending"
                 .into(),

@@ -11,6 +11,11 @@
 //! ago is no longer trusted, so records stop flowing to processors before any
 //! other worker can judge the lease expired (which takes a full duration of
 //! an unchanged counter on *its* clock).
+//!
+//! Other workers may also judge a worker's leases by its presence item alone
+//! (when every worker writes `leaseCount`): a shard lease is then tied to the
+//! worker's [`Heartbeat`], and is valid only while the presence item's last
+//! write, too, started less than three quarters of the lease duration ago.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,6 +27,36 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Checkpoint, Lease, LeaseError, LeaseStore, PipelineStart};
 
+/// When this worker's presence item was last written (the start of the
+/// last successful write), shared by the presence item's [`HeldLease`],
+/// which beats it, and the shard leases tied to it.
+#[derive(Debug, Default)]
+pub struct Heartbeat {
+    last: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Heartbeat {
+    /// A heartbeat that has not beaten yet.
+    pub fn new() -> Arc<Heartbeat> {
+        Arc::new(Heartbeat::default())
+    }
+
+    fn beat(&self, started: Instant) {
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(started);
+    }
+
+    /// How long ago the last beat started; `None` before the first.
+    pub fn since(&self) -> Option<Duration> {
+        self.last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .map(|at| at.elapsed())
+    }
+}
+
 /// A lease this worker owns.
 #[derive(Debug)]
 pub struct HeldLease {
@@ -30,6 +65,10 @@ pub struct HeldLease {
     last_write: std::sync::Mutex<Instant>,
     validity: Duration,
     lost: CancellationToken,
+    /// The presence item's: each successful write beats it.
+    beats: Option<Arc<Heartbeat>>,
+    /// A shard lease's: valid only while this heartbeat is fresh too.
+    tied_to: Option<Arc<Heartbeat>>,
 }
 
 impl HeldLease {
@@ -46,7 +85,31 @@ impl HeldLease {
             last_write: std::sync::Mutex::new(taken_at),
             validity: lease_duration * 3 / 4,
             lost: CancellationToken::new(),
+            beats: None,
+            tied_to: None,
         }
+    }
+
+    /// The presence item's lease: its writes beat `heartbeat`, which counts
+    /// as beating now (the item was just written).
+    pub fn beating(mut self, heartbeat: Arc<Heartbeat>) -> Self {
+        heartbeat.beat(*self.lock_last_write());
+        self.beats = Some(heartbeat);
+        self
+    }
+
+    /// A shard lease that others may judge by this worker's presence item:
+    /// valid only while `heartbeat` beat less than three quarters of a
+    /// lease duration ago.
+    pub fn tied_to(mut self, heartbeat: Arc<Heartbeat>) -> Self {
+        self.tied_to = Some(heartbeat);
+        self
+    }
+
+    fn lock_last_write(&self) -> std::sync::MutexGuard<'_, Instant> {
+        self.last_write
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Cancelled once the lease is lost or released; the shard consumer
@@ -57,7 +120,11 @@ impl HeldLease {
 
     /// Whether records may still be handed to processors under this lease.
     pub fn is_valid(&self) -> bool {
-        !self.lost.is_cancelled() && self.since_last_write() < self.validity
+        !self.lost.is_cancelled()
+            && self.since_last_write() < self.validity
+            && self.tied_to.as_ref().is_none_or(|heartbeat| {
+                heartbeat.since().is_some_and(|since| since < self.validity)
+            })
     }
 
     /// Whether the lease is gone for good (taken, released or deleted).
@@ -66,10 +133,7 @@ impl HeldLease {
     }
 
     fn since_last_write(&self) -> Duration {
-        let last = *self
-            .last_write
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let last = *self.lock_last_write();
         last.elapsed()
     }
 
@@ -99,10 +163,10 @@ impl HeldLease {
         match op(Arc::clone(&self.store), current.clone()).await {
             Ok(written) => {
                 *current = written.clone();
-                *self
-                    .last_write
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = started;
+                *self.lock_last_write() = started;
+                if let Some(heartbeat) = &self.beats {
+                    heartbeat.beat(started);
+                }
                 Ok(written)
             }
             Err(err) => {
@@ -131,6 +195,14 @@ impl HeldLease {
             return Ok(());
         }
         self.renew().await
+    }
+
+    /// The presence item's heartbeat, with how many shard leases this
+    /// worker holds.
+    pub async fn renew_presence(&self, held_leases: u64) -> Result<(), LeaseError> {
+        self.write(|store, lease| async move { store.renew_presence(&lease, held_leases).await })
+            .await
+            .map(drop)
     }
 
     /// Records progress. Refused (and the lease marked lost) if another
@@ -337,6 +409,43 @@ mod tests {
             store.get("shard-1").unwrap().checkpoint,
             Checkpoint::TrimHorizon
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_tied_to_the_presence_heartbeat_ends_with_it() {
+        let store = MemoryLeaseStore::new();
+        let heartbeat = Heartbeat::new();
+        let lease = held(&store).await.tied_to(Arc::clone(&heartbeat));
+        assert!(!lease.is_valid(), "no presence written yet");
+        let presence = Lease::worker_presence("me");
+        store.create_lease_if_absent(&presence).await.unwrap();
+        let taken = store.take_lease(&presence, "me").await.unwrap();
+        let presence = HeldLease::new(
+            Arc::new(store.clone()),
+            taken,
+            Duration::from_secs(9),
+            Instant::now(),
+        )
+        .beating(Arc::clone(&heartbeat));
+        assert!(lease.is_valid());
+        tokio::time::advance(Duration::from_secs(4)).await;
+        lease.renew().await.unwrap();
+        presence.renew_presence(1).await.unwrap();
+        assert_eq!(
+            store
+                .get(&presence.snapshot().await.key)
+                .unwrap()
+                .held_leases,
+            Some(1)
+        );
+        tokio::time::advance(Duration::from_secs(4)).await;
+        lease.renew().await.unwrap();
+        assert!(lease.is_valid());
+        // The shard lease is renewed, but the presence item is not: others
+        // judging by presence alone may soon take it.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        lease.renew().await.unwrap();
+        assert!(!lease.is_valid(), "7 s of a 9 s lease without a heartbeat");
     }
 
     #[tokio::test(start_paused = true)]

@@ -186,6 +186,21 @@ impl ItemKind {
             ItemKind::Segment => "segment",
         }
     }
+
+    /// What an item stands for, by its key.
+    pub fn of_key(key: &str) -> ItemKind {
+        if key.starts_with(WORKER_KEY_PREFIX) {
+            ItemKind::Worker
+        } else if key.starts_with(TABLE_KEY_PREFIX) {
+            ItemKind::Table
+        } else if key.starts_with(SEGMENT_KEY_PREFIX) {
+            ItemKind::Segment
+        } else if key == SHARD_SYNC_LEADER_KEY {
+            ItemKind::Leader
+        } else {
+            ItemKind::Shard
+        }
+    }
 }
 
 /// One lease item.
@@ -229,6 +244,12 @@ pub struct Lease {
     /// On table and segment items: the table's snapshot and this segment's
     /// progress through it.
     pub snapshot: Option<SnapshotState>,
+    /// On presence items: how many shard leases the worker held at its last
+    /// renewal (`leaseCount`). Workers that write it judge each other's
+    /// liveness by their presence items alone and read the table through
+    /// its indexes; a presence item without it (an older version) makes
+    /// every worker scan the whole table as before.
+    pub held_leases: Option<u64>,
 }
 
 impl Lease {
@@ -253,6 +274,7 @@ impl Lease {
             pending_owner: None,
             pipeline_checkpoints: BTreeMap::new(),
             snapshot: None,
+            held_leases: None,
         }
     }
 
@@ -294,11 +316,12 @@ impl Lease {
         format!("{stream_arn}|{shard_id}")
     }
 
-    /// A worker's presence item.
+    /// A worker's presence item (announcing no lease held yet).
     pub fn worker_presence(worker_id: &str) -> Lease {
         let key = format!("{WORKER_KEY_PREFIX}{worker_id}");
         let mut lease = Lease::new("", &key, None, Checkpoint::ShardEnd);
         lease.stream_arn = None;
+        lease.held_leases = Some(0);
         lease
     }
 
@@ -311,17 +334,7 @@ impl Lease {
 
     /// What the item stands for, by its key.
     pub fn kind(&self) -> ItemKind {
-        if self.key.starts_with(WORKER_KEY_PREFIX) {
-            ItemKind::Worker
-        } else if self.key.starts_with(TABLE_KEY_PREFIX) {
-            ItemKind::Table
-        } else if self.key.starts_with(SEGMENT_KEY_PREFIX) {
-            ItemKind::Segment
-        } else if self.key == SHARD_SYNC_LEADER_KEY {
-            ItemKind::Leader
-        } else {
-            ItemKind::Shard
-        }
+        ItemKind::of_key(&self.key)
     }
 
     /// The table a table item registers (`None` for other items).
@@ -332,6 +345,55 @@ impl Lease {
     /// Whether `worker` holds this lease, as of this copy.
     pub fn is_owned_by(&self, worker: &str) -> bool {
         self.owner.as_deref() == Some(worker)
+    }
+
+    /// The worker a presence item announces (`None` for other items).
+    pub fn presence_of(&self) -> Option<&str> {
+        self.key.strip_prefix(WORKER_KEY_PREFIX)
+    }
+
+    /// Whether every pipeline that has an entry here, and the shard's own
+    /// checkpoint, reached the shard's end: nobody needs to take the lease.
+    pub fn is_finished(&self) -> bool {
+        self.checkpoint.is_shard_end()
+            && self
+                .pipeline_checkpoints
+                .values()
+                .all(Checkpoint::is_shard_end)
+    }
+
+    /// Where the lease table's own index lists this item: every item that is
+    /// not a shard lease (`meta`: presence, leadership, tables, segments,
+    /// all small and few), and shard leases that nobody owns and that still
+    /// need reading (`free`). Owned shard leases are not in it, so their
+    /// renewals and checkpoints cost no index write.
+    pub fn index_entry(&self) -> Option<IndexEntry> {
+        match self.kind() {
+            ItemKind::Shard if self.owner.is_none() && !self.is_finished() => {
+                Some(IndexEntry::Free)
+            }
+            ItemKind::Shard => None,
+            _ => Some(IndexEntry::Meta),
+        }
+    }
+}
+
+/// A partition of the lease table's own index (see [`Lease::index_entry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexEntry {
+    /// Presence, leadership, table and segment items.
+    Meta,
+    /// Shard leases nobody owns that still need reading.
+    Free,
+}
+
+impl IndexEntry {
+    /// The value stored in the index's key attribute.
+    pub fn as_stored(self) -> &'static str {
+        match self {
+            IndexEntry::Meta => "meta",
+            IndexEntry::Free => "free",
+        }
     }
 }
 
@@ -477,6 +539,74 @@ pub trait LeaseStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Removes the lease item.
     async fn delete_lease(&self, lease: &Lease) -> Result<(), LeaseError>;
+
+    /// The presence item's heartbeat: bumps the counter like
+    /// [`LeaseStore::renew_lease`] and records how many shard leases the
+    /// worker holds ([`Lease::held_leases`]), in one conditional write. The
+    /// default only renews: others then keep judging this worker's leases
+    /// one by one, from whole scans.
+    async fn renew_presence(&self, lease: &Lease, held_leases: u64) -> Result<Lease, LeaseError> {
+        let _ = held_leases;
+        self.renew_lease(lease).await
+    }
+
+    // The cheap reads. A store without the indexes behind them answers
+    // `false` to `indexes_ready`, and the coordinator then only scans; the
+    // defaults derive each answer from a whole scan, so that a wrapper which
+    // forwards only the calls above stays correct.
+
+    /// Reads every lease, eventually consistent (half the read units of
+    /// [`LeaseStore::list_leases`]): the periodic whole scan of a worker
+    /// that reads the table through its indexes, where an item a moment
+    /// old decides nothing (every write stays conditional).
+    async fn list_leases_eventually(&self) -> Result<LeaseScan, LeaseError> {
+        self.list_leases().await
+    }
+
+    /// Whether the reads below are served by the lease table's indexes
+    /// (creating them if they are missing); `false` while they are built.
+    async fn indexes_ready(&self) -> Result<bool, LeaseError> {
+        Ok(false)
+    }
+
+    /// Every item that is not a shard lease: presence, leadership, table
+    /// and segment items ([`IndexEntry::Meta`]). Eventually consistent.
+    async fn list_meta(&self) -> Result<LeaseScan, LeaseError> {
+        let mut scan = self.list_leases().await?;
+        scan.leases
+            .retain(|l| l.index_entry() == Some(IndexEntry::Meta));
+        Ok(scan)
+    }
+
+    /// The shard leases nobody owns that still need reading
+    /// ([`IndexEntry::Free`]). Eventually consistent; a hint, since an
+    /// item written by another application (the KCL) may be missing or
+    /// owned by now: the caller checks the owner of what it gets.
+    async fn list_free(&self) -> Result<LeaseScan, LeaseError> {
+        let mut scan = self.list_leases().await?;
+        scan.leases
+            .retain(|l| l.index_entry() == Some(IndexEntry::Free));
+        Ok(scan)
+    }
+
+    /// The keys of the items `owner` owns, from the KCL's
+    /// `LeaseOwnerToLeaseKeyIndex`. Eventually consistent.
+    async fn list_owned(&self, owner: &str) -> Result<Vec<String>, LeaseError> {
+        let scan = self.list_leases().await?;
+        Ok(scan
+            .leases
+            .into_iter()
+            .filter(|l| l.is_owned_by(owner))
+            .map(|l| l.key)
+            .collect())
+    }
+
+    /// One item (`None` when absent): strongly consistent when `consistent`.
+    async fn get_lease(&self, key: &str, consistent: bool) -> Result<Option<Lease>, LeaseError> {
+        let _ = consistent;
+        let scan = self.list_leases().await?;
+        Ok(scan.leases.into_iter().find(|l| l.key == key))
+    }
 }
 
 #[cfg(test)]

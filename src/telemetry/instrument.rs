@@ -242,6 +242,56 @@ impl<S: LeaseStore> LeaseStore for MeteredLeases<S> {
         record("DeleteItem", started, &result, lease_outcome);
         result
     }
+
+    async fn list_leases_eventually(&self) -> Result<LeaseScan, LeaseError> {
+        let started = Instant::now();
+        let result = self.0.list_leases_eventually().await;
+        record("Scan", started, &result, lease_outcome);
+        result
+    }
+
+    async fn renew_presence(&self, lease: &Lease, held_leases: u64) -> Result<Lease, LeaseError> {
+        let started = Instant::now();
+        let result = self.0.renew_presence(lease, held_leases).await;
+        record("UpdateItem", started, &result, lease_outcome);
+        counted_write(lease, "renew", &result);
+        result
+    }
+
+    async fn indexes_ready(&self) -> Result<bool, LeaseError> {
+        let started = Instant::now();
+        let result = self.0.indexes_ready().await;
+        record("DescribeTable", started, &result, lease_outcome);
+        result
+    }
+
+    async fn list_meta(&self) -> Result<LeaseScan, LeaseError> {
+        let started = Instant::now();
+        let result = self.0.list_meta().await;
+        record("Query", started, &result, lease_outcome);
+        result
+    }
+
+    async fn list_free(&self) -> Result<LeaseScan, LeaseError> {
+        let started = Instant::now();
+        let result = self.0.list_free().await;
+        record("Query", started, &result, lease_outcome);
+        result
+    }
+
+    async fn list_owned(&self, owner: &str) -> Result<Vec<String>, LeaseError> {
+        let started = Instant::now();
+        let result = self.0.list_owned(owner).await;
+        record("Query", started, &result, lease_outcome);
+        result
+    }
+
+    async fn get_lease(&self, key: &str, consistent: bool) -> Result<Option<Lease>, LeaseError> {
+        let started = Instant::now();
+        let result = self.0.get_lease(key, consistent).await;
+        record("GetItem", started, &result, lease_outcome);
+        result
+    }
 }
 
 /// [`TablesApi`] with every call counted and timed.
