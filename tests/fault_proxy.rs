@@ -468,7 +468,9 @@ async fn a_worker_cut_off_loses_its_shard_and_delivers_nothing_more_of_it() {
         put(&client, &table, &format!("before-{i}"), i).await;
     }
     cut_off.wait_for_records(3, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Past the checkpoint interval (1 s), so that what was delivered is
+    // checkpointed before the cut: only then is "once each" the promise.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
 
     let blackhole = proxy.rule(json!({"api": "*", "fault": "blackhole"})).await;
     let cut_at = tokio::time::Instant::now();

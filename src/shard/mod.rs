@@ -110,8 +110,8 @@ pub enum ShardExit {
 }
 
 /// When a shard's progress is written to its lease: after every batch, or
-/// at most once per interval (counted from the lease's take, itself a write),
-/// the records processed since the last write waiting as the pending
+/// at most once per interval after the first, the records processed since
+/// the last write waiting as the pending
 /// checkpoint (written by [`CheckpointPacer::flush`]'s caller once due while
 /// the shard is quiet, and when the consumer stops).
 #[derive(Debug)]
@@ -122,12 +122,14 @@ pub(crate) struct CheckpointPacer {
 }
 
 impl CheckpointPacer {
-    /// A pacer for a lease just taken: taking it was a write, so the first
-    /// checkpoint is due an interval from now.
+    /// A pacer for a lease just taken. Its first checkpoint is written at
+    /// once: until then the lease may hold only `LATEST`, and a worker that
+    /// took the lease over from there would start at the stream's tip,
+    /// skipping what arrived meanwhile.
     pub(crate) fn new(interval: Duration) -> Self {
         CheckpointPacer {
             interval,
-            last_write: Some(Instant::now()),
+            last_write: None,
             pending: None,
         }
     }

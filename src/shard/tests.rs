@@ -880,7 +880,7 @@ fn paced(fixture: &Fixture, processor: Arc<Recorder>, interval: Duration) -> Sha
 
 #[tokio::test(start_paused = true)]
 async fn a_checkpoint_interval_writes_a_shard_once_per_interval_even_when_it_goes_quiet() {
-    for (interval, expected_writes) in [(Duration::ZERO, 20), (Duration::from_secs(1), 1)] {
+    for (interval, expected_writes) in [(Duration::ZERO, 20), (Duration::from_secs(1), 2)] {
         let (fixture, seqs) = Fixture::with_records(200, |_| Checkpoint::TrimHorizon).await;
         let processor = recorder();
         let shutdown = CancellationToken::new();
@@ -896,8 +896,9 @@ async fn a_checkpoint_interval_writes_a_shard_once_per_interval_even_when_it_goe
         assert_eq!(processor.delivered(), seqs, "every record once, in order");
         let writes = fixture.writes();
         // Twenty batches read back to back in one instant: with the
-        // interval, counted from the take, one write once it is up, made
-        // while the shard is quiet rather than at its next record.
+        // interval, the first written at once (a lease must not stay at
+        // LATEST) and the rest once the interval is up, while the shard is
+        // quiet rather than at its next record.
         assert_eq!(writes.len(), expected_writes, "{interval:?}: {writes:?}");
         assert_eq!(writes.last(), Some(&accepted(&seqs[199])));
         assert!(
@@ -920,9 +921,12 @@ async fn a_stopping_consumer_writes_what_it_processed_since_the_last_checkpoint(
     });
     let consumer = paced(&fixture, Arc::clone(&processor), Duration::from_secs(60));
     assert_eq!(run_to_exit(consumer, shutdown).await, ShardExit::Stopped);
-    // Nothing was due within the minute; the third batch, processed when
-    // the shutdown came, is written on the way out.
-    assert_eq!(fixture.writes(), vec![accepted(&seqs[29])]);
+    // The first batch was written at once; the third, processed when the
+    // shutdown came, on the way out.
+    assert_eq!(
+        fixture.writes(),
+        vec![accepted(&seqs[9]), accepted(&seqs[29])]
+    );
     assert_eq!(
         fixture.stored().checkpoint,
         Checkpoint::Sequence(seqs[29].clone())
