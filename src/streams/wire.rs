@@ -36,6 +36,10 @@ use serde::Deserialize;
 
 use crate::record::{ChangeData, EventName, Item, SequenceNumber, StreamRecord, UserIdentity};
 
+/// The most a GetRecords answer is trusted to announce as its length when
+/// sizing the buffer for it (the service returns at most 1 MB of records).
+const MAX_ANSWER_BYTES: usize = 8 << 20;
+
 /// The records of one GetRecords answer, parsed from its body.
 pub type CapturedRecords = Vec<WireRecord>;
 
@@ -96,10 +100,18 @@ impl Intercept for RecordsCapture {
         if !response.status().is_success() {
             return Ok(());
         }
+        // Sized once from the answer's length, rather than doubled (and
+        // copied) as a page of up to a megabyte arrives.
+        let length = response
+            .headers()
+            .get("content-length")
+            .and_then(|value| value.parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(MAX_ANSWER_BYTES);
         let body = std::mem::replace(response.body_mut(), SdkBody::taken());
         *response.body_mut() = SdkBody::from_body_1_x(CapturingBody {
             inner: body,
-            received: BytesMut::new(),
+            received: BytesMut::with_capacity(length),
             records: slot,
             finished: false,
         });

@@ -104,7 +104,7 @@ fn emit(what: &str, ours: Usage, raw: Usage, calls_per_shard: f64, targets: bool
     .ceiling(raw.cpu_percent);
     let rss = Figure::new("idle", &format!("RSS MB, {what}"), ours.rss_mb).ceiling(raw.rss_mb);
     if targets {
-        cpu.target("<= 5 %", ours.cpu_percent <= 5.0).emit();
+        cpu.target("<= 4 %", ours.cpu_percent <= 4.0).emit();
         rss.target("<= 100 MB", ours.rss_mb <= 100.0).emit();
     } else {
         cpu.emit();
