@@ -548,16 +548,14 @@ mod tests {
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, || {
             for _ in 0..1_000 {
-                metrics::histogram!("dynastream_test_seconds").record(0.5);
+                metrics::histogram!("upkeep_test_seconds").record(0.5);
             }
         });
         let stop = CancellationToken::new();
         let task = tokio::spawn(upkeep(handle.clone(), stop.clone()));
         tokio::time::sleep(UPKEEP_INTERVAL * 3).await;
         assert!(
-            handle
-                .render()
-                .contains("dynastream_test_seconds_count 1000"),
+            handle.render().contains("upkeep_test_seconds_count 1000"),
             "{}",
             handle.render()
         );
