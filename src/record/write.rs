@@ -89,14 +89,19 @@ fn change(change: &ChangeData, out: &mut Vec<u8>) {
 }
 
 fn typed_item(item: &Item, out: &mut Vec<u8>) {
+    object(item, out, typed_value);
+}
+
+/// `item` as a JSON object, each value written by `value`.
+fn object(item: &Item, out: &mut Vec<u8>, value: fn(&AttributeValue, &mut Vec<u8>)) {
     out.push(b'{');
-    for (index, (name, value)) in item.iter().enumerate() {
+    for (index, (name, attribute)) in item.iter().enumerate() {
         if index > 0 {
             out.push(b',');
         }
         string(name, out);
         out.push(b':');
-        typed_value(value, out);
+        value(attribute, out);
     }
     out.push(b'}');
 }
@@ -183,16 +188,7 @@ pub fn document(record: &StreamRecord, out: &mut Vec<u8>) {
 }
 
 fn plain_item(item: &Item, out: &mut Vec<u8>) {
-    out.push(b'{');
-    for (index, (name, value)) in item.iter().enumerate() {
-        if index > 0 {
-            out.push(b',');
-        }
-        string(name, out);
-        out.push(b':');
-        plain_value(value, out);
-    }
-    out.push(b'}');
+    object(item, out, plain_value);
 }
 
 /// One attribute value unmarshalled, as the SDKs' `unmarshall` helpers do.
